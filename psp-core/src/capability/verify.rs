@@ -1,0 +1,372 @@
+//! Verifying a chain presented by a peer, and authorizing requests under it.
+//!
+//! Verification has two halves with different lifetimes:
+//!
+//! * **Links** (cacheable): every signature verifies under its issuer's key; each link's issuer is
+//!   the previous link's holder and its `parent` names that link; each link only narrows archives,
+//!   scope and window; every body is well-formed and within size limits. This depends only on the
+//!   bytes, so [`ChainCache`] may remember it.
+//! * **Context** (every call): the root is trusted *now*; no link is revoked; the window covers now
+//!   (within the clock skew); the last link's lifetime is under the cap; its holder is the
+//!   authenticated peer; this archive is in the archive set. Then the request is checked against the
+//!   scope. None of this is ever cached, so reloading roots or revocations, a clock moving past
+//!   `notAfter`, or a replay by another machine takes effect on the very next call.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::body::CapabilityBody;
+use super::cache::ChainCache;
+use super::chain::{LinkBytes, SIGNING_DOMAIN};
+use super::{CapabilityError, CapabilityId};
+use crate::archive_set::{ArchiveDigest, ArchiveSet};
+use crate::identity::PublicKey;
+use crate::scope::{Access, CollectionAccess, Scope};
+use crate::window::{UnixSeconds, Window};
+
+/// Limits a verifier enforces. The defaults are the protocol's recommended values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyPolicy {
+    /// Most links in a chain (default 8).
+    pub max_depth: usize,
+    /// Largest body of one link in bytes (default 64 KiB: room for ~1,900 archives in a set).
+    pub max_link_bytes: usize,
+    /// Largest chain, all bodies and signatures, in bytes (default 256 KiB).
+    pub max_chain_bytes: usize,
+    /// Clock difference tolerated between issuer and verifier, in seconds (default 30).
+    pub clock_skew: i64,
+    /// Longest lifetime accepted for the last link, in seconds (default 900: 15 minutes), so a
+    /// presented capability is always short-lived whatever its ancestors allow.
+    pub max_lifetime: i64,
+}
+
+impl Default for VerifyPolicy {
+    fn default() -> Self {
+        Self {
+            max_depth: 8,
+            max_link_bytes: 64 * 1024,
+            max_chain_bytes: 256 * 1024,
+            clock_skew: 30,
+            max_lifetime: 15 * 60,
+        }
+    }
+}
+
+/// Who presents a chain, and where: the TLS-authenticated peer and this archive.
+#[derive(Debug, Clone, Copy)]
+pub struct Presenter<'a> {
+    /// The peer's machine key, from the TLS session (never from the request).
+    pub peer: &'a PublicKey,
+    /// The digest of the archive being accessed.
+    pub archive: &'a ArchiveDigest,
+}
+
+/// One verified link: enough to audit who delegated what to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedLink {
+    /// The link's id.
+    pub id: CapabilityId,
+    /// Who signed it.
+    pub issuer: PublicKey,
+    /// Who it was granted to.
+    pub holder: PublicKey,
+    /// Its window.
+    pub window: Window,
+}
+
+/// A chain whose links are known to be valid. What it grants in a given context is still checked
+/// by [`Verifier::check_context`] on every call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedChain {
+    links: Vec<VerifiedLink>,
+    archives: ArchiveSet,
+    scope: Scope,
+}
+
+impl VerifiedChain {
+    /// The links, root first (the issuer chain that Totebox audit logs record).
+    pub fn links(&self) -> &[VerifiedLink] {
+        &self.links
+    }
+
+    /// The root link's issuer: the trusted key all authority comes from.
+    pub fn root_issuer(&self) -> &PublicKey {
+        &self.links[0].issuer
+    }
+
+    /// The last link: who holds the chain, who delegated it last, and its window.
+    pub fn last(&self) -> &VerifiedLink {
+        self.links
+            .last()
+            .expect("a verified chain has at least one link")
+    }
+
+    /// The archives the chain reaches (the last link's set, the narrowest).
+    pub fn archives(&self) -> &ArchiveSet {
+        &self.archives
+    }
+
+    /// What the chain allows (the last link's scope, the narrowest).
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Checks a request against the chain's scope; returns the collection's grant, if any.
+    pub fn authorize(
+        &self,
+        access: &Access<'_>,
+    ) -> Result<Option<CollectionAccess<'_>>, CapabilityError> {
+        self.scope.authorize(access)
+    }
+}
+
+/// Verifies chains for one Totebox: its trusted roots, revocations, limits and chain cache.
+///
+/// Cheap to rebuild on a config reload; share the [`ChainCache`] between the old and the new
+/// verifier, since it records only facts about bytes, never trust decisions.
+#[derive(Debug)]
+pub struct Verifier {
+    policy: VerifyPolicy,
+    trusted_roots: HashSet<PublicKey>,
+    revoked: HashSet<CapabilityId>,
+    cache: Arc<ChainCache>,
+}
+
+impl Verifier {
+    /// A verifier trusting these root keys, with the default policy and a fresh cache.
+    pub fn new(trusted_roots: impl IntoIterator<Item = PublicKey>) -> Self {
+        Self {
+            policy: VerifyPolicy::default(),
+            trusted_roots: trusted_roots.into_iter().collect(),
+            revoked: HashSet::new(),
+            cache: Arc::new(ChainCache::default()),
+        }
+    }
+
+    /// Replaces the limits.
+    pub fn with_policy(mut self, policy: VerifyPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Refuses every chain containing a link with one of these ids.
+    pub fn with_revoked(mut self, revoked: impl IntoIterator<Item = CapabilityId>) -> Self {
+        self.revoked = revoked.into_iter().collect();
+        self
+    }
+
+    /// Uses `cache` (e.g. the previous verifier's, across a reload). A cache of capacity 0 turns
+    /// caching off.
+    pub fn with_cache(mut self, cache: Arc<ChainCache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// The limits in force.
+    pub fn policy(&self) -> &VerifyPolicy {
+        &self.policy
+    }
+
+    /// The verified-chain cache.
+    pub fn cache(&self) -> &Arc<ChainCache> {
+        &self.cache
+    }
+
+    /// Verifies a chain presented by `presenter` at time `now`, then authorizes `access` under it.
+    pub fn verify(
+        &self,
+        links: &[LinkBytes<'_>],
+        presenter: &Presenter<'_>,
+        access: &Access<'_>,
+        now: UnixSeconds,
+    ) -> Result<Arc<VerifiedChain>, CapabilityError> {
+        let chain = self.check_chain(links, presenter, now)?;
+        chain.authorize(access)?;
+        Ok(chain)
+    }
+
+    /// Verifies a chain presented by `presenter` at time `now` (what `open` does), using the cache.
+    pub fn check_chain(
+        &self,
+        links: &[LinkBytes<'_>],
+        presenter: &Presenter<'_>,
+        now: UnixSeconds,
+    ) -> Result<Arc<VerifiedChain>, CapabilityError> {
+        let chain = match self.cache.lookup(links, now) {
+            Some(chain) => chain,
+            None => {
+                let chain = Arc::new(self.check_links(links)?);
+                // Cached before the context checks: a replay from a wrong machine or a stale
+                // request then costs no signature work the second time, and the context is
+                // checked on every call anyway.
+                let expires = chain.last().window.not_after() + self.policy.clock_skew;
+                self.cache.insert(links, &chain, expires, now);
+                chain
+            }
+        };
+        self.check_context(&chain, presenter, now)?;
+        Ok(chain)
+    }
+
+    /// The per-call checks: root trusted, nothing revoked, window covers now, lifetime under the
+    /// cap, holder is the peer, archive in the set. Sessions call this before every request.
+    pub fn check_context(
+        &self,
+        chain: &VerifiedChain,
+        presenter: &Presenter<'_>,
+        now: UnixSeconds,
+    ) -> Result<(), CapabilityError> {
+        let root = chain.root_issuer();
+        if !self.trusted_roots.contains(root) {
+            return Err(CapabilityError::UntrustedRoot { issuer: *root });
+        }
+        if !self.revoked.is_empty()
+            && let Some((link, l)) = chain
+                .links
+                .iter()
+                .enumerate()
+                .find(|(_, l)| self.revoked.contains(&l.id))
+        {
+            return Err(CapabilityError::Revoked { link, id: l.id });
+        }
+        // Every ancestor's window contains the last link's, so checking the last one suffices.
+        let last = chain.last();
+        let skew = self.policy.clock_skew;
+        if now < last.window.not_before() - skew {
+            return Err(CapabilityError::NotYetValid {
+                not_before: last.window.not_before(),
+                now,
+            });
+        }
+        if now >= last.window.not_after() + skew {
+            return Err(CapabilityError::Expired {
+                not_after: last.window.not_after(),
+                now,
+            });
+        }
+        if last.window.lifetime() > self.policy.max_lifetime {
+            return Err(CapabilityError::LifetimeTooLong {
+                lifetime: last.window.lifetime(),
+                max: self.policy.max_lifetime,
+            });
+        }
+        if last.holder != *presenter.peer {
+            return Err(CapabilityError::WrongHolder {
+                holder: last.holder,
+                peer: *presenter.peer,
+            });
+        }
+        if !chain.archives.contains(presenter.archive) {
+            return Err(CapabilityError::ArchiveNotInScope);
+        }
+        Ok(())
+    }
+
+    /// The uncached half: sizes, signatures, delegation links, parents and narrowing.
+    ///
+    /// Each link's signature is checked before its body is interpreted; the only field read before
+    /// that is the issuer, which says which key to check it with.
+    pub fn check_links(&self, links: &[LinkBytes<'_>]) -> Result<VerifiedChain, CapabilityError> {
+        let policy = &self.policy;
+        if links.is_empty() {
+            return Err(CapabilityError::EmptyChain);
+        }
+        if links.len() > policy.max_depth {
+            return Err(CapabilityError::ChainTooDeep {
+                depth: links.len(),
+                max: policy.max_depth,
+            });
+        }
+        let mut total = 0usize;
+        for link in links {
+            if link.body.len() > policy.max_link_bytes {
+                return Err(CapabilityError::ChainTooLarge {
+                    bytes: link.body.len(),
+                    max: policy.max_link_bytes,
+                });
+            }
+            total += link.body.len() + link.signature.len();
+        }
+        if total > policy.max_chain_bytes {
+            return Err(CapabilityError::ChainTooLarge {
+                bytes: total,
+                max: policy.max_chain_bytes,
+            });
+        }
+
+        let mut signed = Vec::with_capacity(SIGNING_DOMAIN.len() + links[0].body.len());
+        let mut verified: Vec<VerifiedLink> = Vec::with_capacity(links.len());
+        let mut previous: Option<(CapabilityBody, &[u8])> = None;
+        for (i, link) in links.iter().enumerate() {
+            let signature: &[u8; 64] = link
+                .signature
+                .try_into()
+                .map_err(|_| CapabilityError::malformed(i, "a signature is 64 bytes"))?;
+            let issuer = CapabilityBody::peek_issuer(link.body, i)?;
+            match &previous {
+                None if !self.trusted_roots.contains(&issuer) => {
+                    return Err(CapabilityError::UntrustedRoot { issuer });
+                }
+                Some((parent, _)) if parent.holder != issuer => {
+                    return Err(CapabilityError::BrokenDelegation {
+                        link: i,
+                        issuer,
+                        expected: parent.holder,
+                    });
+                }
+                _ => {}
+            }
+            signed.clear();
+            signed.extend_from_slice(SIGNING_DOMAIN);
+            signed.extend_from_slice(link.body);
+            if !issuer.verify_strict(&signed, signature) {
+                return Err(CapabilityError::BadSignature { link: i });
+            }
+            let body = CapabilityBody::decode(link.body, i)?;
+            match &previous {
+                None if body.parent.is_some() => {
+                    return Err(CapabilityError::ParentMismatch { link: i });
+                }
+                None => {}
+                Some((parent, parent_signature)) => {
+                    check_narrowing(i, &body, parent, parent_signature)?
+                }
+            }
+            verified.push(VerifiedLink {
+                id: body.id,
+                issuer: body.issuer,
+                holder: body.holder,
+                window: body.window,
+            });
+            previous = Some((body, link.signature));
+        }
+        let (last, _) = previous.expect("the chain is not empty");
+        Ok(VerifiedChain {
+            links: verified,
+            archives: last.archives,
+            scope: last.scope,
+        })
+    }
+}
+
+/// A delegated link must name its parent and narrow it in archives, scope and window.
+fn check_narrowing(
+    link: usize,
+    body: &CapabilityBody,
+    parent: &CapabilityBody,
+    parent_signature: &[u8],
+) -> Result<(), CapabilityError> {
+    if body.parent.as_ref().map(|p| &p[..]) != Some(parent_signature) {
+        return Err(CapabilityError::ParentMismatch { link });
+    }
+    if !body.archives.is_within(&parent.archives) {
+        return Err(CapabilityError::WidenedArchives { link });
+    }
+    body.scope
+        .is_within(&parent.scope)
+        .map_err(|detail| CapabilityError::WidenedScope { link, detail })?;
+    if !parent.window.contains_window(&body.window) {
+        return Err(CapabilityError::WidenedWindow { link });
+    }
+    Ok(())
+}

@@ -1,0 +1,384 @@
+# The Orchestrator interface: what a console calls.
+#
+# Transport: the same pinned-key mutual TLS as totebox.capnp. The orchestrator completes a session only
+# for operator keys it knows; the bootstrap capability (`Orchestrator`) is scoped to that operator's
+# tenant: an archive outside the tenant cannot be listed, named, queried or commanded.
+#
+# Authority: the orchestrator holds no keys to the archives. For each query or command the console
+# sends a capability chain whose last link delegates to the orchestrator's machine key and whose
+# last issuer is the console's own operator key. The orchestrator uses that chain for that request
+# only, and queries the intersection of the chain's archive set and the tenant's archives.
+#
+# Errors follow the convention of totebox.capnp ("<code>: <message>"), with the extra codes
+# `tenant.<rule>` (the tenant may not do this) and `fanout.<rule>` (strict mode and a source failed).
+#
+# Times are microseconds since the Unix epoch unless a field says otherwise.
+
+@0xc6b42d3bf5fb12b8;
+
+using Cap = import "capability.capnp";
+using Query = import "query.capnp";
+using Totebox = import "totebox.capnp";
+
+interface Orchestrator {
+  # The bootstrap capability a console receives, scoped to its operator's tenant.
+
+  fleet @0 () -> (archives :List(ArchiveStatus));
+  # The archives of the caller's tenant, with health.
+
+  query @1 (request :FleetRequest, query :Query.Query) -> (fleetQuery :FleetQuery);
+  # Fans a query out to the selected archives and merges the answers. Returns at once; the merged
+  # view arrives through the returned `FleetQuery` (pipeline `query(...).fleetQuery.view()`).
+
+  view @2 (request :FleetRequest, viewport :Viewport) -> (fleetQuery :FleetQuery);
+  # Computes a viewport (rollup, reconciliation or executive summary) over the selected archives.
+
+  viewport @3 (name :Text) -> (viewport :Viewport);
+  # A viewport defined in the orchestrator's config, by name, to send back with `view`.
+
+  command @4 (request :FleetRequest, command :Totebox.Command) -> (outcomes :List(CommandResult));
+  # Sends a command to every selected archive and reports each archive's outcome. Retrying with the
+  # same idempotency key never applies it twice.
+}
+
+interface FleetQuery {
+  # A fan-out in progress. Dropping every reference to it cancels the downstream calls.
+
+  view @0 () -> (view :View);
+  # Waits for the fan-out to finish (all sources answered, timed out or failed; never past the
+  # deadline) and returns the merged view with one outcome per source.
+
+  progress @1 () -> (answered :UInt32, total :UInt32);
+  # How many sources have answered so far.
+
+  cancel @2 () -> ();
+  # Stops the fan-out now; `view` then returns what arrived, with the rest marked cancelled.
+}
+
+struct FleetRequest {
+  # What every fan-out call carries.
+
+  archives @0 :ArchiveSelector;
+  # Which of the tenant's archives to use.
+
+  chain @1 :Cap.Chain;
+  # The capability for this request, delegated by the caller's operator key to the orchestrator.
+
+  options @2 :FanOutOptions;
+  # Deadlines and the partial-result policy.
+}
+
+struct ArchiveSelector {
+  # Chooses archives from the caller's tenant.
+
+  union {
+    all @0 :Void;
+    # Every archive of the tenant.
+
+    ids @1 :List(Text);
+    # These archives, by id. Naming an archive outside the tenant is an error, not a silent skip.
+
+    labels @2 :List(Label);
+    # Archives whose labels match every entry.
+  }
+}
+
+struct Label {
+  # One label of an archive, such as region=emea or entity=subsidiary.
+
+  key @0 :Text;
+  value @1 :Text;
+}
+
+struct FanOutOptions {
+  # How a fan-out treats time and failure. Zero fields take the orchestrator's configured defaults.
+
+  deadlineMillis @0 :UInt32;
+  # The whole request ends by then, whatever the sources do.
+
+  sourceTimeoutMillis @1 :UInt32;
+  # How long one source may take; shorter than the deadline.
+
+  partial @2 :PartialPolicy;
+  # What to do when some sources fail.
+}
+
+enum PartialPolicy {
+  # What a fan-out does when some sources fail.
+
+  default @0;
+  # The orchestrator's configured default.
+
+  bestEffort @1;
+  # Answer with what arrived; the outcomes say which sources are missing and why.
+
+  strict @2;
+  # Fail the request (code `fanout.incomplete`) unless every source answered.
+}
+
+struct ArchiveStatus {
+  # One archive of the fleet, as the orchestrator sees it.
+
+  id @0 :Text;
+  # The archive's id.
+
+  labels @1 :List(Label);
+  # Its labels.
+
+  key @2 :Text;
+  # Its pinned machine key, printed as "ed25519:<hex>".
+
+  health @3 :Health;
+  # Whether it is reachable now.
+
+  latencyMicros @4 :UInt64;
+  # The last measured round trip, 0 when unknown.
+
+  lastSeen @5 :Int64;
+  # When it last answered, 0 when never.
+}
+
+enum Health {
+  # Reachability of an archive.
+
+  unknown @0;
+  # Not contacted yet.
+
+  up @1;
+  # Answered recently.
+
+  down @2;
+  # Did not answer.
+
+  quarantined @3;
+  # Cut off for breaking the diode or the protocol; not redialed until the quarantine ends.
+}
+
+struct SourceOutcome {
+  # What happened at one source of a fan-out. Every selected source has exactly one.
+
+  archive @0 :Text;
+  # The archive's id.
+
+  status :union {
+    ok @1 :Void;
+    # Answered in time; its rows are in the view.
+
+    timedOut @2 :Void;
+    # Did not answer within the source timeout or the deadline.
+
+    unreachable @3 :Text;
+    # Could not connect (the reason).
+
+    denied @4 :Denial;
+    # Refused the capability or the query.
+
+    error @5 :Text;
+    # Failed otherwise (the error text, control characters escaped).
+
+    cancelled @6 :Void;
+    # The request was cancelled before it answered.
+
+    quarantined @7 :Text;
+    # Cut off for a protocol or diode violation (what it did).
+  }
+
+  latencyMicros @8 :UInt64;
+  # Time from sending to the answer or failure.
+
+  asOf @9 :Int64;
+  # The source's data time, 0 when it did not answer.
+
+  rows @10 :UInt64;
+  # Rows or groups it contributed.
+
+  suppressedGroups @11 :UInt64;
+  # Groups it withheld under its minimum group size.
+}
+
+struct Denial {
+  # Why a Totebox or the orchestrator refused.
+
+  code @0 :Text;
+  # The stable error code, e.g. "capability.expired" or "policy.field-not-exposed".
+
+  message @1 :Text;
+  # The human message.
+}
+
+struct View {
+  # A merged answer over many archives.
+
+  complete @0 :Bool;
+  # True only when every selected source answered.
+
+  outcomes @1 :List(SourceOutcome);
+  # One per selected source.
+
+  asOfOldest @2 :Int64;
+  # The oldest data time among the sources that answered (the view is at least this fresh).
+
+  body :union {
+    table @3 :Table;
+    # A merged query or rollup.
+
+    reconciliation @4 :ReconciliationReport;
+    # A cross-entity reconciliation.
+
+    summary @5 :SummaryReport;
+    # An executive summary.
+  }
+}
+
+struct Table {
+  # A merged result table: aggregates finalized, ordered and limited after the merge.
+
+  columns @0 :List(Query.Column);
+  rows @1 :List(Query.Row);
+}
+
+struct Viewport {
+  # A declarative view over the fleet: data, not code.
+
+  name @0 :Text;
+  # A name for logs and displays.
+
+  union {
+    rollup @1 :Rollup;
+    reconciliation @2 :Reconciliation;
+    summary @3 :ExecutiveSummary;
+  }
+}
+
+struct Rollup {
+  # A portfolio rollup: one aggregate query over many archives, grouped by archive labels and fields.
+
+  query @0 :Query.Query;
+  # Must be an aggregate query.
+
+  groupByLabels @1 :List(Text);
+  # Archive label keys (e.g. "region") prepended to the group key.
+}
+
+struct Reconciliation {
+  # Matches what entity A records about B with what B records about A.
+  # Each archive is queried for sum(amount) grouped by (counterparty, period, currency); A's row for
+  # counterparty B is paired with B's row for counterparty A.
+
+  collection @0 :Text;
+  # The ledger collection in each archive.
+
+  counterpartyField @1 :Text;
+  periodField @2 :Text;
+  currencyField @3 :Text;
+  amountField @4 :Text;
+  # The fields that identify and measure an intercompany balance.
+
+  entityLabel @5 :Text;
+  # The archive label whose value names the entity in other archives' counterparty field
+  # (empty: the archive id).
+
+  filter @6 :Query.Filter;
+  # Which ledger records take part.
+
+  convention @7 :MatchConvention;
+  # How the two sides' amounts relate when they agree.
+
+  tolerance @8 :Query.Decimal;
+  # Differences up to this are matched.
+}
+
+enum MatchConvention {
+  # How two entities' records of the same balance compare.
+
+  opposite @0;
+  # A's amount is minus B's (a receivable against a payable).
+
+  equal @1;
+  # Both record the same amount.
+}
+
+struct ReconciliationReport {
+  # The pairs a reconciliation found.
+
+  entries @0 :List(ReconciliationEntry);
+}
+
+struct ReconciliationEntry {
+  # One intercompany balance seen from both sides (or only one).
+
+  left @0 :Text;
+  right @1 :Text;
+  # The two entities, left < right.
+
+  period @2 :Query.Value;
+  currency @3 :Text;
+
+  leftAmount @4 :Query.Value;
+  rightAmount @5 :Query.Value;
+  # Each side's amount, null when that side has no record.
+
+  difference @6 :Query.Value;
+  # leftAmount - (the amount expected from rightAmount under the convention).
+
+  status @7 :MatchStatus;
+}
+
+enum MatchStatus {
+  # The verdict on one reconciliation entry.
+
+  matched @0;
+  mismatched @1;
+  leftOnly @2;
+  rightOnly @3;
+  unknown @4;
+  # One side's archive did not answer, so no verdict is possible.
+}
+
+struct ExecutiveSummary {
+  # A set of key figures over the fleet.
+
+  kpis @0 :List(Kpi);
+}
+
+struct Kpi {
+  # One key figure: an aggregate query without group-by, over the selected archives.
+
+  name @0 :Text;
+  query @1 :Query.Query;
+  unit @2 :Text;
+  # For display, e.g. "USD" or "%".
+}
+
+struct SummaryReport {
+  # The answered key figures.
+
+  kpis @0 :List(KpiValue);
+}
+
+struct KpiValue {
+  # One key figure with where it came from.
+
+  name @0 :Text;
+  value @1 :Query.Value;
+  unit @2 :Text;
+
+  sources @3 :List(Text);
+  # The archives that contributed.
+
+  missing @4 :List(Text);
+  # Selected archives that did not answer (the figure excludes them).
+
+  asOfOldest @5 :Int64;
+  # The oldest data time among the contributors.
+}
+
+struct CommandResult {
+  # One archive's answer to a fanned-out command.
+
+  source @0 :SourceOutcome;
+  # Whether the archive answered.
+
+  outcome @1 :Totebox.CommandOutcome;
+  # Its outcome, when `source.status` is ok.
+}
