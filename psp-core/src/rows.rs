@@ -110,10 +110,31 @@ impl KeySelector {
         self.values.contains(key) || self.range_containing(key).is_some()
     }
 
-    /// Whether every key of `range` is selected (by one range; values are not stitched in).
+    /// Whether every key of `range` is selected. Exact: an integer range may be covered by ranges
+    /// and values together ([0,5) + 5 + [6,9) covers [0,9)); a text range holds infinitely many
+    /// keys, so only ranges can cover it.
     pub fn covers(&self, range: &KeyRange) -> bool {
-        self.range_containing(&range.low)
-            .is_some_and(|r| range.high <= r.high)
+        let RowKey::Int(high) = range.high else {
+            return self
+                .range_containing(&range.low)
+                .is_some_and(|r| range.high <= r.high);
+        };
+        let RowKey::Int(mut next) = range.low else {
+            return false;
+        };
+        // Walk from `low` to `high`, jumping over ranges and stepping over values; each step
+        // consumes a range or a value, so this is O((ranges + values) log n).
+        while next < high {
+            let key = RowKey::Int(next);
+            if let Some(RowKey::Int(end)) = self.range_containing(&key).map(|r| &r.high) {
+                next = *end;
+            } else if self.values.contains(&key) {
+                next += 1;
+            } else {
+                return false;
+            }
+        }
+        true
     }
 
     /// The merged range that contains `key`: the last one starting at or below it, if it reaches.
@@ -218,6 +239,9 @@ mod tests {
         assert_eq!(sel.ranges().len(), 2);
         assert!(sel.covers(&range(2, 9)));
         assert!(!sel.covers(&range(8, 21)));
+        let stitched = KeySelector::new("k", [RowKey::Int(5)], [range(0, 5), range(6, 9)]);
+        assert!(stitched.covers(&range(0, 9)));
+        assert!(!stitched.covers(&range(0, 10)));
         assert!(sel.contains(&RowKey::Int(29)));
         assert!(!sel.contains(&RowKey::Int(30)));
         assert!(!sel.contains(&RowKey::Text("5".into())));

@@ -87,6 +87,14 @@ impl CapabilityBody {
         write_scope(&self.scope, body.init_scope());
     }
 
+    /// Parses a serialized body under the verifier's reader limits. Checks only that it is
+    /// well-formed: this says nothing about whether anyone signed it (that is [`Verifier`]'s job).
+    ///
+    /// [`Verifier`]: super::Verifier
+    pub fn parse(bytes: &[u8]) -> Result<Self, CapabilityError> {
+        Self::decode(bytes, 0)
+    }
+
     /// Parses a body under reader limits. `link` is only used to label errors.
     pub(crate) fn decode(bytes: &[u8], link: usize) -> Result<Self, CapabilityError> {
         with_reader(bytes, link, |root| read_body(root, link))

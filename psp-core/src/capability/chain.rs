@@ -36,6 +36,22 @@ pub struct SignedLink {
     pub signature: [u8; 64],
 }
 
+impl SignedLink {
+    /// Encodes `body` and signs it with `issuer`: the raw signing step, with none of the checks
+    /// [`Chain::delegate`] makes. For tools and adversarial tests that must build chains the safe
+    /// API refuses; the [`Verifier`](super::Verifier) is the only judge of what a link grants.
+    pub fn sign(issuer: &IdentityKey, body: &CapabilityBody) -> SignedLink {
+        Self::sign_bytes(issuer, body.encode())
+    }
+
+    /// Signs an already serialized body as it stands, e.g. one made by another encoder. Same
+    /// caveat as [`SignedLink::sign`]: nothing about the body is checked.
+    pub fn sign_bytes(issuer: &IdentityKey, body: Vec<u8>) -> SignedLink {
+        let signature = sign_body(issuer, &body);
+        SignedLink { body, signature }
+    }
+}
+
 /// A borrowed view of one link, e.g. pointing straight into a received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkBytes<'a> {
@@ -122,12 +138,7 @@ impl Chain {
             scope: grant.scope,
             window: grant.window,
         };
-        let bytes = body.encode();
-        let signature = sign_body(issuer, &bytes);
-        self.links.push(SignedLink {
-            body: bytes,
-            signature,
-        });
+        self.links.push(SignedLink::sign(issuer, &body));
         self.bodies.push(body);
         Ok(())
     }
