@@ -74,8 +74,10 @@ struct ArchiveSet {
     anyArchive @0 :Void;
     # Every archive that accepts this chain's root. Meant for root grants by a fleet owner.
 
-    members @1 :List(Data);
-    # 32-byte archive digests, sorted ascending by bytes, no duplicates (anything else is malformed).
+    members @1 :Data;
+    # The member digests, 32 bytes each, concatenated in ascending byte order with no duplicates
+    # (a length that is not a multiple of 32, or any other order, is malformed). One blob rather
+    # than a list of blobs: a 1,000-archive set is 32,000 bytes read with one bounds check.
   }
 }
 

@@ -451,11 +451,16 @@ fn cases(k: &Keys) -> Vec<(&'static str, &'static str, Attempt)> {
                     let (x, y) = (ArchiveDigest::of("tower-a"), ArchiveDigest::of("tower-b"));
                     if x < y { (x, y) } else { (y, x) }
                 };
-                let mut members = b.init_archives().init_members(2);
-                members.set(0, high.as_bytes());
-                members.set(1, low.as_bytes());
+                let mut members = high.as_bytes().to_vec();
+                members.extend_from_slice(low.as_bytes());
+                b.init_archives().set_members(&members);
             }),
         ),
+    );
+    add(
+        "archive digests not a multiple of 32 bytes",
+        "malformed",
+        attempt(k, raw_root(k, |b| b.init_archives().set_members(&[1; 33]))),
     );
     add(
         "31-byte holder key",

@@ -78,10 +78,8 @@ impl CapabilityBody {
         match &self.archives {
             ArchiveSet::Any => body.reborrow().init_archives().set_any_archive(()),
             ArchiveSet::Members(members) => {
-                let mut list = body.reborrow().init_archives().init_members(len(members));
-                for (i, digest) in members.iter().enumerate() {
-                    list.set(i as u32, digest.as_bytes());
-                }
+                let bytes: Vec<u8> = members.iter().flat_map(|d| *d.as_bytes()).collect();
+                body.reborrow().init_archives().set_members(&bytes);
             }
         }
         write_scope(&self.scope, body.init_scope());
@@ -245,21 +243,21 @@ fn key(field: capnp::Result<&[u8]>, name: &str, link: usize) -> Result<PublicKey
 fn read_archives(set: archive_set::Reader<'_>, link: usize) -> Result<ArchiveSet, ReadError> {
     Ok(match set.which()? {
         archive_set::AnyArchive(()) => ArchiveSet::Any,
-        archive_set::Members(list) => {
-            let list = list?;
-            let mut members = Vec::with_capacity(list.len() as usize);
-            for digest in list.iter() {
-                let digest: [u8; 32] = digest?
-                    .try_into()
-                    .map_err(|_| invalid(link, "archive digests are 32 bytes"))?;
-                let digest = ArchiveDigest::from_bytes(digest);
-                // Strictly ascending: canonical, duplicate-free, and searchable as it stands.
-                if members.last().is_some_and(|last| *last >= digest) {
-                    return Err(invalid(link, "archive digests must be sorted and unique"));
-                }
-                members.push(digest);
+        archive_set::Members(bytes) => {
+            let (digests, rest) = bytes?.as_chunks::<32>();
+            if !rest.is_empty() {
+                return Err(invalid(link, "archive digests are 32 bytes each"));
             }
-            ArchiveSet::Members(members)
+            // Strictly ascending: canonical, duplicate-free, and searchable as it stands.
+            if digests.windows(2).any(|pair| pair[0] >= pair[1]) {
+                return Err(invalid(link, "archive digests must be sorted and unique"));
+            }
+            ArchiveSet::Members(
+                digests
+                    .iter()
+                    .map(|d| ArchiveDigest::from_bytes(*d))
+                    .collect(),
+            )
         }
     })
 }
