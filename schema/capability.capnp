@@ -192,4 +192,5 @@ struct Chain {
   # last link's holder is the machine presenting the chain.
 
   links @0 :List(SignedLink);
+  # The links, root first. At most a verifier-chosen depth (8 by default).
 }

@@ -87,7 +87,9 @@ struct Label {
   # One label of an archive, such as region=emea or entity=subsidiary.
 
   key @0 :Text;
+  # The label's name, e.g. "region".
   value @1 :Text;
+  # Its value, e.g. "emea".
 }
 
 struct FanOutOptions {
@@ -234,7 +236,9 @@ struct Table {
   # A merged result table: aggregates finalized, ordered and limited after the merge.
 
   columns @0 :List(Query.Column);
+  # The columns, as in a single archive's result.
   rows @1 :List(Query.Row);
+  # The merged rows, ordered and limited as the query asked.
 }
 
 struct Viewport {
@@ -245,8 +249,11 @@ struct Viewport {
 
   union {
     rollup @1 :Rollup;
+    # A portfolio rollup.
     reconciliation @2 :Reconciliation;
+    # A cross-entity reconciliation.
     summary @3 :ExecutiveSummary;
+    # An executive summary.
   }
 }
 
@@ -269,10 +276,16 @@ struct Reconciliation {
   # The ledger collection in each archive.
 
   counterpartyField @1 :Text;
+  # The field naming the other entity of each ledger record.
+
   periodField @2 :Text;
+  # The field holding the record's accounting period.
+
   currencyField @3 :Text;
+  # The field holding the record's currency code.
+
   amountField @4 :Text;
-  # The fields that identify and measure an intercompany balance.
+  # The field holding the amount (an exact decimal).
 
   entityLabel @5 :Text;
   # The archive label whose value names the entity in other archives' counterparty field
@@ -302,35 +315,48 @@ struct ReconciliationReport {
   # The pairs a reconciliation found.
 
   entries @0 :List(ReconciliationEntry);
+  # One entry per (entity pair, period, currency) seen by either side.
 }
 
 struct ReconciliationEntry {
   # One intercompany balance seen from both sides (or only one).
 
   left @0 :Text;
+  # The entity whose name sorts first.
+
   right @1 :Text;
-  # The two entities, left < right.
+  # The other entity (left < right).
 
   period @2 :Query.Value;
+  # The accounting period.
+
   currency @3 :Text;
+  # The currency both amounts are in.
 
   leftAmount @4 :Query.Value;
+  # What `left` records about `right`, null when it records nothing.
+
   rightAmount @5 :Query.Value;
-  # Each side's amount, null when that side has no record.
+  # What `right` records about `left`, null when it records nothing.
 
   difference @6 :Query.Value;
   # leftAmount - (the amount expected from rightAmount under the convention).
 
   status @7 :MatchStatus;
+  # The verdict.
 }
 
 enum MatchStatus {
   # The verdict on one reconciliation entry.
 
   matched @0;
+  # Both sides agree within the tolerance.
   mismatched @1;
+  # Both sides record the balance but disagree; see `difference`.
   leftOnly @2;
+  # Only `left` records it.
   rightOnly @3;
+  # Only `right` records it.
   unknown @4;
   # One side's archive did not answer, so no verdict is possible.
 }
@@ -339,13 +365,16 @@ struct ExecutiveSummary {
   # A set of key figures over the fleet.
 
   kpis @0 :List(Kpi);
+  # The key figures, in display order.
 }
 
 struct Kpi {
   # One key figure: an aggregate query without group-by, over the selected archives.
 
   name @0 :Text;
+  # The figure's display name, e.g. "Net operating income".
   query @1 :Query.Query;
+  # An aggregate query with exactly one aggregate and no group-by.
   unit @2 :Text;
   # For display, e.g. "USD" or "%".
 }
@@ -354,14 +383,18 @@ struct SummaryReport {
   # The answered key figures.
 
   kpis @0 :List(KpiValue);
+  # One answer per requested key figure, in the same order.
 }
 
 struct KpiValue {
   # One key figure with where it came from.
 
   name @0 :Text;
+  # The figure's display name.
   value @1 :Query.Value;
+  # The merged figure (null when no source answered).
   unit @2 :Text;
+  # The unit, copied from the KPI definition.
 
   sources @3 :List(Text);
   # The archives that contributed.

@@ -51,12 +51,19 @@ enum ValueType {
   # The type of a column or field.
 
   null @0;
+  # Every value is null (or the column is empty).
   bool @1;
+  # Truth values.
   int @2;
+  # Signed 64-bit integers.
   float @3;
+  # 64-bit floats.
   text @4;
+  # UTF-8 text.
   timestamp @5;
+  # Microseconds since the Unix epoch, UTC.
   decimal @6;
+  # Exact decimals.
 }
 
 struct Filter {
@@ -104,11 +111,17 @@ enum CompareOp {
   # A comparison operator.
 
   eq @0;
+  # Equal.
   ne @1;
+  # Not equal.
   lt @2;
+  # Less than.
   le @3;
+  # Less than or equal.
   gt @4;
+  # Greater than.
   ge @5;
+  # Greater than or equal.
 }
 
 struct Membership {
@@ -175,10 +188,15 @@ enum AggregateFunction {
   # An aggregate function. Each has a mergeable partial state (see `PartialAggregate`).
 
   count @0;
+  # Number of records, or of non-null values of `field`.
   sum @1;
+  # Exact sum of the non-null values.
   min @2;
+  # Smallest non-null value.
   max @3;
+  # Largest non-null value.
   avg @4;
+  # Mean of the non-null values, carried as sum and count until the final answer.
 }
 
 struct OrderKey {
@@ -205,6 +223,7 @@ struct Row {
   # One row of a result table: one value per column, in column order.
 
   values @0 :List(Value);
+  # The row's values, one per column.
 }
 
 struct PartialAggregate {

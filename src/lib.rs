@@ -52,3 +52,6 @@ pub mod orchestrator_capnp {
     #![allow(clippy::all, clippy::unimplemented, missing_docs, unreachable_pub)]
     include!("generated/orchestrator_capnp.rs");
 }
+
+#[cfg(test)]
+mod schema_docs;

@@ -33,6 +33,27 @@ fn owned(links: Vec<SignedLink>) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// The standard chain with only link `which` edited before signing.
+fn edited(k: &Keys, which: usize, edit: impl Fn(&mut CapabilityBody)) -> Attempt {
+    attempt(
+        k,
+        raw_chain(k, |i, b| {
+            if i == which {
+                edit(b)
+            }
+        }),
+    )
+}
+
+/// The standard chain with the leaf's grant for `leases` edited before signing.
+fn leases_edited(k: &Keys, edit: impl Fn(&mut CollectionGrant)) -> Attempt {
+    edited(k, 1, |b| {
+        if let Collections::Only(grants) = &mut b.scope.collections {
+            edit(grants.get_mut("leases").unwrap())
+        }
+    })
+}
+
 /// The standard, valid request: the orchestrator queries two leases fields on tower-a.
 fn attempt(k: &Keys, links: Vec<SignedLink>) -> Attempt {
     Attempt {
@@ -134,14 +155,9 @@ fn cases(k: &Keys) -> Vec<(&'static str, &'static str, Attempt)> {
     add(
         "root signed by an untrusted key",
         "untrusted-root",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 0 {
-                    b.issuer = k.stranger.public();
-                }
-            }),
-        ),
+        edited(k, 0, |b| {
+            b.issuer = k.stranger.public();
+        }),
     );
     // Re-sign the root with the stranger so only trust is wrong, not the signature.
     let mut links = raw_chain(k, |_, _| {});
@@ -170,106 +186,61 @@ fn cases(k: &Keys) -> Vec<(&'static str, &'static str, Attempt)> {
     add(
         "link bound to another parent",
         "parent-mismatch",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 1 {
-                    b.parent = Some([9; 64]);
-                }
-            }),
-        ),
+        edited(k, 1, |b| {
+            b.parent = Some([9; 64]);
+        }),
     );
     add(
         "root that names a parent",
         "parent-mismatch",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 0 {
-                    b.parent = Some([9; 64]);
-                }
-            }),
-        ),
+        edited(k, 0, |b| {
+            b.parent = Some([9; 64]);
+        }),
     );
 
     add(
         "widened scope: a field the parent does not grant",
         "widened-scope",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 1
-                    && let Collections::Only(g) = &mut b.scope.collections
-                {
-                    g.get_mut("leases").unwrap().fields =
-                        FieldSet::of(["lease_id", "property", "rent", "start", "tenant_name"]);
-                }
-            }),
-        ),
+        leases_edited(k, |g| {
+            g.fields = FieldSet::of(["lease_id", "property", "rent", "start", "tenant_name"]);
+        }),
     );
     add(
         "widened scope: an operation the parent does not grant",
         "widened-scope",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 1 {
-                    b.scope.operations.push(Operation::command("seal"));
-                }
-            }),
-        ),
+        edited(k, 1, |b| {
+            b.scope.operations.push(Operation::command("seal"));
+        }),
     );
     add(
         "widened scope: rows beyond the parent's selector",
         "widened-scope",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 1
-                    && let Collections::Only(g) = &mut b.scope.collections
-                {
-                    g.get_mut("leases").unwrap().rows = psp_core::RowSelector::All;
-                }
-            }),
-        ),
+        leases_edited(k, |g| {
+            g.rows = psp_core::RowSelector::All;
+        }),
     );
     add(
         "widened scope: a collection the parent does not grant",
         "widened-scope",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 1
-                    && let Collections::Only(g) = &mut b.scope.collections
-                {
-                    g.insert("payroll".into(), CollectionGrant::everything());
-                }
-            }),
-        ),
+        edited(k, 1, |b| {
+            if let Collections::Only(g) = &mut b.scope.collections {
+                g.insert("payroll".into(), CollectionGrant::everything());
+            }
+        }),
     );
     add(
         "widened scope: all collections under a parent granting some",
         "widened-scope",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 1 {
-                    b.scope.collections = Collections::All;
-                }
-            }),
-        ),
+        edited(k, 1, |b| {
+            b.scope.collections = Collections::All;
+        }),
     );
     add(
         "widened archives",
         "widened-archives",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 1 {
-                    b.archives = ArchiveSet::of_ids(["tower-a", "tower-z"]);
-                }
-            }),
-        ),
+        edited(k, 1, |b| {
+            b.archives = ArchiveSet::of_ids(["tower-a", "tower-z"]);
+        }),
     );
     add(
         "widened window",
@@ -400,20 +371,15 @@ fn cases(k: &Keys) -> Vec<(&'static str, &'static str, Attempt)> {
     add(
         "oversize link (70,000 archives)",
         "chain-too-large",
-        attempt(
-            k,
-            raw_chain(k, |i, b| {
-                if i == 0 {
-                    b.archives = ArchiveSet::of_ids(
-                        (0..70_000)
-                            .map(|n| format!("archive-{n}"))
-                            .collect::<Vec<_>>()
-                            .iter()
-                            .map(String::as_str),
-                    );
-                }
-            }),
-        ),
+        edited(k, 0, |b| {
+            b.archives = ArchiveSet::of_ids(
+                (0..70_000)
+                    .map(|n| format!("archive-{n}"))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str),
+            );
+        }),
     );
 
     let links = standard();

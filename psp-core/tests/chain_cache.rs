@@ -16,6 +16,41 @@ const QUERY: Access<'static> = Access {
     rows: RowRequest::Unrestricted,
 };
 
+/// The standard chain, presented by its holder (the orchestrator) to tower-a.
+struct Scene {
+    links: Vec<psp_core::capability::SignedLink>,
+    holder: psp_core::PublicKey,
+    archive: ArchiveDigest,
+    keys: support::Keys,
+}
+
+impl Scene {
+    fn new() -> Self {
+        let keys = keys();
+        Self {
+            links: raw_chain(&keys, |_, _| {}),
+            holder: keys.orchestrator.public(),
+            archive: ArchiveDigest::of("tower-a"),
+            keys,
+        }
+    }
+
+    fn presenter(&self) -> Presenter<'_> {
+        Presenter {
+            peer: &self.holder,
+            archive: &self.archive,
+        }
+    }
+
+    /// Presents the chain with `verifier` at `now`; returns the failed rule, if any.
+    fn check(&self, verifier: &Verifier, now: i64) -> Result<(), &'static str> {
+        verifier
+            .verify(&bytes(&self.links), &self.presenter(), &QUERY, now)
+            .map(drop)
+            .map_err(|e| e.rule())
+    }
+}
+
 fn bytes(links: &[psp_core::capability::SignedLink]) -> Vec<LinkBytes<'_>> {
     links
         .iter()
@@ -28,176 +63,94 @@ fn bytes(links: &[psp_core::capability::SignedLink]) -> Vec<LinkBytes<'_>> {
 
 #[test]
 fn a_warm_cache_still_refuses_a_replay_from_another_key() {
-    let k = keys();
-    let links = raw_chain(&k, |_, _| {});
-    let archive = ArchiveDigest::of("tower-a");
-    let verifier = Verifier::new([k.owner.public()]);
-    let holder = k.orchestrator.public();
-    let thief = k.stranger.public();
-
-    verifier
-        .verify(
-            &bytes(&links),
-            &Presenter {
-                peer: &holder,
-                archive: &archive,
-            },
-            &QUERY,
-            NOW,
-        )
-        .unwrap();
+    let scene = Scene::new();
+    let verifier = Verifier::new([scene.keys.owner.public()]);
+    scene.check(&verifier, NOW).unwrap();
     assert_eq!(
         verifier.cache().len(),
         1,
         "the first check must fill the cache"
     );
 
+    let thief = scene.keys.stranger.public();
+    let stolen = Presenter {
+        peer: &thief,
+        archive: &scene.archive,
+    };
     let refused = verifier
-        .verify(
-            &bytes(&links),
-            &Presenter {
-                peer: &thief,
-                archive: &archive,
-            },
-            &QUERY,
-            NOW,
-        )
+        .verify(&bytes(&scene.links), &stolen, &QUERY, NOW)
         .unwrap_err();
     assert_eq!(refused.rule(), "wrong-holder");
+
     let elsewhere = ArchiveDigest::of("tower-z");
+    let misplaced = Presenter {
+        peer: &scene.holder,
+        archive: &elsewhere,
+    };
     let refused = verifier
-        .verify(
-            &bytes(&links),
-            &Presenter {
-                peer: &holder,
-                archive: &elsewhere,
-            },
-            &QUERY,
-            NOW,
-        )
+        .verify(&bytes(&scene.links), &misplaced, &QUERY, NOW)
         .unwrap_err();
     assert_eq!(refused.rule(), "archive-not-in-scope");
 }
 
 #[test]
 fn revoking_or_distrusting_after_caching_takes_effect_at_once() {
-    let k = keys();
-    let links = raw_chain(&k, |_, _| {});
-    let archive = ArchiveDigest::of("tower-b");
-    let holder = k.orchestrator.public();
-    let presenter = Presenter {
-        peer: &holder,
-        archive: &archive,
-    };
+    let scene = Scene::new();
+    let owner = scene.keys.owner.public();
     let cache = Arc::new(ChainCache::default());
-    let verifier = Verifier::new([k.owner.public()]).with_cache(cache.clone());
+    let verifier = Verifier::new([owner]).with_cache(cache.clone());
     let chain = verifier
-        .verify(&bytes(&links), &presenter, &QUERY, NOW)
+        .verify(&bytes(&scene.links), &scene.presenter(), &QUERY, NOW)
         .unwrap();
     assert_eq!(cache.len(), 1);
 
-    // A reload that revokes the console's delegation, sharing the warm cache.
-    let leaf_id = chain.last().id;
-    let reloaded = Verifier::new([k.owner.public()])
-        .with_revoked([leaf_id])
+    // Reloads sharing the warm cache: one revokes the console's delegation, one stops trusting
+    // the owner.
+    let revoking = Verifier::new([owner])
+        .with_revoked([chain.last().id])
         .with_cache(cache.clone());
-    let refused = reloaded
-        .verify(&bytes(&links), &presenter, &QUERY, NOW)
-        .unwrap_err();
-    assert_eq!(refused.rule(), "revoked");
-
-    // A reload that no longer trusts the owner.
-    let distrusting = Verifier::new([k.stranger.public()]).with_cache(cache.clone());
-    let refused = distrusting
-        .verify(&bytes(&links), &presenter, &QUERY, NOW)
-        .unwrap_err();
-    assert_eq!(refused.rule(), "untrusted-root");
+    assert_eq!(scene.check(&revoking, NOW), Err("revoked"));
+    let distrusting = Verifier::new([scene.keys.stranger.public()]).with_cache(cache.clone());
+    assert_eq!(scene.check(&distrusting, NOW), Err("untrusted-root"));
     assert_eq!(
         cache.len(),
         1,
-        "the cached entry was used, not re-verified away"
+        "the cached entry was consulted, not replaced"
     );
 }
 
 #[test]
 fn a_cached_chain_expires_and_leaves_the_cache() {
-    let k = keys();
-    let links = raw_chain(&k, |_, _| {});
-    let archive = ArchiveDigest::of("tower-a");
-    let holder = k.orchestrator.public();
-    let presenter = Presenter {
-        peer: &holder,
-        archive: &archive,
-    };
-    let verifier = Verifier::new([k.owner.public()]);
-    verifier
-        .verify(&bytes(&links), &presenter, &QUERY, NOW)
-        .unwrap();
-    let later = NOW + 3_600;
-    let refused = verifier
-        .verify(&bytes(&links), &presenter, &QUERY, later)
-        .unwrap_err();
-    assert_eq!(refused.rule(), "expired");
+    let scene = Scene::new();
+    let verifier = Verifier::new([scene.keys.owner.public()]);
+    scene.check(&verifier, NOW).unwrap();
+    assert_eq!(scene.check(&verifier, NOW + 3_600), Err("expired"));
     assert!(verifier.cache().is_empty(), "an expired chain is not kept");
 }
 
 #[test]
 fn a_body_swapped_under_cached_signatures_is_not_a_cache_hit() {
-    let k = keys();
-    let links = raw_chain(&k, |_, _| {});
-    let archive = ArchiveDigest::of("tower-a");
-    let holder = k.orchestrator.public();
-    let presenter = Presenter {
-        peer: &holder,
-        archive: &archive,
-    };
-    let verifier = Verifier::new([k.owner.public()]);
-    verifier
-        .verify(&bytes(&links), &presenter, &QUERY, NOW)
-        .unwrap();
+    let mut scene = Scene::new();
+    let verifier = Verifier::new([scene.keys.owner.public()]);
+    scene.check(&verifier, NOW).unwrap();
 
-    // Same signatures (the cache key), a widened leaf body: must be verified, and fail.
-    let widened = raw_chain(&k, |i, b| {
+    // Same signatures (the cache key) under a widened leaf body: verified again, and refused.
+    let widened = raw_chain(&scene.keys, |i, b| {
         if i == 1 {
-            b.scope
-                .operations
-                .push(psp_core::Operation::command("seal"));
+            b.scope.collections = psp_core::Collections::All;
         }
     });
-    let mut forged = links.clone();
-    forged[1].body = widened[1].body.clone();
-    let seal = psp_core::CommandDigest::of("seal", "", b"k", b"");
-    let access = Access {
-        action: Action::Command {
-            name: "seal",
-            digest: &seal,
-        },
-        collection: None,
-        fields: &[],
-        rows: RowRequest::Unrestricted,
-    };
-    let refused = verifier
-        .verify(&bytes(&forged), &presenter, &access, NOW)
-        .unwrap_err();
-    assert_eq!(refused.rule(), "bad-signature");
+    scene.links[1].body = widened[1].body.clone();
+    assert_eq!(scene.check(&verifier, NOW), Err("bad-signature"));
 }
 
 #[test]
 fn the_cache_stays_within_its_capacity() {
-    let k = keys();
     let cache = Arc::new(ChainCache::new(3));
-    let verifier = Verifier::new([k.owner.public()]).with_cache(cache.clone());
-    let archive = ArchiveDigest::of("tower-a");
-    let holder = k.orchestrator.public();
-    let presenter = Presenter {
-        peer: &holder,
-        archive: &archive,
-    };
     for _ in 0..10 {
-        let links = raw_chain(&k, |_, _| {});
-        verifier
-            .verify(&bytes(&links), &presenter, &QUERY, NOW)
-            .unwrap();
+        let scene = Scene::new();
+        let verifier = Verifier::new([scene.keys.owner.public()]).with_cache(cache.clone());
+        scene.check(&verifier, NOW).unwrap();
         assert!(cache.len() <= 3);
     }
     assert_eq!(cache.len(), 3);
