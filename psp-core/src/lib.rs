@@ -29,6 +29,7 @@
 pub mod archive_set;
 pub mod capability;
 pub mod identity;
+pub mod query;
 pub mod rows;
 pub mod scope;
 pub mod window;

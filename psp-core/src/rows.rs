@@ -70,7 +70,10 @@ impl KeyRange {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeySelector {
     field: String,
-    values: BTreeSet<RowKey>,
+    /// Exact integer keys.
+    ints: BTreeSet<i64>,
+    /// Exact text keys; a `String` set can be probed with a borrowed `&str`.
+    texts: BTreeSet<String>,
     /// Sorted, with overlapping or touching ranges merged, so membership is a binary search and
     /// "is this range covered" never has to stitch ranges together.
     ranges: Vec<KeyRange>,
@@ -83,9 +86,17 @@ impl KeySelector {
         values: impl IntoIterator<Item = RowKey>,
         ranges: impl IntoIterator<Item = KeyRange>,
     ) -> Self {
+        let (mut ints, mut texts) = (BTreeSet::new(), BTreeSet::new());
+        for value in values {
+            match value {
+                RowKey::Int(i) => ints.insert(i),
+                RowKey::Text(t) => texts.insert(t),
+            };
+        }
         Self {
             field: field.into(),
-            values: values.into_iter().collect(),
+            ints,
+            texts,
             ranges: normalize(ranges.into_iter().collect()),
         }
     }
@@ -95,9 +106,22 @@ impl KeySelector {
         &self.field
     }
 
-    /// The exact key values.
-    pub fn values(&self) -> impl ExactSizeIterator<Item = &RowKey> {
-        self.values.iter()
+    /// The exact key values, integers first.
+    pub fn values(&self) -> impl Iterator<Item = RowKey> + '_ {
+        let ints = self.ints.iter().map(|&i| RowKey::Int(i));
+        ints.chain(self.texts.iter().map(|t| RowKey::Text(t.clone())))
+    }
+
+    /// How many exact key values there are.
+    pub fn value_count(&self) -> usize {
+        self.ints.len() + self.texts.len()
+    }
+
+    fn has_value(&self, key: &RowKey) -> bool {
+        match key {
+            RowKey::Int(i) => self.ints.contains(i),
+            RowKey::Text(t) => self.texts.contains(t),
+        }
     }
 
     /// The key ranges, sorted and merged.
@@ -107,7 +131,29 @@ impl KeySelector {
 
     /// Whether a row with this key is selected.
     pub fn contains(&self, key: &RowKey) -> bool {
-        self.values.contains(key) || self.range_containing(key).is_some()
+        self.has_value(key) || self.range_containing(key).is_some()
+    }
+
+    /// Whether a row whose key field holds `value` is selected: the per-record check of a scan,
+    /// which allocates nothing. Values of other types than int and text are never selected.
+    pub fn contains_value(&self, value: &crate::query::ValueRef<'_>) -> bool {
+        use crate::query::ValueRef;
+        let probe = match value {
+            ValueRef::Int(i) => KeyProbe::Int(*i),
+            ValueRef::Text(t) => KeyProbe::Text(t),
+            _ => return false,
+        };
+        let in_values = match probe {
+            KeyProbe::Int(i) => self.ints.contains(&i),
+            KeyProbe::Text(t) => self.texts.contains(t),
+        };
+        in_values || {
+            let index = self.ranges.partition_point(|r| probe.at_or_above(&r.low));
+            index
+                .checked_sub(1)
+                .and_then(|i| self.ranges.get(i))
+                .is_some_and(|r| probe.at_or_above(&r.low) && probe.below(&r.high))
+        }
     }
 
     /// Whether every key of `range` is selected. Exact: an integer range may be covered by ranges
@@ -128,7 +174,7 @@ impl KeySelector {
             let key = RowKey::Int(next);
             if let Some(RowKey::Int(end)) = self.range_containing(&key).map(|r| &r.high) {
                 next = *end;
-            } else if self.values.contains(&key) {
+            } else if self.ints.contains(&next) {
                 next += 1;
             } else {
                 return false;
@@ -147,8 +193,37 @@ impl KeySelector {
     /// Whether every row `self` selects is selected by `parent`.
     pub fn is_within(&self, parent: &KeySelector) -> bool {
         self.field == parent.field
-            && self.values.iter().all(|v| parent.contains(v))
+            && self.values().all(|v| parent.contains(&v))
             && self.ranges.iter().all(|r| parent.covers(r))
+    }
+}
+
+/// A key read from a record, compared with stored keys without allocating.
+#[derive(Clone, Copy)]
+enum KeyProbe<'a> {
+    Int(i64),
+    Text(&'a str),
+}
+
+impl KeyProbe<'_> {
+    /// `self >= key` within one type (false across types).
+    fn at_or_above(&self, key: &RowKey) -> bool {
+        match (self, key) {
+            (KeyProbe::Int(a), RowKey::Int(b)) => a >= b,
+            (KeyProbe::Text(a), RowKey::Text(b)) => *a >= b.as_str(),
+            // Ints sort before texts: a text probe is above every int key.
+            (KeyProbe::Text(_), RowKey::Int(_)) => true,
+            (KeyProbe::Int(_), RowKey::Text(_)) => false,
+        }
+    }
+
+    /// `self < key` within one type (false across types).
+    fn below(&self, key: &RowKey) -> bool {
+        match (self, key) {
+            (KeyProbe::Int(a), RowKey::Int(b)) => a < b,
+            (KeyProbe::Text(a), RowKey::Text(b)) => *a < b.as_str(),
+            _ => false,
+        }
     }
 }
 

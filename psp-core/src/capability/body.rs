@@ -414,9 +414,9 @@ fn write_grant(grant: &CollectionGrant, mut builder: collection_grant::Builder<'
         RowSelector::Keys(keys) => {
             let mut sel = rows.init_keys();
             sel.set_field(keys.field());
-            let mut values = sel.reborrow().init_values(keys.values().len() as u32);
+            let mut values = sel.reborrow().init_values(keys.value_count() as u32);
             for (i, key) in keys.values().enumerate() {
-                write_key(key, values.reborrow().get(i as u32));
+                write_key(&key, values.reborrow().get(i as u32));
             }
             let mut ranges = sel.init_ranges(len(keys.ranges()));
             for (i, range) in keys.ranges().iter().enumerate() {
