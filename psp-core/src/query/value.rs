@@ -113,17 +113,19 @@ impl Decimal {
         })
     }
 
-    /// `self / divisor`, rounded half away from zero at `scale` digits.
+    /// `self / divisor`, rounded half away from zero to `scale` digits (more or fewer than
+    /// `self` has); `None` when `divisor` is 0 or the result leaves the 64-bit range.
     pub fn div_round(&self, divisor: u64, scale: u8) -> Option<Decimal> {
-        let extra = u32::from(scale.checked_sub(self.scale)?);
-        let numerator = i128::from(self.units) * 10i128.checked_pow(extra)?;
-        let divisor = i128::from(divisor);
-        if divisor == 0 {
+        if divisor == 0 || scale > MAX_SCALE {
             return None;
         }
-        let quotient = numerator / divisor;
-        let remainder = numerator % divisor;
-        let rounded = if 2 * remainder.abs() >= divisor {
+        // units / 10^self.scale / divisor = (units * 10^scale) / (divisor * 10^self.scale) / 10^scale;
+        // both products fit in i128 (at most about 9.2e36 and 1.8e37).
+        let numerator = i128::from(self.units) * 10i128.pow(u32::from(scale));
+        let denominator = i128::from(divisor) * 10i128.pow(u32::from(self.scale));
+        let quotient = numerator / denominator;
+        let remainder = numerator % denominator;
+        let rounded = if 2 * remainder.abs() >= denominator {
             quotient + numerator.signum()
         } else {
             quotient
