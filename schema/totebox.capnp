@@ -137,3 +137,59 @@ enum CommandStatus {
   replayed @1;
   # Applied by an earlier call with the same idempotency key; this is that call's outcome.
 }
+
+# Standard commands. Every Totebox understands these names; `Command.arguments` and
+# `CommandOutcome.detail` hold the structs below (empty for ping).
+#
+#   ping      archive-wide; no arguments; answers "pong" with the archive's data time.
+#   append    adds records to `Command.collection`, all or none (AppendArguments / AppendOutcome).
+#   seal      closes a period of `Command.collection`: later appends into it are refused
+#             (SealArguments).
+#   snapshot  writes a consistent copy of the archive (SnapshotArguments / SnapshotOutcome).
+#
+# A capability for `append` must reach the collection, every field named and the key of every
+# record; the Totebox checks these as it checks a query.
+
+struct AppendArguments {
+  # The records to append.
+
+  fields @0 :List(Text);
+  # The fields each row holds, in order. Fields of the collection not named are null.
+
+  records @1 :List(Query.Row);
+  # One row per record, one value per named field.
+}
+
+struct AppendOutcome {
+  # The result of an append.
+
+  appended @0 :UInt64;
+  # How many records were added.
+}
+
+struct SealArguments {
+  # Which period to close.
+
+  period @0 :Text;
+  # The period, as the collection's period field writes it (e.g. "2026-10").
+}
+
+struct SnapshotArguments {
+  # Where to write the copy.
+
+  name @0 :Text;
+  # A file name (letters, digits, '-', '_', '.'; no path) inside the archive's snapshot directory.
+}
+
+struct SnapshotOutcome {
+  # The copy that was written.
+
+  name @0 :Text;
+  # Its file name.
+
+  bytes @1 :UInt64;
+  # Its size.
+
+  records @2 :UInt64;
+  # Records it holds, over all collections.
+}

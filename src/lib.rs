@@ -8,6 +8,7 @@
 //! | [`query_capnp`] | `query.capnp` | typed values, filters, queries, result tables, mergeable aggregates |
 //! | [`totebox_capnp`] | `totebox.capnp` | the `Totebox` and `Session` interfaces, commands |
 //! | [`orchestrator_capnp`] | `orchestrator.capnp` | the console-facing `Orchestrator`, fleet queries, viewports |
+//! | [`archive_capnp`] | `archive.capnp` | the reference Totebox store's on-disk log (not the wire protocol) |
 //!
 //! The code in `src/generated/` is produced by `capnpc` and committed, so building needs only the Rust
 //! toolchain. `build.rs` refuses to build when `schema/` changed without the bindings being remade;
@@ -45,6 +46,12 @@ pub mod query_capnp {
 pub mod totebox_capnp {
     #![allow(clippy::all, clippy::unimplemented, missing_docs, unreachable_pub)]
     include!("generated/totebox_capnp.rs");
+}
+
+/// Bindings for `schema/archive.capnp`: the reference store's on-disk log.
+pub mod archive_capnp {
+    #![allow(clippy::all, clippy::unimplemented, missing_docs, unreachable_pub)]
+    include!("generated/archive_capnp.rs");
 }
 
 /// Bindings for `schema/orchestrator.capnp`: the console-facing Orchestrator interface.

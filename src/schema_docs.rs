@@ -55,7 +55,7 @@ fn every_schema_member_is_documented() {
             missing.extend(undocumented(&path));
         }
     }
-    assert_eq!(files, 4, "expected the four PSP schema files");
+    assert!(files >= 4, "expected the PSP schema files, found {files}");
     assert!(
         missing.is_empty(),
         "undocumented schema members:\n{}",

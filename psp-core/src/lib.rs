@@ -26,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod archive_set;
 pub mod capability;
 pub mod identity;
