@@ -44,6 +44,8 @@
 
 mod commands;
 pub mod config;
+pub mod generate;
+pub mod import;
 mod index;
 pub mod log;
 mod map;
