@@ -81,6 +81,11 @@ fn period(month: usize) -> String {
     format!("{}-{:02}", index / 12, index % 12 + 1)
 }
 
+/// Whole dollars as cents.
+const fn dollars(n: i64) -> i64 {
+    n * 100
+}
+
 fn money(cents: i64) -> Value {
     Value::Decimal(Decimal::new(cents, 2).expect("scale 2"))
 }
@@ -317,7 +322,7 @@ fn property(archive: &RecordArchive, rng: &mut impl Rng, records: u64) -> Result
     let mut lease_rows = Vec::with_capacity(leases);
     let mut terms = Vec::with_capacity(leases);
     for l in 0..leases {
-        let rent_cents = rng.random_range(800_00..12_000_00i64);
+        let rent_cents = rng.random_range(dollars(800)..dollars(12_000));
         let start_month = rng.random_range(0..MONTHS as i64) - 12; // some began before the history
         let months = rng.random_range(12..61i64);
         terms.push((start_month, start_month + months, rent_cents));
@@ -337,8 +342,8 @@ fn property(archive: &RecordArchive, rng: &mut impl Rng, records: u64) -> Result
     let mut written = append(archive, "leases", lease_rows)?;
 
     let mut rent = Vec::new();
-    let mut revenue = vec![0i64; MONTHS];
-    let mut occupied = vec![0i64; MONTHS];
+    let mut revenue = [0i64; MONTHS];
+    let mut occupied = [0i64; MONTHS];
     for (l, &(start, end, cents)) in terms.iter().enumerate() {
         for (m, (revenue, occupied)) in revenue.iter_mut().zip(occupied.iter_mut()).enumerate() {
             let month = m as i64;
@@ -376,10 +381,10 @@ fn property(archive: &RecordArchive, rng: &mut impl Rng, records: u64) -> Result
     written += append(archive, "occupancy", occupancy)?;
 
     let mut opex = Vec::new();
-    let mut expenses = vec![0i64; MONTHS];
+    let mut expenses = [0i64; MONTHS];
     for (m, expense) in expenses.iter_mut().enumerate() {
         for category in OPEX {
-            let cents = rng.random_range(500_00..(units as i64 * 150_00 + 1_000_00));
+            let cents = rng.random_range(dollars(500)..dollars(units as i64 * 150 + 1_000));
             *expense += cents;
             opex.push(vec![
                 Value::Int(opex.len() as i64 + 1),
@@ -416,7 +421,7 @@ fn property(archive: &RecordArchive, rng: &mut impl Rng, records: u64) -> Result
             let cap_bp = rng.random_range(500..750i64);
             vec![
                 Value::from(period(m).as_str()),
-                money(annual_noi.max(100_000_00) * 10_000 / cap_bp),
+                money(annual_noi.max(dollars(100_000)) * 10_000 / cap_bp),
                 Value::from(if m % 12 == 0 {
                     "appraisal"
                 } else {
@@ -481,7 +486,7 @@ fn intercompany(options: &GenerateOptions) -> Vec<Balance> {
                 } else {
                     "USD"
                 };
-                let cents = rng.random_range(10_000_00..500_000_00i64);
+                let cents = rng.random_range(dollars(10_000)..dollars(500_000));
                 books.push(Balance {
                     owner: subsidiary_id(lender),
                     counterparty: subsidiary_id(borrower),
@@ -555,7 +560,7 @@ fn ledger(
                 } else {
                     "USD"
                 }),
-                money(sign * rng.random_range(100_00..250_000_00i64)),
+                money(sign * rng.random_range(dollars(100)..dollars(250_000))),
                 Value::from(format!("invoice {}", rng.random_range(100_000..999_999)).as_str()),
             ]);
         }
