@@ -41,10 +41,9 @@ impl<'a> MappedRecord<'a> {
                 .ok()
                 .and_then(|t| t.to_str().ok())
                 .map_or(ValueRef::Null, ValueRef::Text),
-            Ok(value::Decimal(d)) => d
-                .ok()
-                .and_then(|d| Decimal::new(d.get_units(), d.get_scale()))
-                .map_or(ValueRef::Null, ValueRef::Decimal),
+            Ok(value::Decimal(d)) => {
+                Decimal::new(d.get_units(), d.get_scale()).map_or(ValueRef::Null, ValueRef::Decimal)
+            }
         }
     }
 }
@@ -52,5 +51,14 @@ impl<'a> MappedRecord<'a> {
 impl Record for MappedRecord<'_> {
     fn value(&self, index: usize) -> ValueRef<'_> {
         self.get(index)
+    }
+
+    fn text_bytes(&self, index: usize) -> Option<&[u8]> {
+        let values = self.values?;
+        let index = u32::try_from(index).ok().filter(|&i| i < values.len())?;
+        match values.get(index).which() {
+            Ok(value::Text(Ok(text))) => Some(text.as_bytes()),
+            _ => None,
+        }
     }
 }

@@ -12,6 +12,18 @@ use super::value::{Value, ValueRef};
 pub trait Record {
     /// The value of the field at `index`; null when the record has no such field.
     fn value(&self, index: usize) -> ValueRef<'_>;
+
+    /// The bytes of a text field, for byte-wise equality filters: `None` when the field is null
+    /// or not text. A store that keeps text as bytes can answer without validating UTF-8 (bytes
+    /// equal to a valid UTF-8 constant are that string); the default goes through [`value`].
+    ///
+    /// [`value`]: Record::value
+    fn text_bytes(&self, index: usize) -> Option<&[u8]> {
+        match self.value(index) {
+            ValueRef::Text(text) => Some(text.as_bytes()),
+            _ => None,
+        }
+    }
 }
 
 impl Record for [Value] {
@@ -37,6 +49,13 @@ impl Compiled {
             Compiled::And(parts) => parts.iter().all(|p| p.matches(record)),
             Compiled::Or(parts) => parts.iter().any(|p| p.matches(record)),
             Compiled::Not(inner) => !inner.matches(record),
+            Compiled::TextEquals {
+                field,
+                text,
+                negated,
+            } => record
+                .text_bytes(*field)
+                .is_some_and(|bytes| (bytes == text.as_bytes()) != *negated),
             Compiled::IsNull(field) => record.value(*field).is_null(),
             Compiled::In { field, values } => {
                 let v = record.value(*field);

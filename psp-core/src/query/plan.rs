@@ -40,6 +40,12 @@ pub(crate) enum Compiled {
         op: CompareOp,
         value: Value,
     },
+    /// `field = text` (or `<>` when negated): compared byte-wise, the common filter made cheap.
+    TextEquals {
+        field: usize,
+        text: String,
+        negated: bool,
+    },
     And(Vec<Compiled>),
     Or(Vec<Compiled>),
     Not(Box<Compiled>),
@@ -313,10 +319,17 @@ impl Resolver<'_> {
             Filter::Compare { field, op, value } => {
                 let (i, ty) = self.value_field(field, "in a filter")?;
                 check_comparable(field, ty, value)?;
-                Compiled::Compare {
-                    field: i,
-                    op: *op,
-                    value: value.clone(),
+                match (op, value) {
+                    (CompareOp::Eq | CompareOp::Ne, Value::Text(text)) => Compiled::TextEquals {
+                        field: i,
+                        text: text.clone(),
+                        negated: *op == CompareOp::Ne,
+                    },
+                    _ => Compiled::Compare {
+                        field: i,
+                        op: *op,
+                        value: value.clone(),
+                    },
                 }
             }
             Filter::And(parts) => Compiled::And(

@@ -6,6 +6,10 @@ use super::QueryError;
 use super::model::{AggregateFunction, Query, Shape};
 use super::value::{MAX_SCALE, Value, ValueRef, ValueType};
 
+fn sum_overflow() -> QueryError {
+    QueryError::Overflow("a sum exceeds the 64-bit range".into())
+}
+
 /// One column of a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -73,7 +77,16 @@ impl Partial {
         match self {
             Partial::Count(n) => *n += 1,
             Partial::Sum { sum, count } | Partial::Avg { sum, count } => {
-                *sum = sum.as_ref().checked_add(&value)?;
+                // Add in place for the common types; anything else goes the general way.
+                match (&mut *sum, &value) {
+                    (Value::Decimal(s), ValueRef::Decimal(v)) => {
+                        *s = s.checked_add(v).ok_or_else(sum_overflow)?;
+                    }
+                    (Value::Int(s), ValueRef::Int(v)) => {
+                        *s = s.checked_add(*v).ok_or_else(sum_overflow)?;
+                    }
+                    _ => *sum = sum.as_ref().checked_add(&value)?,
+                }
                 *count += 1;
             }
             Partial::Min(current) => {

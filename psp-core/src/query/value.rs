@@ -105,6 +105,13 @@ impl Decimal {
 
     /// The exact sum at the larger of the two scales; `None` on overflow.
     pub fn checked_add(&self, other: &Decimal) -> Option<Decimal> {
+        if self.scale == other.scale {
+            // The usual case (one currency, one scale): no rescaling.
+            return Some(Decimal {
+                units: self.units.checked_add(other.units)?,
+                scale: self.scale,
+            });
+        }
         let scale = self.scale.max(other.scale);
         let (a, b) = (self.rescale(scale)?, other.rescale(scale)?);
         Some(Decimal {

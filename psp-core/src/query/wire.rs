@@ -40,13 +40,10 @@ pub fn read_value(reader: value::Reader<'_>) -> Result<Value, QueryError> {
         value::Float(x) => Value::Float(x),
         value::Text(t) => Value::Text(text(t)?),
         value::Timestamp(t) => Value::Timestamp(t),
-        value::Decimal(d) => {
-            let d = d.map_err(bad)?;
-            Value::Decimal(
-                Decimal::new(d.get_units(), d.get_scale())
-                    .ok_or_else(|| bad(format!("decimal scale {} is over 18", d.get_scale())))?,
-            )
-        }
+        value::Decimal(d) => Value::Decimal(
+            Decimal::new(d.get_units(), d.get_scale())
+                .ok_or_else(|| bad(format!("decimal scale {} is over 18", d.get_scale())))?,
+        ),
     })
 }
 
