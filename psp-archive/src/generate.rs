@@ -217,14 +217,66 @@ fn write_archive(
     fill(&archive)
 }
 
-/// Appends rows in batches; returns how many.
-fn append(archive: &RecordArchive, collection: &str, rows: Vec<Vec<Value>>) -> Result<u64, String> {
-    for chunk in rows.chunks(BATCH) {
-        archive
-            .append_records(collection, chunk, AS_OF)
-            .map_err(|e| e.to_string())?;
+/// Appends rows in batches as they are made, so a ten-million-record archive never sits in
+/// memory whole.
+struct Appender<'a> {
+    archive: &'a RecordArchive,
+    collection: &'static str,
+    batch: Vec<Vec<Value>>,
+    written: u64,
+}
+
+impl<'a> Appender<'a> {
+    fn new(archive: &'a RecordArchive, collection: &'static str) -> Self {
+        Self {
+            archive,
+            collection,
+            batch: Vec::with_capacity(BATCH),
+            written: 0,
+        }
     }
-    Ok(rows.len() as u64)
+
+    /// Rows pushed so far (written or waiting).
+    fn count(&self) -> u64 {
+        self.written + self.batch.len() as u64
+    }
+
+    fn push(&mut self, row: Vec<Value>) -> Result<(), String> {
+        self.batch.push(row);
+        if self.batch.len() == BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        if !self.batch.is_empty() {
+            self.archive
+                .append_records(self.collection, &self.batch, AS_OF)
+                .map_err(|e| e.to_string())?;
+            self.written += self.batch.len() as u64;
+            self.batch.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<u64, String> {
+        self.flush()?;
+        Ok(self.written)
+    }
+}
+
+/// Appends a small, already built set of rows.
+fn append(
+    archive: &RecordArchive,
+    collection: &'static str,
+    rows: Vec<Vec<Value>>,
+) -> Result<u64, String> {
+    let mut appender = Appender::new(archive, collection);
+    for row in rows {
+        appender.push(row)?;
+    }
+    appender.finish()
 }
 
 fn property_config(id: &str) -> ArchiveConfig {
@@ -341,7 +393,7 @@ fn property(archive: &RecordArchive, rng: &mut impl Rng, records: u64) -> Result
     }
     let mut written = append(archive, "leases", lease_rows)?;
 
-    let mut rent = Vec::new();
+    let mut rent = Appender::new(archive, "rent_roll");
     let mut revenue = [0i64; MONTHS];
     let mut occupied = [0i64; MONTHS];
     for (l, &(start, end, cents)) in terms.iter().enumerate() {
@@ -359,15 +411,15 @@ fn property(archive: &RecordArchive, rng: &mut impl Rng, records: u64) -> Result
             *revenue += collected;
             *occupied += 1;
             rent.push(vec![
-                Value::Int(rent.len() as i64 + 1),
+                Value::Int(rent.count() as i64 + 1),
                 Value::from(period(m).as_str()),
                 Value::from(format!("L{:06}", l + 1).as_str()),
                 money(cents),
                 money(collected),
-            ]);
+            ])?;
         }
     }
-    written += append(archive, "rent_roll", rent)?;
+    written += rent.finish()?;
 
     let occupancy = (0..MONTHS)
         .map(|m| {
@@ -523,7 +575,7 @@ fn ledger(
     records: u64,
     intercompany: &[&Balance],
 ) -> Result<u64, String> {
-    let mut rows = Vec::new();
+    let mut rows = Appender::new(archive, "ledger");
     let per_month = ((records as usize).saturating_sub(intercompany.len()) / MONTHS).max(2);
     for month in 0..MONTHS {
         for entry in intercompany.iter().filter(|b| b.month == month) {
@@ -533,7 +585,7 @@ fn ledger(
                 "intercompany_payable"
             };
             rows.push(vec![
-                Value::Int(rows.len() as i64 + 1),
+                Value::Int(rows.count() as i64 + 1),
                 Value::from(period(month).as_str()),
                 Value::from(account),
                 Value::from(entry.counterparty.as_str()),
@@ -542,7 +594,7 @@ fn ledger(
                 Value::from(
                     format!("intercompany {} {}", entry.counterparty, period(month)).as_str(),
                 ),
-            ]);
+            ])?;
         }
         for _ in 0..per_month {
             let (account, sign) = match rng.random_range(0..3) {
@@ -551,7 +603,7 @@ fn ledger(
                 _ => ("cash", if rng.random_range(0..2) == 0 { 1 } else { -1 }),
             };
             rows.push(vec![
-                Value::Int(rows.len() as i64 + 1),
+                Value::Int(rows.count() as i64 + 1),
                 Value::from(period(month).as_str()),
                 Value::from(account),
                 Value::from("external"),
@@ -562,8 +614,8 @@ fn ledger(
                 }),
                 money(sign * rng.random_range(dollars(100)..dollars(250_000))),
                 Value::from(format!("invoice {}", rng.random_range(100_000..999_999)).as_str()),
-            ]);
+            ])?;
         }
     }
-    append(archive, "ledger", rows)
+    rows.finish()
 }
