@@ -164,8 +164,10 @@ struct Query {
   # Sort keys, most significant first, over the result's columns.
 
   limit @5 :UInt64;
-  # At most this many rows after ordering; 0 means no limit. An aggregator merging many archives
-  # applies order and limit after the merge, so it sends aggregate queries downstream without one.
+  # At most this many rows after ordering; 0 means no limit. A Totebox applies order and limit to
+  # the rows of a projection query. For an aggregate query it returns every group as partial
+  # states, and order and limit apply when the result is finalized (by the console, or by an
+  # aggregator after merging many archives), since partial states cannot be ranked exactly.
 }
 
 struct Aggregation {
