@@ -1,11 +1,19 @@
 //! # psp-rpc: the PointSav Protocol's RPC framework
 //!
-//! Will hold the pinned-key TLS transport, the capnp-rpc glue on tokio, the Totebox server that
-//! wraps any `Archive`, the Totebox client and the diode guard (see `../shared/DESIGN.md`, crate
-//! table). It builds on [`psp_core`], which already verifies the capabilities this crate's server
-//! will receive. Nothing is implemented here yet: the crate exists so the workspace has its final
-//! shape and dependency direction (`psp-rpc` depends on `psp-core`, never the reverse).
+//! Turns any [`psp_core::archive::Archive`] into a PSP Totebox on the network and gives
+//! aggregators a client for it, with machine pairing and the one-way command discipline
+//! enforced by code.
+//!
+//! ## Structure
+//!
+//! * [`tls`]: pinned-key mutual TLS 1.3 (rustls with `ring`): self-signed certificates derived
+//!   from identity keys, verifiers that accept only paired keys.
+//!
+//! The Totebox server, its client, the diode guard and the delay proxy are being built on this
+//! layer (see the project's issues).
 
 #![forbid(unsafe_code)]
 
 pub use psp_core;
+
+pub mod tls;
