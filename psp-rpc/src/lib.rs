@@ -16,4 +16,8 @@
 
 pub use psp_core;
 
+pub mod client;
+pub mod limits;
+pub mod runtime;
 pub mod tls;
+pub mod totebox_server;

@@ -1,0 +1,399 @@
+//! The Totebox client: what an aggregator uses to reach one Totebox.
+//!
+//! A client runs on a tokio `LocalSet` (capnp-rpc is single-threaded). Its side of the connection
+//! exports nothing: no bootstrap capability, and no method it calls takes a capability, so the
+//! Totebox has nothing to call back (the diode). `connect` confirms the session with a round trip,
+//! because with TLS 1.3 a client the server refuses only learns so at its first exchange.
+//!
+//! [`ToteboxClient::query`] sends `open(chain)` and `session.query(q)` together, pipelined: one
+//! network round trip. Every call has a deadline.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use psp_core::query::wire::{read_result, write_query};
+use psp_core::query::{Query, QueryResult};
+use psp_core::{Chain, IdentityKey, PublicKey};
+use psp_schema::totebox_capnp::{session, totebox};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::limits::{CallError, Limits};
+use crate::tls::{self, PairedKeys};
+
+/// Why a connection to a Totebox could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Nothing answered at the address.
+    #[error("cannot reach {address}: {reason}")]
+    Unreachable {
+        /// Where.
+        address: SocketAddr,
+        /// What the network said.
+        reason: String,
+    },
+    /// The connection or its confirmation did not finish in time.
+    #[error("{address} did not complete a PSP session within {after:?}")]
+    Timeout {
+        /// Where.
+        address: SocketAddr,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The machine at the address is not the Totebox we pinned.
+    #[error("the server at {address} is not the paired Totebox {expected}: {reason}")]
+    UnknownServer {
+        /// Where.
+        address: SocketAddr,
+        /// The key we pinned for it.
+        expected: PublicKey,
+        /// What TLS said.
+        reason: String,
+    },
+    /// The Totebox refused our machine key.
+    #[error("this Totebox does not know key {ours}; pair it on the Totebox first")]
+    NotPaired {
+        /// Our machine key.
+        ours: PublicKey,
+    },
+    /// TLS or PSP failed otherwise.
+    #[error("session with {address} failed: {reason}")]
+    Protocol {
+        /// Where.
+        address: SocketAddr,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// What a Totebox says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Its archive id.
+    pub archive: String,
+    /// The capability format version it speaks.
+    pub format_version: u16,
+    /// Its clock, seconds since the epoch.
+    pub now: i64,
+}
+
+/// A command to send (see `Command` in `schema/totebox.capnp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    /// Its name.
+    pub name: String,
+    /// Its collection, or empty.
+    pub collection: String,
+    /// The idempotency key (16 to 64 bytes).
+    pub idempotency_key: Vec<u8>,
+    /// The serialized arguments.
+    pub arguments: Vec<u8>,
+}
+
+/// What a Totebox answered to a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandAnswer {
+    /// Applied now (`false`: replayed from an earlier call with the same key).
+    pub applied: bool,
+    /// The summary.
+    pub message: String,
+    /// The command-specific detail message.
+    pub detail: Vec<u8>,
+    /// The archive's data time after the command.
+    pub as_of: i64,
+}
+
+/// A connection to one Totebox. Must be created and used on a `LocalSet`.
+pub struct ToteboxClient {
+    totebox: totebox::Client,
+    peer: PublicKey,
+    identity: Identity,
+    limits: Limits,
+    rpc: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ToteboxClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToteboxClient")
+            .field("peer", &self.peer)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ToteboxClient {
+    fn drop(&mut self) {
+        self.rpc.abort();
+    }
+}
+
+/// Runs `call` against the deadline, mapping failures to [`CallError`].
+async fn within<T>(
+    after: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, capnp::Error>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(after, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(CallError::from_capnp(&e)),
+        Err(_) => Err(CallError::timed_out(what, after)),
+    }
+}
+
+impl ToteboxClient {
+    /// Connects to the Totebox at `address` whose machine key is `totebox_key`, as `identity`,
+    /// and confirms the session with one round trip. Everything happens within
+    /// `limits.handshake_timeout`.
+    pub async fn connect(
+        address: SocketAddr,
+        identity: &IdentityKey,
+        totebox_key: PublicKey,
+        limits: Limits,
+    ) -> Result<Self, ConnectError> {
+        let deadline = limits.handshake_timeout;
+        let config = tls::client_config(identity, PairedKeys::new([totebox_key])).map_err(|e| {
+            ConnectError::Protocol {
+                address,
+                reason: e.to_string(),
+            }
+        })?;
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| {
+                ConnectError::Unreachable {
+                    address,
+                    reason: e.to_string(),
+                }
+            })?;
+            let _ = tcp.set_nodelay(true);
+            let name =
+                rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    let reason = e.to_string();
+                    if reason.contains("ApplicationVerificationFailure")
+                        || reason.contains("certificate")
+                    {
+                        ConnectError::UnknownServer {
+                            address,
+                            expected: totebox_key,
+                            reason,
+                        }
+                    } else {
+                        ConnectError::Protocol { address, reason }
+                    }
+                })?;
+            let (reader, writer) = tokio::io::split(stream);
+            let network = twoparty::VatNetwork::new(
+                reader.compat(),
+                writer.compat_write(),
+                rpc_twoparty_capnp::Side::Client,
+                limits.reader_options(),
+            );
+            // No bootstrap capability: this side exports nothing for the Totebox to call.
+            let mut rpc = RpcSystem::new(Box::new(network), None);
+            let totebox: totebox::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+            let rpc = tokio::task::spawn_local(async move {
+                if let Err(e) = rpc.await {
+                    tracing::debug!("Totebox connection ended: {e}");
+                }
+            });
+            let response = totebox
+                .identify_request()
+                .send()
+                .promise
+                .await
+                .map_err(|e| {
+                    let reason = e.to_string();
+                    if reason.contains("AccessDenied") {
+                        ConnectError::NotPaired {
+                            ours: identity.public(),
+                        }
+                    } else {
+                        ConnectError::Protocol { address, reason }
+                    }
+                })?;
+            let r = response.get().map_err(|e| ConnectError::Protocol {
+                address,
+                reason: e.to_string(),
+            })?;
+            let identified = Identity {
+                archive: r
+                    .get_archive()
+                    .and_then(|t| Ok(t.to_string()?))
+                    .map_err(|e| ConnectError::Protocol {
+                        address,
+                        reason: e.to_string(),
+                    })?,
+                format_version: r.get_format_version(),
+                now: r.get_now(),
+            };
+            Ok::<_, ConnectError>((totebox, rpc, identified))
+        };
+        let (totebox, rpc, identified) =
+            tokio::time::timeout(deadline, attempt)
+                .await
+                .map_err(|_| ConnectError::Timeout {
+                    address,
+                    after: deadline,
+                })??;
+        Ok(Self {
+            totebox,
+            peer: totebox_key,
+            identity: identified,
+            limits,
+            rpc,
+        })
+    }
+
+    /// The Totebox's machine key.
+    pub fn peer(&self) -> &PublicKey {
+        &self.peer
+    }
+
+    /// What the Totebox said about itself when the session was confirmed.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether the connection is still up (its RPC system still running).
+    pub fn is_connected(&self) -> bool {
+        !self.rpc.is_finished()
+    }
+
+    fn open_pipelined(&self, chain: &Chain) -> session::Client {
+        let mut open = self.totebox.open_request();
+        chain.write(open.get().init_chain());
+        open.send().pipeline.get_session()
+    }
+
+    /// `open(chain)` then `query(q)`, pipelined into one round trip.
+    pub async fn query(&self, chain: &Chain, query: &Query) -> Result<QueryResult, CallError> {
+        let session = self.open_pipelined(chain);
+        Session {
+            session,
+            limits: self.limits,
+        }
+        .query(query)
+        .await
+    }
+
+    /// `open(chain)` then the command, pipelined into one round trip.
+    pub async fn command(
+        &self,
+        chain: &Chain,
+        command: &CommandSpec,
+    ) -> Result<CommandAnswer, CallError> {
+        let session = self.open_pipelined(chain);
+        Session {
+            session,
+            limits: self.limits,
+        }
+        .command(command)
+        .await
+    }
+
+    /// `open(chain)` alone, waiting for the Totebox to accept it: one round trip. Later calls on
+    /// the session cost one more each (see [`ToteboxClient::query`] for the pipelined form).
+    pub async fn open(&self, chain: &Chain) -> Result<Session, CallError> {
+        let mut open = self.totebox.open_request();
+        chain.write(open.get().init_chain());
+        let response = within(self.limits.call_timeout, "open", open.send().promise).await?;
+        let session = response
+            .get()
+            .and_then(|r| r.get_session())
+            .map_err(|e| CallError::from_capnp(&e))?;
+        Ok(Session {
+            session,
+            limits: self.limits,
+        })
+    }
+}
+
+/// An open session on one Totebox.
+pub struct Session {
+    session: session::Client,
+    limits: Limits,
+}
+
+impl Session {
+    /// Runs a query.
+    pub async fn query(&self, query: &Query) -> Result<QueryResult, CallError> {
+        let mut request = self.session.query_request();
+        write_query(query, request.get().init_query());
+        let response = within(self.limits.call_timeout, "query", request.send().promise).await?;
+        let reader = response
+            .get()
+            .and_then(|r| r.get_result())
+            .map_err(|e| CallError::from_capnp(&e))?;
+        read_result(reader).map_err(|e| CallError::new(e.code(), e.to_string()))
+    }
+
+    /// Applies a command.
+    pub async fn command(&self, command: &CommandSpec) -> Result<CommandAnswer, CallError> {
+        let mut request = self.session.command_request();
+        {
+            let mut c = request.get().init_command();
+            c.set_name(&command.name);
+            c.set_collection(&command.collection);
+            c.set_idempotency_key(&command.idempotency_key);
+            c.set_arguments(&command.arguments);
+        }
+        let response = within(self.limits.call_timeout, "command", request.send().promise).await?;
+        let outcome = response
+            .get()
+            .and_then(|r| r.get_outcome())
+            .map_err(|e| CallError::from_capnp(&e))?;
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, CallError> {
+            t.and_then(|t| Ok(t.to_string()?))
+                .map_err(|e| CallError::from_capnp(&e))
+        };
+        Ok(CommandAnswer {
+            applied: outcome.get_status() == Ok(psp_schema::totebox_capnp::CommandStatus::Applied),
+            message: text(outcome.get_message())?,
+            detail: outcome
+                .get_detail()
+                .map_err(|e| CallError::from_capnp(&e))?
+                .to_vec(),
+            as_of: outcome.get_as_of(),
+        })
+    }
+}
+
+/// Exponential backoff with full jitter, for redialing a Totebox that went away: each wait is
+/// uniform in `[0, min(cap, base * 2^attempt))`, so a fleet of clients does not redial in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Waits start at `base` and never exceed `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The next wait.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let unit = getrandom::u64().unwrap_or(u64::MAX / 2) as f64 / u64::MAX as f64;
+        ceiling.mul_f64(unit)
+    }
+
+    /// Starts over (after a successful connection).
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}

@@ -1,0 +1,112 @@
+//! Limits on what a peer may send, and the errors PSP calls fail with.
+
+use std::time::Duration;
+
+use capnp::message::ReaderOptions;
+
+/// Limits of one PSP connection. The defaults are chosen, not inherited:
+///
+/// * `max_message_words`: the largest message read, in 8-byte words. Cap'n Proto's traversal
+///   limit also bounds a message's size, so one number covers both. A Totebox receives queries
+///   and command batches (default 2 Mi words = 16 MiB); an aggregator receives results (its
+///   own setting, usually larger).
+/// * `nesting_limit`: how deep structs may nest (default 64). Filters are also limited by the
+///   query engine (32 levels), so this only stops pathological messages early.
+/// * `max_calls_in_flight`: calls one connection may have running at once (default 64); more
+///   are refused with `limit.calls-in-flight` rather than queued without bound.
+/// * `handshake_timeout`: TLS handshake plus the confirming round trip (default 5 s).
+/// * `call_timeout`: how long a client waits for any one call (default 30 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message accepted, in words.
+    pub max_message_words: usize,
+    /// Deepest struct nesting accepted.
+    pub nesting_limit: i32,
+    /// Calls one connection may have running.
+    pub max_calls_in_flight: usize,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Per-call deadline on the client side.
+    pub call_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_words: 2 << 20,
+            nesting_limit: 64,
+            max_calls_in_flight: 64,
+            handshake_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Limits {
+    /// The reader options that enforce these limits on incoming messages.
+    pub fn reader_options(&self) -> ReaderOptions {
+        *ReaderOptions::new()
+            .traversal_limit_in_words(Some(self.max_message_words))
+            .nesting_limit(self.nesting_limit)
+    }
+}
+
+/// A PSP call that failed: the stable code (`capability.expired`, `policy.aggregate-only`,
+/// `limit.rows`, ...) and the human message, as carried in the Cap'n Proto exception.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct CallError {
+    /// The stable code; `transport.*` for failures below PSP (timeouts, disconnects).
+    pub code: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl CallError {
+    /// A failure with a code and a message.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The exception a server sends for this error.
+    pub fn to_capnp(&self) -> capnp::Error {
+        if self.code.starts_with("limit.") {
+            capnp::Error::overloaded(self.to_string())
+        } else {
+            capnp::Error::failed(self.to_string())
+        }
+    }
+
+    /// Reads an exception received from a peer: `code: message` when the peer speaks PSP,
+    /// otherwise a `transport.*` code from the exception's kind.
+    pub fn from_capnp(error: &capnp::Error) -> Self {
+        let text = error.extra.trim_start_matches("remote exception: ");
+        if let Some((code, message)) = text.split_once(": ")
+            && !code.is_empty()
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'-')
+            && code.contains('.')
+        {
+            return Self::new(code, message);
+        }
+        let code = match error.kind {
+            capnp::ErrorKind::Disconnected => "transport.disconnected",
+            capnp::ErrorKind::Overloaded => "transport.overloaded",
+            capnp::ErrorKind::Unimplemented => "transport.unimplemented",
+            _ => "transport.failed",
+        };
+        Self::new(code, text)
+    }
+
+    /// A call that did not finish before its deadline.
+    pub fn timed_out(what: &str, after: Duration) -> Self {
+        Self::new(
+            "transport.timeout",
+            format!("{what} did not answer within {after:?}"),
+        )
+    }
+}

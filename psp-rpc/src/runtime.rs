@@ -1,0 +1,191 @@
+//! The server runtime: accept TLS connections and run each one's RPC system on a worker thread.
+//!
+//! capnp-rpc is single-threaded (`!Send`), so each connection lives on one thread, on a
+//! `LocalSet`; connections are spread over one worker per core (`LocalPoolHandle`). Shutdown is
+//! graceful: stop accepting, refuse new calls (`transport.shutting-down`), let calls already
+//! running finish within a deadline, then disconnect.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use futures::FutureExt;
+use psp_core::PublicKey;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::task::LocalPoolHandle;
+
+use crate::limits::{CallError, Limits};
+use crate::tls;
+
+/// The state of one connection that its servers and the runtime share.
+#[derive(Debug)]
+pub struct Connection {
+    /// The TLS-authenticated peer.
+    pub peer: PublicKey,
+    in_flight: Cell<usize>,
+    draining: Cell<bool>,
+    max_in_flight: usize,
+}
+
+impl Connection {
+    /// Starts a call: refused when the connection is draining or at its in-flight limit. The
+    /// returned guard ends the call when dropped.
+    pub fn begin_call(self: &Rc<Self>) -> Result<CallGuard, capnp::Error> {
+        if self.draining.get() {
+            return Err(
+                CallError::new("transport.shutting-down", "the server is shutting down").to_capnp(),
+            );
+        }
+        if self.in_flight.get() >= self.max_in_flight {
+            return Err(CallError::new(
+                "limit.calls-in-flight",
+                format!(
+                    "at most {} calls may run at once on one connection",
+                    self.max_in_flight
+                ),
+            )
+            .to_capnp());
+        }
+        self.in_flight.set(self.in_flight.get() + 1);
+        Ok(CallGuard(self.clone()))
+    }
+
+    /// Calls running now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+}
+
+/// A running call; ends it when dropped.
+#[derive(Debug)]
+pub struct CallGuard(Rc<Connection>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}
+
+/// Makes the bootstrap capability of a new connection (called on the connection's thread).
+pub type Bootstrap = Arc<dyn Fn(Rc<Connection>) -> capnp::capability::Client + Send + Sync>;
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    address: SocketAddr,
+    shutdown: watch::Sender<Option<Duration>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops accepting, lets running calls finish for up to `grace`, then closes every
+    /// connection. Returns when all connections are closed.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(Some(grace));
+        let _ = self.task.await;
+    }
+}
+
+/// Serves `listener` with pinned-key TLS, one RPC system per connection.
+pub fn serve(
+    listener: TcpListener,
+    tls_config: Arc<rustls::ServerConfig>,
+    bootstrap: Bootstrap,
+    limits: Limits,
+) -> std::io::Result<ServerHandle> {
+    let address = listener.local_addr()?;
+    let (shutdown, mut signal) = watch::channel(None::<Duration>);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let task = tokio::spawn(async move {
+        let pool = LocalPoolHandle::new(workers);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (tcp, from) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let (acceptor, bootstrap, signal) = (acceptor.clone(), bootstrap.clone(), signal.clone());
+                    connections.spawn(pool.spawn_pinned(move || async move {
+                        if let Err(e) = connection(tcp, acceptor, bootstrap, limits, signal).await {
+                            tracing::debug!(%from, "connection ended: {e}");
+                        }
+                    }));
+                }
+                _ = signal.changed() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(listener);
+        while connections.join_next().await.is_some() {}
+    });
+    Ok(ServerHandle {
+        address,
+        shutdown,
+        task,
+    })
+}
+
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    bootstrap: Bootstrap,
+    limits: Limits,
+    mut signal: watch::Receiver<Option<Duration>>,
+) -> Result<(), String> {
+    let stream = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let peer = tls::peer_key(stream.get_ref().1).ok_or("the peer presented no identity key")?;
+    let state = Rc::new(Connection {
+        peer,
+        in_flight: Cell::new(0),
+        draining: Cell::new(false),
+        max_in_flight: limits.max_calls_in_flight,
+    });
+    let (reader, writer) = tokio::io::split(stream);
+    let network = twoparty::VatNetwork::new(
+        reader.compat(),
+        writer.compat_write(),
+        rpc_twoparty_capnp::Side::Server,
+        limits.reader_options(),
+    );
+    let rpc = RpcSystem::new(Box::new(network), Some(bootstrap(state.clone())));
+    let disconnector = rpc.get_disconnector();
+    let mut rpc = rpc.fuse();
+    tokio::select! {
+        result = &mut rpc => return result.map_err(|e| e.to_string()),
+        _ = signal.changed() => {}
+    }
+    // Draining: refuse new calls, give running ones until the grace deadline.
+    let grace = signal.borrow().unwrap_or_default();
+    state.draining.set(true);
+    let deadline = tokio::time::Instant::now() + grace;
+    while state.calls_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            result = &mut rpc => return result.map_err(|e| e.to_string()),
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), disconnector).await;
+    Ok(())
+}

@@ -1,0 +1,370 @@
+//! The Totebox server: serves any [`Archive`] over PSP.
+//!
+//! `open(chain)` verifies the capability against the TLS-authenticated peer (never against
+//! anything the request says) and this archive, through the shared verified-chain cache, and
+//! returns a session that allows only what the chain allows. Every session call re-checks the
+//! window, revocations and root trust, so a session ends when its capability does. Queries and
+//! commands run on the blocking pool, so a long scan never stalls the connection's other calls
+//! or other connections. Refusals are logged as security events with the peer's key.
+
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+
+use psp_core::archive::{Archive, CommandRequest, CommandStatus};
+use psp_core::capability::{Presenter, VerifiedChain, links_from_reader};
+use psp_core::query::wire::{read_value, type_to_wire, write_result};
+use psp_core::query::{Exposure, Value};
+use psp_core::{
+    Access, Action, ArchiveDigest, CapabilityError, PublicKey, RowKey, RowRequest, Verifier,
+};
+use psp_schema::totebox_capnp::{append_arguments, session, totebox};
+
+use crate::limits::{CallError, Limits};
+use crate::runtime::Connection;
+
+/// What every connection of one Totebox shares: the archive, the verifier and the limits.
+pub struct ToteboxService {
+    archive: Arc<dyn Archive>,
+    digest: ArchiveDigest,
+    verifier: RwLock<Arc<Verifier>>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for ToteboxService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToteboxService")
+            .field("archive", &self.archive.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToteboxService {
+    /// A service for `archive`, verifying capabilities with `verifier`.
+    pub fn new(archive: Arc<dyn Archive>, verifier: Verifier, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            digest: ArchiveDigest::of(archive.id()),
+            archive,
+            verifier: RwLock::new(Arc::new(verifier)),
+            limits,
+        })
+    }
+
+    /// Replaces the verifier (trusted roots, revocations) for every later call, including calls
+    /// on sessions already open. Pass the old verifier's cache to keep it warm.
+    pub fn replace_verifier(&self, verifier: Verifier) {
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(verifier);
+    }
+
+    /// The verifier in force.
+    pub fn verifier(&self) -> Arc<Verifier> {
+        self.verifier
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The bootstrap capability for one connection (call on the connection's thread).
+    pub fn bootstrap(self: &Arc<Self>, connection: Rc<Connection>) -> totebox::Client {
+        capnp_rpc::new_client(ToteboxServer {
+            service: self.clone(),
+            peer: connection.peer,
+            connection,
+        })
+    }
+
+    /// The runtime's bootstrap factory for this service.
+    pub fn bootstrap_factory(self: &Arc<Self>) -> crate::runtime::Bootstrap {
+        let service = self.clone();
+        Arc::new(move |connection| service.bootstrap(connection).client)
+    }
+
+    fn presenter_check(
+        &self,
+        chain: &VerifiedChain,
+        peer: &PublicKey,
+    ) -> Result<(), CapabilityError> {
+        let presenter = Presenter {
+            peer,
+            archive: &self.digest,
+        };
+        self.verifier()
+            .check_context(chain, &presenter, psp_core::window::now())
+    }
+}
+
+fn refused(peer: &PublicKey, error: &CapabilityError) -> capnp::Error {
+    tracing::warn!(target: "psp::security", peer = %peer, rule = error.rule(), "refused a capability: {error}");
+    CallError::new(format!("capability.{}", error.rule()), error.to_string()).to_capnp()
+}
+
+fn bad_request(e: impl std::fmt::Display) -> capnp::Error {
+    CallError::new("query.invalid", e.to_string()).to_capnp()
+}
+
+struct ToteboxServer {
+    service: Arc<ToteboxService>,
+    peer: PublicKey,
+    connection: Rc<Connection>,
+}
+
+impl totebox::Server for ToteboxServer {
+    async fn identify(
+        self: Rc<Self>,
+        _: totebox::IdentifyParams,
+        mut results: totebox::IdentifyResults,
+    ) -> Result<(), capnp::Error> {
+        let mut r = results.get();
+        r.set_archive(self.service.archive.id());
+        r.set_format_version(psp_schema::capability_capnp::FORMAT_VERSION);
+        r.set_now(psp_core::window::now());
+        Ok(())
+    }
+
+    async fn open(
+        self: Rc<Self>,
+        params: totebox::OpenParams,
+        mut results: totebox::OpenResults,
+    ) -> Result<(), capnp::Error> {
+        let _running = self.connection.begin_call()?;
+        let chain = params.get()?.get_chain()?;
+        let links = links_from_reader(chain).map_err(|e| refused(&self.peer, &e))?;
+        let presenter = Presenter {
+            peer: &self.peer,
+            archive: &self.service.digest,
+        };
+        let verified = self
+            .service
+            .verifier()
+            .check_chain(&links, &presenter, psp_core::window::now())
+            .map_err(|e| refused(&self.peer, &e))?;
+        tracing::info!(
+            target: "psp::audit",
+            peer = %self.peer,
+            issuers = ?verified.links().iter().map(|l| l.issuer.to_string()).collect::<Vec<_>>(),
+            "opened a session"
+        );
+        results
+            .get()
+            .set_session(capnp_rpc::new_client(SessionServer {
+                service: self.service.clone(),
+                peer: self.peer,
+                chain: verified,
+                connection: self.connection.clone(),
+            }));
+        Ok(())
+    }
+}
+
+struct SessionServer {
+    service: Arc<ToteboxService>,
+    peer: PublicKey,
+    chain: Arc<VerifiedChain>,
+    connection: Rc<Connection>,
+}
+
+impl SessionServer {
+    /// The per-call checks, then the scope check for `access`.
+    fn authorize(
+        &self,
+        access: &Access<'_>,
+    ) -> Result<Option<psp_core::RowSelector>, capnp::Error> {
+        self.service
+            .presenter_check(&self.chain, &self.peer)
+            .map_err(|e| refused(&self.peer, &e))?;
+        let grant = self
+            .chain
+            .authorize(access)
+            .map_err(|e| refused(&self.peer, &e))?;
+        Ok(grant.map(|g| g.rows.clone()))
+    }
+}
+
+/// Runs blocking archive work off the RPC thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, capnp::Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CallError::new("internal", format!("archive task failed: {e}")).to_capnp())
+}
+
+impl session::Server for SessionServer {
+    async fn describe(
+        self: Rc<Self>,
+        _: session::DescribeParams,
+        mut results: session::DescribeResults,
+    ) -> Result<(), capnp::Error> {
+        let _running = self.connection.begin_call()?;
+        self.authorize(&Access {
+            action: Action::Describe,
+            collection: None,
+            fields: &[],
+            rows: RowRequest::Unrestricted,
+        })?;
+        let archive = self.service.archive.clone();
+        let scope = self.chain.scope().clone();
+        let described = blocking(move || archive.describe(&scope)).await?;
+        let mut r = results.get();
+        r.set_as_of(described.iter().map(|c| c.stats.as_of).max().unwrap_or(0));
+        let mut list = r.init_collections(described.len() as u32);
+        for (i, c) in described.iter().enumerate() {
+            let mut info = list.reborrow().get(i as u32);
+            info.set_name(&c.name);
+            info.set_key(&c.key);
+            info.set_min_group_size(c.min_group_size);
+            info.set_records(c.stats.records);
+            let mut fields = info.init_fields(c.fields.len() as u32);
+            for (j, f) in c.fields.iter().enumerate() {
+                let mut field = fields.reborrow().get(j as u32);
+                field.set_name(&f.name);
+                field.set_type(type_to_wire(f.value_type));
+                field.set_exposure(match f.exposure {
+                    Exposure::AggregateOnly => psp_schema::totebox_capnp::Exposure::AggregateOnly,
+                    _ => psp_schema::totebox_capnp::Exposure::Value,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn query(
+        self: Rc<Self>,
+        params: session::QueryParams,
+        mut results: session::QueryResults,
+    ) -> Result<(), capnp::Error> {
+        let _running = self.connection.begin_call()?;
+        let query = psp_core::query::wire::read_query(params.get()?.get_query()?)
+            .map_err(|e| CallError::new(e.code(), e.to_string()).to_capnp())?;
+        let referenced = query.referenced_fields();
+        let fields: Vec<&str> = referenced.iter().copied().collect();
+        let rows = self
+            .authorize(&Access {
+                action: Action::Query,
+                collection: Some(&query.collection),
+                fields: &fields,
+                rows: RowRequest::Unrestricted,
+            })?
+            .unwrap_or(psp_core::RowSelector::All);
+        let archive = self.service.archive.clone();
+        let peer = self.peer;
+        let result = blocking(move || archive.query(&query, &rows)).await?.map_err(|e| {
+            if e.code().starts_with("policy.") {
+                tracing::warn!(target: "psp::security", peer = %peer, code = e.code(), "refused a query: {e}");
+            }
+            CallError::new(e.code(), e.to_string()).to_capnp()
+        })?;
+        write_result(&result, results.get().init_result());
+        Ok(())
+    }
+
+    async fn command(
+        self: Rc<Self>,
+        params: session::CommandParams,
+        mut results: session::CommandResults,
+    ) -> Result<(), capnp::Error> {
+        let _running = self.connection.begin_call()?;
+        let command = params.get()?.get_command()?;
+        let name = command.get_name()?.to_str()?.to_owned();
+        let collection = command.get_collection()?.to_str()?.to_owned();
+        let key = command.get_idempotency_key()?.to_vec();
+        let arguments = command.get_arguments()?.to_vec();
+        let digest = psp_core::CommandDigest::of(&name, &collection, &key, &arguments);
+        // An append touches fields and rows: the capability must reach each of them.
+        let (fields, keys, key_field) = if name == "append" {
+            append_reach(&*self.service.archive, &collection, &arguments)?
+        } else {
+            (Vec::new(), Vec::new(), String::new())
+        };
+        let field_refs: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let rows = if key_field.is_empty() {
+            RowRequest::Unrestricted
+        } else {
+            RowRequest::Keys {
+                field: &key_field,
+                keys: &keys,
+            }
+        };
+        self.authorize(&Access {
+            action: Action::Command {
+                name: &name,
+                digest: &digest,
+            },
+            collection: (!collection.is_empty()).then_some(collection.as_str()),
+            fields: &field_refs,
+            rows,
+        })?;
+        let archive = self.service.archive.clone();
+        let issuer = self.chain.last().issuer;
+        let outcome = blocking(move || {
+            archive.apply(&CommandRequest {
+                issuer: &issuer,
+                name: &name,
+                collection: &collection,
+                idempotency_key: &key,
+                arguments: &arguments,
+            })
+        })
+        .await?
+        .map_err(|e| CallError::new(e.code(), e.to_string()).to_capnp())?;
+        let mut r = results.get().init_outcome();
+        r.set_status(match outcome.status {
+            CommandStatus::Applied => psp_schema::totebox_capnp::CommandStatus::Applied,
+            CommandStatus::Replayed => psp_schema::totebox_capnp::CommandStatus::Replayed,
+        });
+        r.set_message(&outcome.message);
+        r.set_detail(&outcome.detail);
+        r.set_as_of(outcome.as_of);
+        Ok(())
+    }
+}
+
+/// The fields an append names and the keys of its records, so the capability can be checked
+/// against both before anything is written.
+fn append_reach(
+    archive: &dyn Archive,
+    collection: &str,
+    arguments: &[u8],
+) -> Result<(Vec<String>, Vec<RowKey>, String), capnp::Error> {
+    let key_field = archive
+        .collections()
+        .into_iter()
+        .find(|c| c.name == collection)
+        .map(|c| c.key)
+        .ok_or_else(|| {
+            CallError::new(
+                "command.invalid-arguments",
+                format!("no collection {collection:?}"),
+            )
+            .to_capnp()
+        })?;
+    let options = *capnp::message::ReaderOptions::new()
+        .traversal_limit_in_words(Some(arguments.len() / 4 + 1024));
+    let message =
+        capnp::serialize::read_message(&mut &arguments[..], options).map_err(bad_request)?;
+    let args = message
+        .get_root::<append_arguments::Reader<'_>>()
+        .map_err(bad_request)?;
+    let mut fields = Vec::new();
+    for f in args.get_fields()?.iter() {
+        fields.push(f?.to_str()?.to_owned());
+    }
+    let mut keys = Vec::new();
+    if let Some(position) = fields.iter().position(|f| *f == key_field) {
+        for record in args.get_records()?.iter() {
+            let values = record.get_values()?;
+            if position < values.len() as usize {
+                match read_value(values.get(position as u32)).map_err(bad_request)? {
+                    Value::Int(i) => keys.push(RowKey::Int(i)),
+                    Value::Text(t) => keys.push(RowKey::Text(t)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok((fields, keys, key_field))
+}

@@ -1,0 +1,350 @@
+//! A Totebox over real TLS on 127.0.0.1: pipelined queries, capability checks against the TLS
+//! peer, expiry, commands, refusals with clear errors, limits and graceful shutdown.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use psp_core::query::{Aggregate, AggregateFunction, Query, Value};
+use psp_core::{Verifier, capability::VerifyPolicy};
+use psp_rpc::client::{CommandSpec, ConnectError, ToteboxClient};
+use psp_rpc::limits::Limits;
+use support::{MemoryArchive, chain, machines, start};
+use tokio::task::LocalSet;
+
+fn rent_by_floor() -> Query {
+    Query::aggregate(
+        "units",
+        ["floor"],
+        [
+            Aggregate::count(),
+            Aggregate::of(AggregateFunction::Sum, "rent"),
+        ],
+    )
+    .order_by("floor", false)
+}
+
+#[tokio::test]
+async fn a_pipelined_query_answers_through_the_exposure_policy() {
+    let m = machines();
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        Limits::default(),
+    )
+    .await;
+    LocalSet::new()
+        .run_until(async {
+            let client = ToteboxClient::connect(
+                server.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(client.identity().archive, "tower-a");
+            let query = rent_by_floor();
+            let result = client
+                .query(&chain(&m, &m.orchestrator, "tower-a", 60), &query)
+                .await
+                .unwrap();
+            let table = result.finalize(&query).unwrap();
+            assert_eq!(table.rows.len(), 3);
+            assert_eq!(table.rows[0][1], Value::Int(4));
+            // Projecting an aggregate-only field is refused by the Totebox, with its code.
+            let error = client
+                .query(
+                    &chain(&m, &m.orchestrator, "tower-a", 60),
+                    &Query::rows("units", ["rent"]),
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(error.code, "policy.aggregate-only");
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_chain_replayed_from_another_paired_machine_is_refused() {
+    let m = machines();
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        Limits::default(),
+    )
+    .await;
+    LocalSet::new()
+        .run_until(async {
+            let stolen = chain(&m, &m.orchestrator, "tower-a", 60);
+            let thief = ToteboxClient::connect(
+                server.local_addr(),
+                &m.second_orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let error = thief.query(&stolen, &rent_by_floor()).await.unwrap_err();
+            assert_eq!(error.code, "capability.wrong-holder", "{error}");
+            // The rightful holder is served.
+            let owner = ToteboxClient::connect(
+                server.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            owner.query(&stolen, &rent_by_floor()).await.unwrap();
+            // A chain for another archive is refused here too.
+            let elsewhere = chain(&m, &m.orchestrator, "tower-b", 60);
+            assert_eq!(
+                owner
+                    .query(&elsewhere, &rent_by_floor())
+                    .await
+                    .unwrap_err()
+                    .code,
+                "capability.archive-not-in-scope"
+            );
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_session_is_refused_once_its_window_has_passed() {
+    let m = machines();
+    let strict = Verifier::new([m.owner.public()]).with_policy(VerifyPolicy {
+        clock_skew: 0,
+        ..VerifyPolicy::default()
+    });
+    let (server, _) = start(&m, MemoryArchive::new("tower-a"), strict, Limits::default()).await;
+    LocalSet::new()
+        .run_until(async {
+            let client = ToteboxClient::connect(
+                server.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let now = psp_core::window::now();
+            let short = psp_core::Chain::mint(
+                &m.owner,
+                psp_core::Grant {
+                    holder: m.orchestrator.public(),
+                    archives: psp_core::ArchiveSet::of_ids(["tower-a"]),
+                    scope: psp_core::Scope::everything(vec![psp_core::Operation::Query]),
+                    window: psp_core::Window::new(now - 1, now + 2).unwrap(),
+                },
+            )
+            .unwrap();
+            let session = client.open(&short).await.unwrap();
+            session.query(&rent_by_floor()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2_100)).await;
+            let error = session.query(&rent_by_floor()).await.unwrap_err();
+            assert_eq!(error.code, "capability.expired", "{error}");
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn an_unpaired_machine_is_told_so_at_connect() {
+    let m = machines();
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        Limits::default(),
+    )
+    .await;
+    LocalSet::new()
+        .run_until(async {
+            let error = ToteboxClient::connect(
+                server.local_addr(),
+                &m.stranger,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(error, ConnectError::NotPaired { .. }), "{error}");
+            let text = error.to_string();
+            assert!(
+                text.contains("does not know key")
+                    && text.contains(&m.stranger.public().to_string()),
+                "{text}"
+            );
+            // And a client that pinned another key refuses this server.
+            let error = ToteboxClient::connect(
+                server.local_addr(),
+                &m.orchestrator,
+                m.stranger.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(error, ConnectError::UnknownServer { .. }),
+                "{error}"
+            );
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn commands_are_applied_once_per_key() {
+    let m = machines();
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        Limits::default(),
+    )
+    .await;
+    LocalSet::new()
+        .run_until(async {
+            let client = ToteboxClient::connect(
+                server.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let ping = CommandSpec {
+                name: "ping".into(),
+                collection: String::new(),
+                idempotency_key: b"0123456789abcdef".to_vec(),
+                arguments: Vec::new(),
+            };
+            let chain = chain(&m, &m.orchestrator, "tower-a", 60);
+            assert!(client.command(&chain, &ping).await.unwrap().applied);
+            assert!(
+                !client.command(&chain, &ping).await.unwrap().applied,
+                "the retry is a replay"
+            );
+            let seal = CommandSpec {
+                name: "seal".into(),
+                ..ping.clone()
+            };
+            assert_eq!(
+                client.command(&chain, &seal).await.unwrap_err().code,
+                "capability.operation-not-in-scope"
+            );
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_without_harming_other_connections() {
+    let m = machines();
+    let limits = Limits {
+        max_message_words: 4_096,
+        ..Limits::default()
+    };
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        limits,
+    )
+    .await;
+    LocalSet::new()
+        .run_until(async {
+            let bystander = ToteboxClient::connect(
+                server.local_addr(),
+                &m.second_orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let client = ToteboxClient::connect(
+                server.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let huge = Query::rows("units", ["unit"]).filter(psp_core::query::Filter::In {
+                field: "unit".into(),
+                values: (0..4_000)
+                    .map(|i| Value::from(format!("unit number {i} with a long name").as_str()))
+                    .collect(),
+            });
+            let error = client
+                .query(&chain(&m, &m.orchestrator, "tower-a", 60), &huge)
+                .await
+                .unwrap_err();
+            assert!(error.code.starts_with("transport."), "{error}");
+            bystander
+                .query(
+                    &chain(&m, &m.second_orchestrator, "tower-a", 60),
+                    &rent_by_floor(),
+                )
+                .await
+                .unwrap();
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_running_query_finish_and_refuses_new_work() {
+    let m = machines();
+    let mut slow = MemoryArchive::new("tower-a");
+    slow.scan_delay = Duration::from_millis(600);
+    let (server, _) = start(
+        &m,
+        slow,
+        Verifier::new([m.owner.public()]),
+        Limits::default(),
+    )
+    .await;
+    let address = server.local_addr();
+    LocalSet::new()
+        .run_until(async {
+            let client = ToteboxClient::connect(
+                address,
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let chain = chain(&m, &m.orchestrator, "tower-a", 60);
+            let query = rent_by_floor();
+            let running = client.query(&chain, &query);
+            let stopping = async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let started = Instant::now();
+                server.shutdown(Duration::from_secs(5)).await;
+                started.elapsed()
+            };
+            let (answer, took) = tokio::join!(running, stopping);
+            answer.expect("the query running at shutdown still gets its answer");
+            assert!(
+                took < Duration::from_secs(5),
+                "shutdown waited only for the running call: {took:?}"
+            );
+            let refused = ToteboxClient::connect(
+                address,
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await;
+            assert!(refused.is_err(), "no new connections after shutdown");
+        })
+        .await;
+}
