@@ -18,6 +18,7 @@ use psp_core::{Chain, IdentityKey, PublicKey};
 use psp_schema::totebox_capnp::{session, totebox};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
+use crate::diode::DiodeGuard;
 use crate::limits::{CallError, Limits};
 use crate::tls::{self, PairedKeys};
 
@@ -111,6 +112,7 @@ pub struct ToteboxClient {
     identity: Identity,
     limits: Limits,
     rpc: tokio::task::JoinHandle<()>,
+    guard: DiodeGuard,
 }
 
 impl std::fmt::Debug for ToteboxClient {
@@ -125,6 +127,17 @@ impl std::fmt::Debug for ToteboxClient {
 impl Drop for ToteboxClient {
     fn drop(&mut self) {
         self.rpc.abort();
+    }
+}
+
+/// A failed call explained: a diode violation if the guard cut the connection.
+fn explain(guard: &DiodeGuard, error: CallError) -> CallError {
+    match guard.violation() {
+        Some(reason) => CallError::new(
+            "diode.violation",
+            format!("the Totebox sent {reason}; the connection was cut"),
+        ),
+        None => error,
     }
 }
 
@@ -186,9 +199,12 @@ impl ToteboxClient {
                     }
                 })?;
             let (reader, writer) = tokio::io::split(stream);
+            // Every frame from the Totebox passes the diode guard before capnp-rpc reads it.
+            let guard = DiodeGuard::new(totebox_key, limits.max_message_words);
+            let (reader, writer) = guard.wrap(reader.compat(), writer.compat_write());
             let network = twoparty::VatNetwork::new(
-                reader.compat(),
-                writer.compat_write(),
+                reader,
+                writer,
                 rpc_twoparty_capnp::Side::Client,
                 limits.reader_options(),
             );
@@ -230,21 +246,21 @@ impl ToteboxClient {
                 format_version: r.get_format_version(),
                 now: r.get_now(),
             };
-            Ok::<_, ConnectError>((totebox, rpc, identified))
+            Ok::<_, ConnectError>((totebox, rpc, identified, guard))
         };
-        let (totebox, rpc, identified) =
-            tokio::time::timeout(deadline, attempt)
-                .await
-                .map_err(|_| ConnectError::Timeout {
-                    address,
-                    after: deadline,
-                })??;
+        let (totebox, rpc, identified, guard) = tokio::time::timeout(deadline, attempt)
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                address,
+                after: deadline,
+            })??;
         Ok(Self {
             totebox,
             peer: totebox_key,
             identity: identified,
             limits,
             rpc,
+            guard,
         })
     }
 
@@ -256,6 +272,12 @@ impl ToteboxClient {
     /// What the Totebox said about itself when the session was confirmed.
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// Why the diode guard cut this connection, if it did: the Totebox broke the one-way rule
+    /// and should be quarantined, not redialed at once.
+    pub fn diode_violation(&self) -> Option<String> {
+        self.guard.violation()
     }
 
     /// Whether the connection is still up (its RPC system still running).
@@ -275,6 +297,7 @@ impl ToteboxClient {
         Session {
             session,
             limits: self.limits,
+            guard: self.guard.clone(),
         }
         .query(query)
         .await
@@ -290,6 +313,7 @@ impl ToteboxClient {
         Session {
             session,
             limits: self.limits,
+            guard: self.guard.clone(),
         }
         .command(command)
         .await
@@ -300,7 +324,9 @@ impl ToteboxClient {
     pub async fn open(&self, chain: &Chain) -> Result<Session, CallError> {
         let mut open = self.totebox.open_request();
         chain.write(open.get().init_chain());
-        let response = within(self.limits.call_timeout, "open", open.send().promise).await?;
+        let response = within(self.limits.call_timeout, "open", open.send().promise)
+            .await
+            .map_err(|e| explain(&self.guard, e))?;
         let session = response
             .get()
             .and_then(|r| r.get_session())
@@ -308,6 +334,7 @@ impl ToteboxClient {
         Ok(Session {
             session,
             limits: self.limits,
+            guard: self.guard.clone(),
         })
     }
 }
@@ -316,6 +343,7 @@ impl ToteboxClient {
 pub struct Session {
     session: session::Client,
     limits: Limits,
+    guard: DiodeGuard,
 }
 
 impl Session {
@@ -323,7 +351,9 @@ impl Session {
     pub async fn query(&self, query: &Query) -> Result<QueryResult, CallError> {
         let mut request = self.session.query_request();
         write_query(query, request.get().init_query());
-        let response = within(self.limits.call_timeout, "query", request.send().promise).await?;
+        let response = within(self.limits.call_timeout, "query", request.send().promise)
+            .await
+            .map_err(|e| explain(&self.guard, e))?;
         let reader = response
             .get()
             .and_then(|r| r.get_result())
@@ -341,7 +371,9 @@ impl Session {
             c.set_idempotency_key(&command.idempotency_key);
             c.set_arguments(&command.arguments);
         }
-        let response = within(self.limits.call_timeout, "command", request.send().promise).await?;
+        let response = within(self.limits.call_timeout, "command", request.send().promise)
+            .await
+            .map_err(|e| explain(&self.guard, e))?;
         let outcome = response
             .get()
             .and_then(|r| r.get_outcome())
