@@ -204,18 +204,13 @@ impl Shared {
     /// Notes our own questions that may be answered with a capability.
     fn note_outgoing(&mut self, msg: message::Reader<'_>) -> Result<(), String> {
         match msg.which() {
-            Ok(message::Bootstrap(b)) => {
-                if let Ok(b) = b {
-                    self.awaiting_capability.insert(b.get_question_id());
-                }
+            Ok(message::Bootstrap(Ok(b))) => {
+                self.awaiting_capability.insert(b.get_question_id());
             }
-            Ok(message::Call(c)) => {
-                if let Ok(c) = c
-                    && c.get_interface_id() == totebox::Client::TYPE_ID
-                    && c.get_method_id() == 1
-                {
-                    self.awaiting_capability.insert(c.get_question_id());
-                }
+            Ok(message::Call(Ok(c)))
+                if c.get_interface_id() == totebox::Client::TYPE_ID && c.get_method_id() == 1 =>
+            {
+                self.awaiting_capability.insert(c.get_question_id());
             }
             _ => {}
         }
