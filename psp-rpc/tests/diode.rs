@@ -49,7 +49,7 @@ async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
         frame.extend_from_slice(&size.to_le_bytes());
         words += size as usize;
     }
-    if segments % 2 == 0 {
+    if segments.is_multiple_of(2) {
         frame.extend_from_slice(&stream.read_u32_le().await.ok()?.to_le_bytes());
     }
     let start = frame.len();
