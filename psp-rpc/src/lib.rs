@@ -17,6 +17,7 @@
 pub use psp_core;
 
 pub mod client;
+pub mod delay_proxy;
 pub mod diode;
 pub mod limits;
 pub mod runtime;
