@@ -429,3 +429,53 @@ impl Backoff {
         self.attempt = 0;
     }
 }
+
+impl ToteboxClient {
+    /// Connects, redialing with [`Backoff`] while the Totebox is unreachable or slow, until
+    /// `deadline` has passed. Refusals (not paired, wrong server) are permanent and returned at
+    /// once: redialing would not change them.
+    pub async fn connect_with_backoff(
+        address: SocketAddr,
+        identity: &IdentityKey,
+        totebox_key: PublicKey,
+        limits: Limits,
+        mut backoff: Backoff,
+        deadline: Duration,
+    ) -> Result<Self, ConnectError> {
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            match Self::connect(address, identity, totebox_key, limits).await {
+                Ok(client) => return Ok(client),
+                Err(e @ (ConnectError::Unreachable { .. } | ConnectError::Timeout { .. })) => {
+                    let wait = backoff.next_delay();
+                    if tokio::time::Instant::now() + wait >= give_up {
+                        return Err(e);
+                    }
+                    tracing::debug!(%address, ?wait, "Totebox not reachable yet: {e}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(permanent) => return Err(permanent),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let waits: Vec<Duration> = (0..12).map(|_| backoff.next_delay()).collect();
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(2)));
+        assert!(
+            waits[..3].iter().all(|w| *w < Duration::from_millis(400)),
+            "{waits:?}"
+        );
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 6, "jittered waits differ: {waits:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() < Duration::from_millis(100));
+    }
+}

@@ -348,3 +348,108 @@ async fn shutdown_lets_a_running_query_finish_and_refuses_new_work() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn calls_past_the_in_flight_limit_are_refused_not_queued() {
+    let m = machines();
+    let mut slow = MemoryArchive::new("tower-a");
+    slow.scan_delay = Duration::from_millis(400);
+    let limits = Limits {
+        max_calls_in_flight: 1,
+        ..Limits::default()
+    };
+    let (server, _) = start(&m, slow, Verifier::new([m.owner.public()]), limits).await;
+    LocalSet::new()
+        .run_until(async {
+            let client = ToteboxClient::connect(
+                server.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let session = client
+                .open(&chain(&m, &m.orchestrator, "tower-a", 60))
+                .await
+                .unwrap();
+            let query = rent_by_floor();
+            let (first, second) = tokio::join!(session.query(&query), async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                session.query(&query).await
+            });
+            first.unwrap();
+            assert_eq!(second.unwrap_err().code, "limit.calls-in-flight");
+            session
+                .query(&query)
+                .await
+                .expect("served again once the first call is done");
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_client_redials_until_the_totebox_comes_up() {
+    let m = machines();
+    // Reserve a port, then start the Totebox on it only after the client began dialing.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    LocalSet::new()
+        .run_until(async {
+            let dialing = ToteboxClient::connect_with_backoff(
+                port,
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+                psp_rpc::client::Backoff::new(
+                    Duration::from_millis(20),
+                    Duration::from_millis(200),
+                ),
+                Duration::from_secs(10),
+            );
+            let starting = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let service = psp_rpc::totebox_server::ToteboxService::new(
+                    std::sync::Arc::new(MemoryArchive::new("tower-a")),
+                    Verifier::new([m.owner.public()]),
+                    Limits::default(),
+                );
+                let config = psp_rpc::tls::server_config(
+                    &m.totebox,
+                    psp_rpc::tls::PairedKeys::new([m.orchestrator.public()]),
+                )
+                .unwrap();
+                let listener = tokio::net::TcpListener::bind(port).await.unwrap();
+                psp_rpc::runtime::serve(
+                    listener,
+                    config,
+                    service.bootstrap_factory(),
+                    Limits::default(),
+                )
+                .unwrap()
+            };
+            let (client, server) = tokio::join!(dialing, starting);
+            assert_eq!(client.unwrap().identity().archive, "tower-a");
+            // A refusal is not retried: it fails at once, long before the deadline.
+            let started = Instant::now();
+            let refused = ToteboxClient::connect_with_backoff(
+                server.local_addr(),
+                &m.stranger,
+                m.totebox.public(),
+                Limits::default(),
+                psp_rpc::client::Backoff::new(
+                    Duration::from_millis(20),
+                    Duration::from_millis(200),
+                ),
+                Duration::from_secs(10),
+            )
+            .await;
+            assert!(matches!(refused, Err(ConnectError::NotPaired { .. })));
+            assert!(started.elapsed() < Duration::from_secs(2));
+            server.shutdown(Duration::from_secs(1)).await;
+        })
+        .await;
+}
