@@ -36,6 +36,106 @@ pub struct ArchiveConfig {
     pub snapshots: PathBuf,
     /// The collections.
     pub collections: Vec<CollectionConfig>,
+    /// How `psp-totebox serve` serves the archive over PSP (not needed to use it locally).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerSection>,
+}
+
+/// The `[server]` section: where and to whom the Totebox serves PSP.
+///
+/// ```toml
+/// [server]
+/// listen = "0.0.0.0:7401"
+/// identity = "identity.pem"                 # this Totebox's key (psp-totebox keygen)
+/// paired = ["ed25519:..."]                  # orchestrators allowed to connect
+/// trusted_roots = ["ed25519:..."]           # keys whose capabilities this Totebox honours
+/// revoked = ["<32 hex digits>"]             # capability ids refused from now on
+/// max_lifetime_seconds = 900                # longest last link accepted
+/// clock_skew_seconds = 30
+/// ```
+///
+/// `psp-totebox serve` re-reads `paired`, `trusted_roots` and `revoked` on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on ("host:port"; port 0 picks a free one).
+    pub listen: String,
+    /// The identity key file, relative to the config's folder.
+    pub identity: PathBuf,
+    /// Machine keys allowed to connect (`ed25519:<hex>`).
+    #[serde(default)]
+    pub paired: Vec<String>,
+    /// Keys whose capability chains are honoured (`ed25519:<hex>`).
+    #[serde(default)]
+    pub trusted_roots: Vec<String>,
+    /// Revoked capability ids (32 hex digits).
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    /// Longest lifetime accepted for the last link of a chain, in seconds.
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime_seconds: i64,
+    /// Clock difference tolerated, in seconds.
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew_seconds: i64,
+}
+
+fn default_max_lifetime() -> i64 {
+    900
+}
+
+fn default_clock_skew() -> i64 {
+    30
+}
+
+/// The trust settings of a server section, parsed.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// Paired machine keys.
+    pub paired: Vec<psp_core::PublicKey>,
+    /// Trusted roots.
+    pub roots: Vec<psp_core::PublicKey>,
+    /// Revoked capability ids.
+    pub revoked: Vec<psp_core::capability::CapabilityId>,
+    /// Verifier limits.
+    pub policy: psp_core::capability::VerifyPolicy,
+}
+
+impl ServerSection {
+    /// Parses the keys and ids; errors name the entry (`server.paired[1]: ...`).
+    pub fn trust(&self) -> Result<Trust, String> {
+        let keys = |list: &[String], name: &str| -> Result<Vec<psp_core::PublicKey>, String> {
+            list.iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    k.parse()
+                        .map_err(|e| format!("server.{name}[{i}] ({k:?}): {e}"))
+                })
+                .collect()
+        };
+        let revoked = self
+            .revoked
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                id.parse().map_err(|_| {
+                    format!("server.revoked[{i}] ({id:?}): a capability id is 32 hex digits")
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if self.max_lifetime_seconds <= 0 || self.clock_skew_seconds < 0 {
+            return Err("server.max_lifetime_seconds must be positive and server.clock_skew_seconds not negative".into());
+        }
+        Ok(Trust {
+            paired: keys(&self.paired, "paired")?,
+            roots: keys(&self.trusted_roots, "trusted_roots")?,
+            revoked,
+            policy: psp_core::capability::VerifyPolicy {
+                max_lifetime: self.max_lifetime_seconds,
+                clock_skew: self.clock_skew_seconds,
+                ..psp_core::capability::VerifyPolicy::default()
+            },
+        })
+    }
 }
 
 fn default_snapshots() -> PathBuf {
@@ -161,6 +261,9 @@ impl ArchiveConfig {
     pub fn schemas(&self) -> Result<Vec<CollectionSchema>, String> {
         if self.id.trim().is_empty() {
             return Err("id: must not be empty".into());
+        }
+        if let Some(server) = &self.server {
+            server.trust()?;
         }
         let mut names = std::collections::BTreeSet::new();
         let mut schemas = Vec::new();

@@ -284,6 +284,7 @@ fn property_config(id: &str) -> ArchiveConfig {
         id: id.into(),
         file: PathBuf::from("archive.psp"),
         snapshots: PathBuf::from("snapshots"),
+        server: None,
         collections: vec![
             collection(
                 "leases",
@@ -491,6 +492,7 @@ fn subsidiary_config(id: &str) -> ArchiveConfig {
         id: id.into(),
         file: PathBuf::from("archive.psp"),
         snapshots: PathBuf::from("snapshots"),
+        server: None,
         collections: vec![collection(
             "ledger",
             "entry",

@@ -50,7 +50,10 @@ mod index;
 pub mod log;
 mod map;
 mod record;
+pub mod serve;
 mod store;
 
-pub use config::{ArchiveConfig, CollectionConfig, ConfigError, FieldConfig, Loaded};
+pub use config::{
+    ArchiveConfig, CollectionConfig, ConfigError, FieldConfig, Loaded, ServerSection, Trust,
+};
 pub use store::{ArchiveError, OpenReport, RecordArchive};

@@ -74,18 +74,35 @@ impl Drop for CallGuard {
 /// Makes the bootstrap capability of a new connection (called on the connection's thread).
 pub type Bootstrap = Arc<dyn Fn(Rc<Connection>) -> capnp::capability::Client + Send + Sync>;
 
+/// Decides whether a connected peer may stay connected (after a config reload).
+pub type PeerCheck = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
+
 /// A running server.
-#[derive(Debug)]
 pub struct ServerHandle {
     address: SocketAddr,
     shutdown: watch::Sender<Option<Duration>>,
+    recheck: watch::Sender<Option<PeerCheck>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerHandle {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Closes, at once, every connection whose peer `allowed` no longer accepts (e.g. after
+    /// re-pairing on a config reload). New handshakes are judged by the TLS config's own keys.
+    pub fn recheck(&self, allowed: PeerCheck) {
+        let _ = self.recheck.send(Some(allowed));
     }
 
     /// Stops accepting, lets running calls finish for up to `grace`, then closes every
@@ -105,6 +122,7 @@ pub fn serve(
 ) -> std::io::Result<ServerHandle> {
     let address = listener.local_addr()?;
     let (shutdown, mut signal) = watch::channel(None::<Duration>);
+    let (recheck, peers) = watch::channel(None::<PeerCheck>);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let task = tokio::spawn(async move {
         let pool = LocalPoolHandle::new(workers);
@@ -123,9 +141,10 @@ pub fn serve(
                         }
                     };
                     let _ = tcp.set_nodelay(true);
-                    let (acceptor, bootstrap, signal) = (acceptor.clone(), bootstrap.clone(), signal.clone());
+                    let (acceptor, bootstrap, signal, peers) =
+                        (acceptor.clone(), bootstrap.clone(), signal.clone(), peers.clone());
                     connections.spawn(pool.spawn_pinned(move || async move {
-                        if let Err(e) = connection(tcp, acceptor, bootstrap, limits, signal).await {
+                        if let Err(e) = connection(tcp, acceptor, bootstrap, limits, signal, peers).await {
                             tracing::debug!(%from, "connection ended: {e}");
                         }
                     }));
@@ -140,6 +159,7 @@ pub fn serve(
     Ok(ServerHandle {
         address,
         shutdown,
+        recheck,
         task,
     })
 }
@@ -150,6 +170,7 @@ async fn connection(
     bootstrap: Bootstrap,
     limits: Limits,
     mut signal: watch::Receiver<Option<Duration>>,
+    mut peers: watch::Receiver<Option<PeerCheck>>,
 ) -> Result<(), String> {
     let stream = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
         .await
@@ -172,9 +193,19 @@ async fn connection(
     let rpc = RpcSystem::new(Box::new(network), Some(bootstrap(state.clone())));
     let disconnector = rpc.get_disconnector();
     let mut rpc = rpc.fuse();
-    tokio::select! {
-        result = &mut rpc => return result.map_err(|e| e.to_string()),
-        _ = signal.changed() => {}
+    loop {
+        tokio::select! {
+            result = &mut rpc => return result.map_err(|e| e.to_string()),
+            _ = signal.changed() => break,
+            Ok(()) = peers.changed() => {
+                let still_allowed = peers.borrow().as_ref().is_none_or(|allowed| allowed(&peer));
+                if !still_allowed {
+                    tracing::warn!(target: "psp::security", %peer, "closed the connection of a peer that is no longer paired");
+                    let _ = tokio::time::timeout(Duration::from_secs(1), disconnector).await;
+                    return Ok(());
+                }
+            }
+        }
     }
     // Draining: refuse new calls, give running ones until the grace deadline.
     let grace = signal.borrow().unwrap_or_default();

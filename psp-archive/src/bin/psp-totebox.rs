@@ -4,9 +4,13 @@
 //! psp-totebox generate --out fleet --properties 8 --subsidiaries 4 --records 5000 --seed 7
 //! psp-totebox import --config fleet/prop-01/archive.toml --collection leases leases.csv
 //! psp-totebox stats --config fleet/prop-01/archive.toml
+//! psp-totebox keygen --out fleet/prop-01/identity.pem
+//! psp-totebox serve --config fleet/prop-01/archive.toml    # needs a [server] section
 //! ```
 //!
-//! Serving an archive over PSP (`serve`, `keygen`) comes with the psp-rpc framework.
+//! `serve` reloads pairing, trusted roots and revocations on SIGHUP and shuts down gracefully on
+//! SIGTERM or Ctrl-C. Logs go to stderr (`--log-format json` for machines); security events carry
+//! the target `psp::security`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +72,21 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Writes a new identity key (PKCS#8 PEM, mode 0600) and prints its public key.
+    Keygen {
+        /// Where to write it (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serves the archive over PSP, as its config's [server] section says.
+    Serve {
+        /// The archive's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Log format on stderr.
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        log_format: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,6 +147,13 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("imported {n} records into {collection:?}");
             Ok(())
         }
+        Command::Keygen { out } => {
+            let key = psp_core::IdentityKey::generate().map_err(|e| e.to_string())?;
+            key.save(&out).map_err(|e| e.to_string())?;
+            println!("{}", key.public());
+            Ok(())
+        }
+        Command::Serve { config, log_format } => serve(&config, &log_format),
         Command::Stats { config } => {
             let archive = RecordArchive::open_config(&config).map_err(|e| e.to_string())?;
             let report = archive.open_report();
@@ -158,4 +184,39 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn serve(config: &std::path::Path, log_format: &str) -> Result<(), String> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let running = psp_archive::serve::RunningTotebox::start(config).await?;
+        println!("serving {} as {}", running.local_addr(), running.key());
+        let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    if let Err(e) = running.reload() {
+                        tracing::error!("reload refused, keeping the previous settings: {e}");
+                    }
+                }
+                _ = terminate.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        tracing::info!("shutting down");
+        running.shutdown(std::time::Duration::from_secs(10)).await;
+        Ok(())
+    })
 }
