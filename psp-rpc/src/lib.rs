@@ -7,10 +7,21 @@
 //! ## Structure
 //!
 //! * [`tls`]: pinned-key mutual TLS 1.3 (rustls with `ring`): self-signed certificates derived
-//!   from identity keys, verifiers that accept only paired keys.
+//!   from identity keys, verifiers that accept only paired keys, no session resumption.
+//! * [`runtime`]: the accept loop. Each connection's RPC system runs on one worker thread
+//!   (capnp-rpc is `!Send`), with one worker per core; graceful shutdown; re-checks of
+//!   connected peers after re-pairing.
+//! * [`totebox_server`]: [`totebox_server::ToteboxService`] serves any `Archive`. `open`
+//!   verifies the capability against the TLS peer, every call re-checks it, queries run on the
+//!   blocking pool, refusals are logged as security events.
+//! * [`client`]: [`client::ToteboxClient`] connects, confirming the session with a round trip,
+//!   and sends `open(...).query(...)` pipelined as one round trip. It redials with backoff.
+//! * [`diode`]: the guard on every connection toward a Totebox, which cuts it when the Totebox
+//!   tries to call, bootstrap, or hand over a capability upstream.
+//! * [`limits`]: message size, nesting, calls in flight, deadlines; the `code: message` errors.
+//! * [`delay_proxy`]: a user-space delay proxy that counts round trips, for tests and benchmarks.
 //!
-//! The Totebox server, its client, the diode guard and the delay proxy are being built on this
-//! layer (see the project's issues).
+//! See `examples/embed_totebox.rs` in the repository for a store served in under 100 lines.
 
 #![forbid(unsafe_code)]
 

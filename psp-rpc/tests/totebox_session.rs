@@ -453,3 +453,39 @@ async fn a_client_redials_until_the_totebox_comes_up() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_peer_that_never_completes_the_handshake_is_dropped_at_the_deadline() {
+    let m = machines();
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        limits,
+    )
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the server closed the silent connection: {read:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before the deadline: {:?}",
+        started.elapsed()
+    );
+    server.shutdown(Duration::from_secs(1)).await;
+}
