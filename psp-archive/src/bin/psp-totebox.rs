@@ -78,7 +78,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Serves the archive over PSP, as its config's [server] section says.
+    /// Serves the archive over PSP, as its config's `[server]` section says.
     Serve {
         /// The archive's config file.
         #[arg(long)]
