@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod fanout;
 pub mod selection;
 
 pub use psp_core;

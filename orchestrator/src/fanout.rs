@@ -1,0 +1,375 @@
+//! Fan-out: one request to many Toteboxes, with deadlines, bounded concurrency and one outcome
+//! per source, over a pool of connections shared by every request and tenant.
+//!
+//! Totebox connections are capnp-rpc clients, which are `!Send`, so the pool lives on one thread
+//! of its own (the fleet thread) and requests reach it over a channel. Each request carries its own
+//! capability: connections are shared, authority never is.
+//!
+//! Time: each source has `source_timeout`, and nothing runs past the request's `deadline`; a
+//! source still waiting for a concurrency slot at the deadline is reported as timed out, never
+//! waited for. Every selected source ends with exactly one [`SourceOutcome`].
+//!
+//! A Totebox whose connection the diode guard cut is quarantined: it is not redialed until the
+//! quarantine ends, and its outcome says why.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use psp_core::query::{Query, QueryResult, ResultBody};
+use psp_core::{Chain, IdentityKey, PublicKey};
+use psp_rpc::client::{ConnectError, ToteboxClient};
+use psp_rpc::limits::{CallError, Limits};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// Where to reach one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The archive id.
+    pub archive: String,
+    /// Its Totebox's address.
+    pub address: SocketAddr,
+    /// Its pinned key.
+    pub key: PublicKey,
+}
+
+/// How one source ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// Answered in time.
+    Ok,
+    /// Did not answer within its timeout or the deadline.
+    TimedOut,
+    /// Could not be connected to.
+    Unreachable(String),
+    /// Refused the capability or the query (the code names the rule).
+    Denied {
+        /// The stable code, e.g. `capability.expired`.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// Failed otherwise.
+    Error(String),
+    /// Cut off for breaking the diode, not redialed until the quarantine ends.
+    Quarantined(String),
+}
+
+/// What happened at one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceOutcome {
+    /// The archive id.
+    pub archive: String,
+    /// How it ended.
+    pub status: SourceStatus,
+    /// From sending to the answer or failure.
+    pub latency: Duration,
+    /// The source's data time (0 without an answer).
+    pub as_of: i64,
+    /// Rows or groups it contributed.
+    pub rows: u64,
+    /// Groups it withheld under its minimum group size.
+    pub suppressed_groups: u64,
+}
+
+/// Limits on one request's fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanOutLimits {
+    /// One source's time to answer.
+    pub source_timeout: Duration,
+    /// The whole request's time.
+    pub deadline: Duration,
+    /// Sources asked at once.
+    pub max_concurrency: usize,
+    /// Most rows or groups accepted from one source; a hostile Totebox cannot flood the merge.
+    pub max_rows_per_source: usize,
+}
+
+/// What a fan-out gathered: one outcome per source, and the answers of those that answered.
+#[derive(Debug)]
+pub struct Gathered {
+    /// One per source, in the order the sources were given.
+    pub outcomes: Vec<SourceOutcome>,
+    /// The answers, in the same order (`None` where the source did not answer).
+    pub results: Vec<Option<QueryResult>>,
+}
+
+struct Request {
+    sources: Vec<Source>,
+    chain: Vec<u8>,
+    query: Query,
+    limits: FanOutLimits,
+    reply: oneshot::Sender<Gathered>,
+}
+
+/// A handle on the fleet thread. Cheap to clone; every clone shares the pool.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// How long a Totebox that broke the diode stays cut off.
+pub const QUARANTINE: Duration = Duration::from_secs(300);
+
+impl Fleet {
+    /// Starts the fleet thread; it connects as `identity` with `limits` on each connection.
+    pub fn start(identity: IdentityKey, limits: Limits) -> Fleet {
+        let (requests, mut incoming) = mpsc::unbounded_channel::<Request>();
+        std::thread::Builder::new()
+            .name("psp-fleet".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a fleet runtime");
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, async move {
+                    let pool = Rc::new(Pool {
+                        identity,
+                        limits,
+                        connections: Default::default(),
+                    });
+                    while let Some(request) = incoming.recv().await {
+                        tokio::task::spawn_local(pool.clone().serve(request));
+                    }
+                });
+            })
+            .expect("spawn the fleet thread");
+        Fleet { requests }
+    }
+
+    /// Asks every source `query` under `chain`, within `limits`.
+    pub async fn query(
+        &self,
+        sources: Vec<Source>,
+        chain: &Chain,
+        query: Query,
+        limits: FanOutLimits,
+    ) -> Gathered {
+        let (reply, answer) = oneshot::channel();
+        let count = sources.len();
+        let request = Request {
+            sources: sources.clone(),
+            chain: chain.to_bytes(),
+            query,
+            limits,
+            reply,
+        };
+        if self.requests.send(request).is_ok()
+            && let Ok(gathered) = answer.await
+        {
+            return gathered;
+        }
+        // The fleet thread is gone: every source failed, none silently.
+        Gathered {
+            outcomes: sources
+                .into_iter()
+                .map(|s| {
+                    outcome(
+                        s.archive,
+                        SourceStatus::Error("the fleet thread stopped".into()),
+                        Duration::ZERO,
+                    )
+                })
+                .collect(),
+            results: vec![None; count],
+        }
+    }
+}
+
+fn outcome(archive: String, status: SourceStatus, latency: Duration) -> SourceOutcome {
+    SourceOutcome {
+        archive,
+        status,
+        latency,
+        as_of: 0,
+        rows: 0,
+        suppressed_groups: 0,
+    }
+}
+
+/// The pool, on the fleet thread.
+struct Pool {
+    identity: IdentityKey,
+    limits: Limits,
+    connections: std::cell::RefCell<HashMap<String, Slot>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    client: Option<Rc<ToteboxClient>>,
+    quarantined_until: Option<Instant>,
+    why: String,
+}
+
+impl Pool {
+    /// The pooled connection to `source`, connecting if needed.
+    async fn connection(&self, source: &Source) -> Result<Rc<ToteboxClient>, SourceStatus> {
+        {
+            let mut connections = self.connections.borrow_mut();
+            let slot = connections.entry(source.archive.clone()).or_default();
+            if let Some(until) = slot.quarantined_until {
+                if Instant::now() < until {
+                    return Err(SourceStatus::Quarantined(slot.why.clone()));
+                }
+                slot.quarantined_until = None;
+            }
+            if let Some(client) = &slot.client {
+                if client.is_connected() && client.diode_violation().is_none() {
+                    return Ok(client.clone());
+                }
+                slot.client = None;
+            }
+        }
+        let client =
+            ToteboxClient::connect(source.address, &self.identity, source.key, self.limits)
+                .await
+                .map_err(|e| match e {
+                    ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
+                        SourceStatus::Unreachable(e.to_string())
+                    }
+                    other => SourceStatus::Error(other.to_string()),
+                })?;
+        let client = Rc::new(client);
+        self.connections
+            .borrow_mut()
+            .entry(source.archive.clone())
+            .or_default()
+            .client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Records a diode violation: drop the connection and quarantine the source.
+    fn quarantine(&self, source: &Source, why: String) {
+        tracing::error!(target: "psp::security", archive = %source.archive, "quarantined a Totebox: {why}");
+        let mut connections = self.connections.borrow_mut();
+        let slot = connections.entry(source.archive.clone()).or_default();
+        slot.client = None;
+        slot.quarantined_until = Some(Instant::now() + QUARANTINE);
+        slot.why = why;
+    }
+
+    async fn ask(
+        &self,
+        source: &Source,
+        chain: &Chain,
+        query: &Query,
+        limits: &FanOutLimits,
+        deadline: Instant,
+    ) -> (SourceStatus, Option<QueryResult>, Duration) {
+        let started = Instant::now();
+        let until = deadline.min(started + limits.source_timeout);
+        let attempt = async {
+            let client = self.connection(source).await?;
+            match client.query(chain, query).await {
+                Ok(result) => Ok(result),
+                Err(e) => {
+                    if let Some(why) = client.diode_violation() {
+                        self.quarantine(source, why.clone());
+                        return Err(SourceStatus::Quarantined(why));
+                    }
+                    Err(status_of(e))
+                }
+            }
+        };
+        let (status, result) = match tokio::time::timeout_at(until, attempt).await {
+            Err(_) => (SourceStatus::TimedOut, None),
+            Ok(Err(status)) => (status, None),
+            Ok(Ok(result)) => {
+                let rows = match &result.body {
+                    ResultBody::Rows(rows) => rows.len(),
+                    ResultBody::Groups(groups) => groups.len(),
+                };
+                if rows > limits.max_rows_per_source {
+                    (
+                        SourceStatus::Error(format!(
+                            "limit.rows: answered {rows} rows; at most {} are accepted from one source",
+                            limits.max_rows_per_source
+                        )),
+                        None,
+                    )
+                } else {
+                    (SourceStatus::Ok, Some(result))
+                }
+            }
+        };
+        (status, result, started.elapsed())
+    }
+
+    async fn serve(self: Rc<Self>, request: Request) {
+        let deadline = Instant::now() + request.limits.deadline;
+        let chain = match Chain::from_bytes(&request.chain) {
+            Ok(chain) => chain,
+            Err(e) => {
+                let outcomes = request
+                    .sources
+                    .iter()
+                    .map(|s| {
+                        outcome(
+                            s.archive.clone(),
+                            SourceStatus::Error(e.to_string()),
+                            Duration::ZERO,
+                        )
+                    })
+                    .collect();
+                let _ = request.reply.send(Gathered {
+                    outcomes,
+                    results: vec![None; request.sources.len()],
+                });
+                return;
+            }
+        };
+        let (chain, query, limits) = (&chain, &request.query, &request.limits);
+        let pool = &self;
+        let answers: Vec<(usize, SourceStatus, Option<QueryResult>, Duration)> =
+            futures::stream::iter(request.sources.iter().enumerate())
+                .map(|(i, source)| async move {
+                    if Instant::now() >= deadline {
+                        return (i, SourceStatus::TimedOut, None, Duration::ZERO);
+                    }
+                    let (status, result, latency) =
+                        pool.ask(source, chain, query, limits, deadline).await;
+                    (i, status, result, latency)
+                })
+                .buffer_unordered(limits.max_concurrency.max(1))
+                .collect()
+                .await;
+        let mut outcomes: Vec<SourceOutcome> = request
+            .sources
+            .iter()
+            .map(|s| outcome(s.archive.clone(), SourceStatus::TimedOut, Duration::ZERO))
+            .collect();
+        let mut results = vec![None; request.sources.len()];
+        for (i, status, result, latency) in answers {
+            let o = &mut outcomes[i];
+            o.status = status;
+            o.latency = latency;
+            if let Some(r) = &result {
+                o.as_of = r.as_of;
+                o.suppressed_groups = r.suppressed_groups;
+                o.rows = match &r.body {
+                    ResultBody::Rows(rows) => rows.len() as u64,
+                    ResultBody::Groups(groups) => groups.len() as u64,
+                };
+            }
+            results[i] = result;
+        }
+        let _ = request.reply.send(Gathered { outcomes, results });
+    }
+}
+
+/// A Totebox's refusal or failure, as an outcome.
+fn status_of(error: CallError) -> SourceStatus {
+    let prefix = error.code.split('.').next().unwrap_or("");
+    match prefix {
+        "capability" | "policy" | "query" | "limit" | "command" => SourceStatus::Denied {
+            code: error.code,
+            message: error.message,
+        },
+        _ if error.code == "transport.timeout" => SourceStatus::TimedOut,
+        _ => SourceStatus::Error(error.to_string()),
+    }
+}

@@ -1,0 +1,221 @@
+//! Fan-out over a real fleet (generated property archives served over real TLS): exact merges,
+//! one outcome per source, dead and slow sources reported within the deadline, never a hang.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use orchestrator::fanout::{FanOutLimits, Fleet, Source, SourceStatus};
+use psp_archive::generate::{GenerateOptions, generate};
+use psp_archive::serve::RunningTotebox;
+use psp_core::query::{Aggregate, AggregateFunction, Query, QueryResult, Value};
+use psp_core::{ArchiveSet, Chain, Grant, IdentityKey, Operation, Scope, Window};
+use psp_rpc::delay_proxy::DelayProxy;
+use psp_rpc::limits::Limits;
+
+struct World {
+    _dir: tempfile::TempDir,
+    toteboxes: Vec<RunningTotebox>,
+    sources: Vec<Source>,
+    owner: IdentityKey,
+    operator: IdentityKey,
+    orchestrator: IdentityKey,
+}
+
+async fn world(archives: usize) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let (owner, operator, orchestrator) = (
+        IdentityKey::from_seed([1; 32]),
+        IdentityKey::from_seed([2; 32]),
+        IdentityKey::from_seed([3; 32]),
+    );
+    let manifest = generate(&GenerateOptions {
+        out: dir.path().to_owned(),
+        seed: 9,
+        properties: archives,
+        subsidiaries: 0,
+        records: 400,
+    })
+    .unwrap();
+    let mut toteboxes = Vec::new();
+    let mut sources = Vec::new();
+    for entry in &manifest.archives {
+        let config = dir.path().join(&entry.config);
+        serve_section(&config, &orchestrator, &owner);
+        let running = RunningTotebox::start(&config).await.unwrap();
+        sources.push(Source {
+            archive: entry.id.clone(),
+            address: running.local_addr(),
+            key: *running.key(),
+        });
+        toteboxes.push(running);
+    }
+    World {
+        _dir: dir,
+        toteboxes,
+        sources,
+        owner,
+        operator,
+        orchestrator,
+    }
+}
+
+fn serve_section(config: &Path, orchestrator: &IdentityKey, owner: &IdentityKey) {
+    let key = IdentityKey::generate().unwrap();
+    key.save(&config.with_file_name("identity.pem")).unwrap();
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "\n[server]\nlisten = \"127.0.0.1:0\"\nidentity = \"identity.pem\"\npaired = [\"{}\"]\ntrusted_roots = [\"{}\"]\n",
+        orchestrator.public(),
+        owner.public()
+    ));
+    std::fs::write(config, text).unwrap();
+}
+
+fn chain(w: &World, archives: &[&str]) -> Chain {
+    let now = psp_core::window::now();
+    let scope = Scope::everything(vec![Operation::Query]);
+    Chain::mint(
+        &w.owner,
+        Grant {
+            holder: w.operator.public(),
+            archives: ArchiveSet::of_ids(archives.iter().copied()),
+            scope: scope.clone(),
+            window: Window::lasting(now - 5, 3_600),
+        },
+    )
+    .unwrap()
+    .delegate(
+        &w.operator,
+        Grant {
+            holder: w.orchestrator.public(),
+            archives: ArchiveSet::of_ids(archives.iter().copied()),
+            scope,
+            window: Window::lasting(now - 5, 300),
+        },
+    )
+    .unwrap()
+}
+
+fn limits() -> FanOutLimits {
+    FanOutLimits {
+        source_timeout: Duration::from_millis(800),
+        deadline: Duration::from_secs(2),
+        max_concurrency: 8,
+        max_rows_per_source: 10_000,
+    }
+}
+
+fn noi() -> Query {
+    Query::aggregate(
+        "statements",
+        [],
+        [
+            Aggregate::of(AggregateFunction::Sum, "noi"),
+            Aggregate::count(),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollup_merges_exactly_what_each_source_answered() {
+    let w = world(3).await;
+    let fleet = Fleet::start(w.orchestrator.clone(), Limits::default());
+    let ids: Vec<&str> = w.sources.iter().map(|s| s.archive.as_str()).collect();
+    let gathered = fleet
+        .query(w.sources.clone(), &chain(&w, &ids), noi(), limits())
+        .await;
+    assert!(
+        gathered
+            .outcomes
+            .iter()
+            .all(|o| o.status == SourceStatus::Ok),
+        "{:?}",
+        gathered.outcomes
+    );
+    assert!(gathered.outcomes.iter().all(|o| o.as_of > 0 && o.rows == 1));
+    let answers: Vec<QueryResult> = gathered.results.into_iter().map(Option::unwrap).collect();
+    let one_by_one: Vec<Value> = answers
+        .iter()
+        .map(|r| r.finalize(&noi()).unwrap().rows[0][0].clone())
+        .collect();
+    let merged = QueryResult::merge(answers)
+        .unwrap()
+        .finalize(&noi())
+        .unwrap();
+    let Value::Decimal(total) = &merged.rows[0][0] else {
+        panic!("decimal NOI")
+    };
+    let expected = one_by_one.iter().fold(
+        psp_core::query::Decimal::new(0, 2).unwrap(),
+        |acc, v| match v {
+            Value::Decimal(d) => acc.checked_add(d).unwrap(),
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(*total, expected);
+    assert_eq!(
+        merged.rows[0][1],
+        Value::Int(72),
+        "24 months from each of 3 properties"
+    );
+
+    // The second request reuses the pooled connections: it needs no handshakes, and works.
+    let again = fleet
+        .query(w.sources.clone(), &chain(&w, &ids), noi(), limits())
+        .await;
+    assert!(again.outcomes.iter().all(|o| o.status == SourceStatus::Ok));
+    for t in w.toteboxes {
+        t.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_slow_and_refusing_sources_each_get_their_outcome_within_the_deadline() {
+    let w = world(3).await;
+    let fleet = Fleet::start(w.orchestrator.clone(), Limits::default());
+    let mut sources = w.sources.clone();
+    // prop-02 answers through a 2 s one-way delay: too slow for an 800 ms source timeout.
+    let proxy = DelayProxy::start(sources[1].address, Duration::from_secs(2))
+        .await
+        .unwrap();
+    sources[1].address = proxy.local_addr();
+    // A fourth source nobody listens for.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    sources.push(Source {
+        archive: "prop-99".into(),
+        address: port,
+        key: w.orchestrator.public(),
+    });
+    // The chain leaves prop-03 out: its Totebox refuses with the failed rule.
+    let chain = chain(&w, &["prop-01", "prop-02", "prop-99"]);
+
+    let started = Instant::now();
+    let gathered = fleet.query(sources, &chain, noi(), limits()).await;
+    let took = started.elapsed();
+    let status: Vec<(String, SourceStatus)> = gathered
+        .outcomes
+        .iter()
+        .map(|o| (o.archive.clone(), o.status.clone()))
+        .collect();
+    assert_eq!(status[0], ("prop-01".into(), SourceStatus::Ok));
+    assert_eq!(status[1], ("prop-02".into(), SourceStatus::TimedOut));
+    assert!(
+        matches!(&status[2].1, SourceStatus::Denied { code, .. } if code == "capability.archive-not-in-scope"),
+        "{status:?}"
+    );
+    assert!(
+        matches!(&status[3].1, SourceStatus::Unreachable(_)),
+        "{status:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1_800),
+        "bounded by the source timeout, not the slow source: {took:?}"
+    );
+    assert!(gathered.results[0].is_some() && gathered.results[1..].iter().all(Option::is_none));
+    for t in w.toteboxes {
+        t.shutdown(Duration::from_secs(1)).await;
+    }
+}
