@@ -13,6 +13,7 @@
 pub mod config;
 pub mod fanout;
 pub mod selection;
+pub mod view;
 
 pub use psp_core;
 pub use psp_rpc;

@@ -219,3 +219,83 @@ async fn dead_slow_and_refusing_sources_each_get_their_outcome_within_the_deadli
         t.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn views_are_strict_or_best_effort_and_rollups_group_by_archive_labels() {
+    use orchestrator::config::Partial;
+    use orchestrator::view::{labelled_query, view, with_labels};
+    let w = world(3).await;
+    let fleet = Fleet::start(w.orchestrator.clone(), Limits::default());
+    let chain = chain(&w, &["prop-01", "prop-02"]); // prop-03 will refuse
+    let query = Query::aggregate(
+        "occupancy",
+        [],
+        [Aggregate::of(AggregateFunction::Sum, "units_occupied")],
+    );
+
+    let strict = view(
+        &query,
+        fleet
+            .query(w.sources.clone(), &chain, query.clone(), limits())
+            .await,
+        Partial::Strict,
+    )
+    .unwrap_err();
+    assert_eq!(strict.code(), "fanout.incomplete");
+
+    let partial = view(
+        &query,
+        fleet
+            .query(w.sources.clone(), &chain, query.clone(), limits())
+            .await,
+        Partial::BestEffort,
+    )
+    .unwrap();
+    assert!(!partial.complete);
+    assert_eq!(
+        partial
+            .outcomes
+            .iter()
+            .filter(|o| o.status == SourceStatus::Ok)
+            .count(),
+        2
+    );
+    assert_eq!(partial.table.rows.len(), 1);
+    assert!(partial.as_of_oldest > 0);
+
+    // A rollup by the archives' region label: each source's groups carry its region.
+    let regions = ["north", "south"];
+    let gathered = fleet
+        .query(w.sources[..2].to_vec(), &chain, query.clone(), limits())
+        .await;
+    let keys = vec!["region".to_owned()];
+    let results = gathered
+        .results
+        .into_iter()
+        .zip(regions)
+        .map(|(r, region)| {
+            r.map(|r| {
+                with_labels(
+                    r,
+                    &keys,
+                    &std::collections::BTreeMap::from([("region".to_owned(), region.to_owned())]),
+                )
+            })
+        })
+        .collect();
+    let rollup = view(
+        &labelled_query(&query, &keys),
+        orchestrator::fanout::Gathered {
+            outcomes: gathered.outcomes,
+            results,
+        },
+        Partial::Strict,
+    )
+    .unwrap();
+    assert_eq!(rollup.table.columns[0].name, "region");
+    let labels: Vec<Value> = rollup.table.rows.iter().map(|r| r[0].clone()).collect();
+    assert_eq!(labels, vec![Value::from("north"), Value::from("south")]);
+    for t in w.toteboxes {
+        t.shutdown(Duration::from_secs(1)).await;
+    }
+}
