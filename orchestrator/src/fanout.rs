@@ -15,6 +15,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -103,12 +105,39 @@ struct Request {
     query: Query,
     limits: FanOutLimits,
     reply: oneshot::Sender<Gathered>,
+    answered: Arc<AtomicU32>,
+}
+
+/// Reachability of one archive, as the fleet thread last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Health {
+    /// Not contacted yet.
+    #[default]
+    Unknown,
+    /// Answered last time.
+    Up,
+    /// Could not be reached or timed out last time.
+    Down,
+    /// Cut off for breaking the diode.
+    Quarantined,
+}
+
+/// What the fleet thread last saw of one archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HealthReport {
+    /// Reachability.
+    pub health: Health,
+    /// The last round trip.
+    pub latency: Duration,
+    /// When it last answered (microseconds since the epoch; 0 when never).
+    pub last_seen: i64,
 }
 
 /// A handle on the fleet thread. Cheap to clone; every clone shares the pool.
 #[derive(Debug, Clone)]
 pub struct Fleet {
     requests: mpsc::UnboundedSender<Request>,
+    health: Arc<Mutex<HashMap<String, HealthReport>>>,
 }
 
 /// How long a Totebox that broke the diode stays cut off.
@@ -118,6 +147,8 @@ impl Fleet {
     /// Starts the fleet thread; it connects as `identity` with `limits` on each connection.
     pub fn start(identity: IdentityKey, limits: Limits) -> Fleet {
         let (requests, mut incoming) = mpsc::unbounded_channel::<Request>();
+        let health = Arc::new(Mutex::new(HashMap::new()));
+        let seen = health.clone();
         std::thread::Builder::new()
             .name("psp-fleet".into())
             .spawn(move || {
@@ -131,6 +162,7 @@ impl Fleet {
                         identity,
                         limits,
                         connections: Default::default(),
+                        health: seen,
                     });
                     while let Some(request) = incoming.recv().await {
                         tokio::task::spawn_local(pool.clone().serve(request));
@@ -138,7 +170,17 @@ impl Fleet {
                 });
             })
             .expect("spawn the fleet thread");
-        Fleet { requests }
+        Fleet { requests, health }
+    }
+
+    /// What the fleet thread last saw of `archive`.
+    pub fn health(&self, archive: &str) -> HealthReport {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(archive)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Asks every source `query` under `chain`, within `limits`.
@@ -149,6 +191,19 @@ impl Fleet {
         query: Query,
         limits: FanOutLimits,
     ) -> Gathered {
+        self.query_counting(sources, chain, query, limits, Arc::default())
+            .await
+    }
+
+    /// [`Fleet::query`], counting finished sources in `answered` as they finish (for progress).
+    pub async fn query_counting(
+        &self,
+        sources: Vec<Source>,
+        chain: &Chain,
+        query: Query,
+        limits: FanOutLimits,
+        answered: Arc<AtomicU32>,
+    ) -> Gathered {
         let (reply, answer) = oneshot::channel();
         let count = sources.len();
         let request = Request {
@@ -157,6 +212,7 @@ impl Fleet {
             query,
             limits,
             reply,
+            answered,
         };
         if self.requests.send(request).is_ok()
             && let Ok(gathered) = answer.await
@@ -196,6 +252,7 @@ struct Pool {
     identity: IdentityKey,
     limits: Limits,
     connections: std::cell::RefCell<HashMap<String, Slot>>,
+    health: Arc<Mutex<HashMap<String, HealthReport>>>,
 }
 
 #[derive(Default)]
@@ -296,7 +353,21 @@ impl Pool {
                 }
             }
         };
-        (status, result, started.elapsed())
+        let latency = started.elapsed();
+        let health = match &status {
+            SourceStatus::Ok | SourceStatus::Denied { .. } => Health::Up,
+            SourceStatus::Quarantined(_) => Health::Quarantined,
+            _ => Health::Down,
+        };
+        let mut seen = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let report = seen.entry(source.archive.clone()).or_default();
+        report.health = health;
+        if health == Health::Up {
+            report.latency = latency;
+            report.last_seen = now_micros();
+        }
+        drop(seen);
+        (status, result, latency)
     }
 
     async fn serve(self: Rc<Self>, request: Request) {
@@ -324,6 +395,7 @@ impl Pool {
         };
         let (chain, query, limits) = (&chain, &request.query, &request.limits);
         let pool = &self;
+        let answered = &request.answered;
         let answers: Vec<(usize, SourceStatus, Option<QueryResult>, Duration)> =
             futures::stream::iter(request.sources.iter().enumerate())
                 .map(|(i, source)| async move {
@@ -332,6 +404,7 @@ impl Pool {
                     }
                     let (status, result, latency) =
                         pool.ask(source, chain, query, limits, deadline).await;
+                    answered.fetch_add(1, Ordering::Relaxed);
                     (i, status, result, latency)
                 })
                 .buffer_unordered(limits.max_concurrency.max(1))
@@ -372,4 +445,10 @@ fn status_of(error: CallError) -> SourceStatus {
         _ if error.code == "transport.timeout" => SourceStatus::TimedOut,
         _ => SourceStatus::Error(error.to_string()),
     }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
