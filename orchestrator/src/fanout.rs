@@ -396,20 +396,25 @@ impl Pool {
         let (chain, query, limits) = (&chain, &request.query, &request.limits);
         let pool = &self;
         let answered = &request.answered;
-        let answers: Vec<(usize, SourceStatus, Option<QueryResult>, Duration)> =
-            futures::stream::iter(request.sources.iter().enumerate())
-                .map(|(i, source)| async move {
-                    if Instant::now() >= deadline {
-                        return (i, SourceStatus::TimedOut, None, Duration::ZERO);
-                    }
-                    let (status, result, latency) =
-                        pool.ask(source, chain, query, limits, deadline).await;
-                    answered.fetch_add(1, Ordering::Relaxed);
-                    (i, status, result, latency)
-                })
-                .buffer_unordered(limits.max_concurrency.max(1))
-                .collect()
-                .await;
+        let work = futures::stream::iter(request.sources.iter().enumerate())
+            .map(|(i, source)| async move {
+                if Instant::now() >= deadline {
+                    return (i, SourceStatus::TimedOut, None, Duration::ZERO);
+                }
+                let (status, result, latency) =
+                    pool.ask(source, chain, query, limits, deadline).await;
+                answered.fetch_add(1, Ordering::Relaxed);
+                (i, status, result, latency)
+            })
+            .buffer_unordered(limits.max_concurrency.max(1))
+            .collect::<Vec<_>>();
+        // Whoever asked may stop waiting (a cancelled or dropped FleetQuery): then stop too, which
+        // drops the calls in flight, and capnp-rpc tells each Totebox to finish them.
+        let mut reply = request.reply;
+        let answers: Vec<(usize, SourceStatus, Option<QueryResult>, Duration)> = tokio::select! {
+            answers = work => answers,
+            _ = reply.closed() => return,
+        };
         let mut outcomes: Vec<SourceOutcome> = request
             .sources
             .iter()
@@ -430,7 +435,7 @@ impl Pool {
             }
             results[i] = result;
         }
-        let _ = request.reply.send(Gathered { outcomes, results });
+        let _ = reply.send(Gathered { outcomes, results });
     }
 }
 

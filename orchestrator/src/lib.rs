@@ -11,8 +11,10 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod console;
 pub mod fanout;
 pub mod selection;
+pub mod service;
 pub mod view;
 
 pub use psp_core;

@@ -1,0 +1,194 @@
+//! The console-facing service over real TLS, against a real fleet: a console sees and queries
+//! only its tenant's archives, and the confused-deputy attack is refused before any Totebox is
+//! called.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orchestrator::config::Config;
+use orchestrator::console::Console;
+use orchestrator::fanout::Health;
+use orchestrator::selection::Selector;
+use orchestrator::service::OrchestratorService;
+use psp_core::query::{Aggregate, AggregateFunction, Query, Value};
+use psp_core::{ArchiveSet, Chain, Grant, IdentityKey, Operation, Scope, Window};
+use psp_rpc::limits::Limits;
+use psp_rpc::runtime::ServerHandle;
+use psp_rpc::tls::{self, PairedKeys};
+use support::{World, world};
+use tokio::task::LocalSet;
+
+fn globex() -> IdentityKey {
+    IdentityKey::from_seed([22; 32])
+}
+
+/// acme (the fleet's operator key) has the three properties; globex has prop-03 only.
+fn config(w: &World) -> Config {
+    let mut text = String::from("identity = \"unused.pem\"\nlisten = \"127.0.0.1:0\"\n");
+    for s in &w.sources {
+        text.push_str(&format!(
+            "[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ entity = \"property\" }}\n",
+            s.archive, s.address, s.key
+        ));
+    }
+    text.push_str(&format!(
+        "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\nselectors = [{{ entity = \"property\" }}]\n",
+        w.operator.public()
+    ));
+    text.push_str(&format!(
+        "[[tenants]]\nname = \"globex\"\noperators = [\"{}\"]\narchives = [\"prop-03\"]\n",
+        globex().public()
+    ));
+    Config::parse(&text).unwrap()
+}
+
+async fn start(w: &World) -> (ServerHandle, Arc<OrchestratorService>) {
+    let config = config(w);
+    let service = OrchestratorService::new(config.clone(), &w.orchestrator, Limits::default());
+    let tls = tls::server_config(&w.orchestrator, PairedKeys::new(config.operator_keys())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let handle = psp_rpc::runtime::serve(
+        listener,
+        tls,
+        service.bootstrap_factory(),
+        Limits::default(),
+    )
+    .unwrap();
+    (handle, service)
+}
+
+fn delegated(w: &World, operator: &IdentityKey, archives: &[&str]) -> Chain {
+    let now = psp_core::window::now();
+    let scope = Scope::everything(vec![Operation::Query]);
+    let archives = ArchiveSet::of_ids(archives.iter().copied());
+    Chain::mint(
+        &w.owner,
+        Grant {
+            holder: operator.public(),
+            archives: archives.clone(),
+            scope: scope.clone(),
+            window: Window::lasting(now - 5, 3_600),
+        },
+    )
+    .unwrap()
+    .delegate(
+        operator,
+        Grant {
+            holder: w.orchestrator.public(),
+            archives,
+            scope,
+            window: Window::lasting(now - 5, 300),
+        },
+    )
+    .unwrap()
+}
+
+fn noi() -> Query {
+    Query::aggregate(
+        "statements",
+        [],
+        [
+            Aggregate::of(AggregateFunction::Sum, "noi"),
+            Aggregate::count(),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_console_queries_its_tenants_fleet_in_one_view() {
+    let w = world(3).await;
+    let (server, _) = start(&w).await;
+    LocalSet::new()
+        .run_until(async {
+            let console = Console::connect(
+                server.local_addr(),
+                &w.operator,
+                w.orchestrator.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let fleet = console.fleet().await.unwrap();
+            assert_eq!(
+                fleet.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+                ["prop-01", "prop-02", "prop-03"]
+            );
+            let chain = delegated(&w, &w.operator, &["prop-01", "prop-02", "prop-03"]);
+            let view = console.query(&Selector::All, &chain, &noi()).await.unwrap();
+            assert!(view.complete, "{:?}", view.outcomes);
+            assert!(view.outcomes.iter().all(|o| o.status == "ok"));
+            assert_eq!(view.table.rows[0][1], Value::Int(72));
+            assert!(view.as_of_oldest > 0);
+            // Health is now known.
+            let fleet = console.fleet().await.unwrap();
+            assert!(fleet.iter().all(|(_, health)| health == "Up"), "{fleet:?}");
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_sending_another_tenants_capability_reaches_no_totebox() {
+    let w = world(3).await;
+    let (server, service) = start(&w).await;
+    LocalSet::new()
+        .run_until(async {
+            let acme = Console::connect(
+                server.local_addr(),
+                &w.operator,
+                w.orchestrator.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            // Globex's valid capability for prop-03, sent by acme's console.
+            let stolen = delegated(&w, &globex(), &["prop-03"]);
+            let error = acme
+                .query(&Selector::Ids(vec!["prop-03".into()]), &stolen, &noi())
+                .await
+                .unwrap_err();
+            assert_eq!(error.code, "tenant.not-your-capability", "{error}");
+            for s in &w.sources {
+                assert_eq!(
+                    service.fleet().health(&s.archive).health,
+                    Health::Unknown,
+                    "{} was called",
+                    s.archive
+                );
+            }
+
+            // Globex may not even name acme's archives.
+            let globex_console = Console::connect(
+                server.local_addr(),
+                &globex(),
+                w.orchestrator.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(globex_console.fleet().await.unwrap().len(), 1);
+            let chain = delegated(&w, &globex(), &["prop-01"]);
+            let error = globex_console
+                .query(&Selector::Ids(vec!["prop-01".into()]), &chain, &noi())
+                .await
+                .unwrap_err();
+            assert_eq!(error.code, "tenant.archive-not-in-tenant");
+
+            // A key that is no operator cannot connect at all.
+            let stranger = IdentityKey::from_seed([99; 32]);
+            let error = Console::connect(
+                server.local_addr(),
+                &stranger,
+                w.orchestrator.public(),
+                Limits::default(),
+            )
+            .await
+            .err()
+            .unwrap();
+            assert_eq!(error.code, "tenant.not-an-operator", "{error}");
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
