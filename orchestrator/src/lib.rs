@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod selection;
 pub mod service;
 pub mod view;
+pub mod viewports;
 
 pub use psp_core;
 pub use psp_rpc;

@@ -20,6 +20,11 @@ pub struct World {
 }
 
 pub async fn world(archives: usize) -> World {
+    world_of(archives, 0).await
+}
+
+/// A fleet of `properties` property archives and `subsidiaries` subsidiary ledgers.
+pub async fn world_of(properties: usize, subsidiaries: usize) -> World {
     let dir = tempfile::tempdir().unwrap();
     let (owner, operator, orchestrator) = (
         IdentityKey::from_seed([1; 32]),
@@ -29,8 +34,8 @@ pub async fn world(archives: usize) -> World {
     let manifest = generate(&GenerateOptions {
         out: dir.path().to_owned(),
         seed: 9,
-        properties: archives,
-        subsidiaries: 0,
+        properties,
+        subsidiaries,
         records: 400,
     })
     .unwrap();
