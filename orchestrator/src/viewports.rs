@@ -40,6 +40,11 @@ pub struct Reconciliation {
     pub tolerance: Decimal,
 }
 
+/// (left entity, right entity, period, currency): one intercompany balance.
+type PairKey = (String, String, Value, Value);
+/// What the left and the right entity each record of it.
+type Sides = (Option<Decimal>, Option<Decimal>);
+
 /// The verdict on one balance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MatchStatus {
@@ -102,10 +107,7 @@ impl Reconciliation {
     ) -> Vec<Entry> {
         let known = |e: &str| books.contains_key(e) || unanswered.contains(e);
         // (left, right, period, currency) -> (left's amount, right's amount)
-        let mut pairs: BTreeMap<
-            (String, String, Value, Value),
-            (Option<Decimal>, Option<Decimal>),
-        > = BTreeMap::new();
+        let mut pairs: BTreeMap<PairKey, Sides> = BTreeMap::new();
         for (entity, table) in books {
             for row in &table.rows {
                 let [Value::Text(counterparty), period, currency, amount] = &row[..] else {
