@@ -22,7 +22,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use psp_core::query::{Query, QueryResult, ResultBody};
 use psp_core::{Chain, IdentityKey, PublicKey};
-use psp_rpc::client::{ConnectError, ToteboxClient};
+use psp_rpc::client::{CommandAnswer, CommandSpec, ConnectError, ToteboxClient};
 use psp_rpc::limits::{CallError, Limits};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -95,14 +95,28 @@ pub struct FanOutLimits {
 pub struct Gathered {
     /// One per source, in the order the sources were given.
     pub outcomes: Vec<SourceOutcome>,
-    /// The answers, in the same order (`None` where the source did not answer).
+    /// Query answers, in the same order (`None` where the source did not answer).
     pub results: Vec<Option<QueryResult>>,
+    /// Command answers, in the same order (empty for a query).
+    pub commands: Vec<Option<CommandAnswer>>,
+}
+
+/// What the fleet thread asks each source.
+enum Work {
+    Query(Query),
+    Command(CommandSpec),
+}
+
+/// What one source answered.
+enum Answer {
+    Result(QueryResult),
+    Command(CommandAnswer),
 }
 
 struct Request {
     sources: Vec<Source>,
     chain: Vec<u8>,
-    query: Query,
+    work: Work,
     limits: FanOutLimits,
     reply: oneshot::Sender<Gathered>,
     answered: Arc<AtomicU32>,
@@ -204,12 +218,43 @@ impl Fleet {
         limits: FanOutLimits,
         answered: Arc<AtomicU32>,
     ) -> Gathered {
+        self.run(sources, chain, Work::Query(query), limits, answered)
+            .await
+    }
+
+    /// Sends `command` to every source under `chain`: each answers for itself (its outcome, and
+    /// its command answer), and a retry with the same idempotency key is a replay everywhere.
+    pub async fn command(
+        &self,
+        sources: Vec<Source>,
+        chain: &Chain,
+        command: CommandSpec,
+        limits: FanOutLimits,
+    ) -> Gathered {
+        self.run(
+            sources,
+            chain,
+            Work::Command(command),
+            limits,
+            Arc::default(),
+        )
+        .await
+    }
+
+    async fn run(
+        &self,
+        sources: Vec<Source>,
+        chain: &Chain,
+        work: Work,
+        limits: FanOutLimits,
+        answered: Arc<AtomicU32>,
+    ) -> Gathered {
         let (reply, answer) = oneshot::channel();
         let count = sources.len();
         let request = Request {
             sources: sources.clone(),
             chain: chain.to_bytes(),
-            query,
+            work,
             limits,
             reply,
             answered,
@@ -232,6 +277,7 @@ impl Fleet {
                 })
                 .collect(),
             results: vec![None; count],
+            commands: vec![None; count],
         }
     }
 }
@@ -313,16 +359,20 @@ impl Pool {
         &self,
         source: &Source,
         chain: &Chain,
-        query: &Query,
+        work: &Work,
         limits: &FanOutLimits,
         deadline: Instant,
-    ) -> (SourceStatus, Option<QueryResult>, Duration) {
+    ) -> (SourceStatus, Option<Answer>, Duration) {
         let started = Instant::now();
         let until = deadline.min(started + limits.source_timeout);
         let attempt = async {
             let client = self.connection(source).await?;
-            match client.query(chain, query).await {
-                Ok(result) => Ok(result),
+            let answer = match work {
+                Work::Query(query) => client.query(chain, query).await.map(Answer::Result),
+                Work::Command(command) => client.command(chain, command).await.map(Answer::Command),
+            };
+            match answer {
+                Ok(answer) => Ok(answer),
                 Err(e) => {
                     if let Some(why) = client.diode_violation() {
                         self.quarantine(source, why.clone());
@@ -335,7 +385,8 @@ impl Pool {
         let (status, result) = match tokio::time::timeout_at(until, attempt).await {
             Err(_) => (SourceStatus::TimedOut, None),
             Ok(Err(status)) => (status, None),
-            Ok(Ok(result)) => {
+            Ok(Ok(Answer::Command(answer))) => (SourceStatus::Ok, Some(Answer::Command(answer))),
+            Ok(Ok(Answer::Result(result))) => {
                 let rows = match &result.body {
                     ResultBody::Rows(rows) => rows.len(),
                     ResultBody::Groups(groups) => groups.len(),
@@ -349,7 +400,7 @@ impl Pool {
                         None,
                     )
                 } else {
-                    (SourceStatus::Ok, Some(result))
+                    (SourceStatus::Ok, Some(Answer::Result(result)))
                 }
             }
         };
@@ -389,11 +440,12 @@ impl Pool {
                 let _ = request.reply.send(Gathered {
                     outcomes,
                     results: vec![None; request.sources.len()],
+                    commands: vec![None; request.sources.len()],
                 });
                 return;
             }
         };
-        let (chain, query, limits) = (&chain, &request.query, &request.limits);
+        let (chain, query, limits) = (&chain, &request.work, &request.limits);
         let pool = &self;
         let answered = &request.answered;
         let work = futures::stream::iter(request.sources.iter().enumerate())
@@ -411,7 +463,7 @@ impl Pool {
         // Whoever asked may stop waiting (a cancelled or dropped FleetQuery): then stop too, which
         // drops the calls in flight, and capnp-rpc tells each Totebox to finish them.
         let mut reply = request.reply;
-        let answers: Vec<(usize, SourceStatus, Option<QueryResult>, Duration)> = tokio::select! {
+        let answers: Vec<(usize, SourceStatus, Option<Answer>, Duration)> = tokio::select! {
             answers = work => answers,
             _ = reply.closed() => return,
         };
@@ -421,21 +473,33 @@ impl Pool {
             .map(|s| outcome(s.archive.clone(), SourceStatus::TimedOut, Duration::ZERO))
             .collect();
         let mut results = vec![None; request.sources.len()];
-        for (i, status, result, latency) in answers {
+        let mut commands = vec![None; request.sources.len()];
+        for (i, status, answer, latency) in answers {
             let o = &mut outcomes[i];
             o.status = status;
             o.latency = latency;
-            if let Some(r) = &result {
-                o.as_of = r.as_of;
-                o.suppressed_groups = r.suppressed_groups;
-                o.rows = match &r.body {
-                    ResultBody::Rows(rows) => rows.len() as u64,
-                    ResultBody::Groups(groups) => groups.len() as u64,
-                };
+            match answer {
+                Some(Answer::Result(r)) => {
+                    o.as_of = r.as_of;
+                    o.suppressed_groups = r.suppressed_groups;
+                    o.rows = match &r.body {
+                        ResultBody::Rows(rows) => rows.len() as u64,
+                        ResultBody::Groups(groups) => groups.len() as u64,
+                    };
+                    results[i] = Some(r);
+                }
+                Some(Answer::Command(c)) => {
+                    o.as_of = c.as_of;
+                    commands[i] = Some(c);
+                }
+                None => {}
             }
-            results[i] = result;
         }
-        let _ = reply.send(Gathered { outcomes, results });
+        let _ = reply.send(Gathered {
+            outcomes,
+            results,
+            commands,
+        });
     }
 }
 

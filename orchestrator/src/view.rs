@@ -118,6 +118,7 @@ pub fn view(query: &Query, gathered: Gathered, partial: Partial) -> Result<View,
     let Gathered {
         mut outcomes,
         results,
+        ..
     } = gathered;
     // Sources must agree on the columns; the first answer sets them, and a source that disagrees
     // (a schema that drifted) is reported, not merged.

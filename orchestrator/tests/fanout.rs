@@ -203,6 +203,7 @@ async fn views_are_strict_or_best_effort_and_rollups_group_by_archive_labels() {
         orchestrator::fanout::Gathered {
             outcomes: gathered.outcomes,
             results,
+            commands: Vec::new(),
         },
         Partial::Strict,
     )
