@@ -192,3 +192,76 @@ async fn a_tenant_sending_another_tenants_capability_reaches_no_totebox() {
         .await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_at_its_quota_leaves_other_tenants_answers_unchanged() {
+    let mut w = world(3).await;
+    // acme reaches prop-01 through a 1 s delay, so its queries stay running; its quota is 1.
+    let proxy =
+        psp_rpc::delay_proxy::DelayProxy::start(w.sources[0].address, Duration::from_secs(1))
+            .await
+            .unwrap();
+    w.sources[0].address = proxy.local_addr();
+    let mut config = config(&w);
+    config.tenants[0].quotas.concurrent_queries = 1;
+    let service = OrchestratorService::new(config.clone(), &w.orchestrator, Limits::default());
+    let tls = tls::server_config(&w.orchestrator, PairedKeys::new(config.operator_keys())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = psp_rpc::runtime::serve(
+        listener,
+        tls,
+        service.bootstrap_factory(),
+        Limits::default(),
+    )
+    .unwrap();
+    LocalSet::new()
+        .run_until(async {
+            let acme = Console::connect(
+                server.local_addr(),
+                &w.operator,
+                w.orchestrator.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let globex_console = Console::connect(
+                server.local_addr(),
+                &globex(),
+                w.orchestrator.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let globex_chain = delegated(&w, &globex(), &["prop-03"]);
+            let baseline = globex_console
+                .query(&Selector::All, &globex_chain, &noi())
+                .await
+                .unwrap();
+
+            let acme_chain = delegated(&w, &w.operator, &["prop-01", "prop-02", "prop-03"]);
+            let query = noi();
+            let running = acme.query(&Selector::All, &acme_chain, &query);
+            let meanwhile = async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let over_quota = acme
+                    .query(&Selector::All, &acme_chain, &noi())
+                    .await
+                    .unwrap_err();
+                let other_tenant = globex_console
+                    .query(&Selector::All, &globex_chain, &noi())
+                    .await
+                    .unwrap();
+                (over_quota, other_tenant)
+            };
+            let (first, (over_quota, other_tenant)) = tokio::join!(running, meanwhile);
+            assert_eq!(over_quota.code, "tenant.quota", "{over_quota}");
+            assert_eq!(
+                other_tenant.table, baseline.table,
+                "globex's answer is unchanged by acme's load"
+            );
+            assert!(other_tenant.complete);
+            first.unwrap();
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
