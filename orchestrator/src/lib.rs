@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod fanout;

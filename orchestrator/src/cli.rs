@@ -1,0 +1,135 @@
+//! The `orchestrator` command's subcommands, as library functions (main only parses arguments).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use psp_core::capability::CapabilityError;
+use psp_core::{ArchiveSet, Chain, Grant, IdentityKey, Operation, PublicKey, Scope, Window};
+use psp_rpc::limits::Limits;
+use psp_rpc::tls::{self, PairedKeys};
+
+use crate::config::Config;
+use crate::service::OrchestratorService;
+
+/// Parses `query,describe,command:append` into operations.
+pub fn operations(list: &str) -> Result<Vec<Operation>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|op| match op {
+            "query" => Ok(Operation::Query),
+            "describe" => Ok(Operation::Describe),
+            other => other
+                .strip_prefix("command:")
+                .filter(|name| !name.is_empty())
+                .map(Operation::command)
+                .ok_or_else(|| {
+                    format!("unknown operation {other:?}: use query, describe or command:<name>")
+                }),
+        })
+        .collect()
+}
+
+fn archives(list: Option<&str>) -> ArchiveSet {
+    match list {
+        None => ArchiveSet::Any,
+        Some(ids) => ArchiveSet::of_ids(ids.split(',').map(str::trim).filter(|s| !s.is_empty())),
+    }
+}
+
+fn write_chain(chain: &Chain, out: &Path) -> Result<(), String> {
+    std::fs::write(out, chain.to_bytes()).map_err(|e| format!("writing {}: {e}", out.display()))
+}
+
+/// Mints a root capability with `key` for `holder` into `out`.
+pub fn grant(
+    key: &Path,
+    holder: &str,
+    archive_ids: Option<&str>,
+    ops: &str,
+    lifetime: u32,
+    out: &Path,
+) -> Result<Chain, String> {
+    let issuer = IdentityKey::load(key).map_err(|e| e.to_string())?;
+    let holder: PublicKey = holder.parse().map_err(|e| format!("--holder: {e}"))?;
+    let grant = Grant {
+        holder,
+        archives: archives(archive_ids),
+        scope: Scope::everything(operations(ops)?),
+        window: Window::lasting(psp_core::window::now(), lifetime),
+    };
+    let chain = Chain::mint(&issuer, grant).map_err(|e| e.to_string())?;
+    write_chain(&chain, out)?;
+    Ok(chain)
+}
+
+/// Delegates the capability in `chain` (held by `key`) to `holder`, narrowed, into `out`.
+pub fn delegate(
+    chain: &Path,
+    key: &Path,
+    holder: &str,
+    archive_ids: Option<&str>,
+    ops: Option<&str>,
+    lifetime: u32,
+    out: &Path,
+) -> Result<Chain, String> {
+    let parent = Chain::from_bytes(
+        &std::fs::read(chain).map_err(|e| format!("reading {}: {e}", chain.display()))?,
+    )
+    .map_err(|e: CapabilityError| format!("{}: {e}", chain.display()))?;
+    let signer = IdentityKey::load(key).map_err(|e| e.to_string())?;
+    let last = parent.last();
+    let now = psp_core::window::now();
+    let window = Window::lasting(now, lifetime)
+        .intersect(&last.window)
+        .ok_or_else(|| {
+            format!(
+                "{} is not valid now (its window ended or has not begun)",
+                chain.display()
+            )
+        })?;
+    let grant = Grant {
+        holder: holder.parse().map_err(|e| format!("--holder: {e}"))?,
+        archives: match archive_ids {
+            None => last.archives.clone(),
+            some => archives(some),
+        },
+        scope: match ops {
+            None => last.scope.clone(),
+            Some(ops) => Scope {
+                collections: last.scope.collections.clone(),
+                operations: operations(ops)?,
+            },
+        },
+        window,
+    };
+    let chain = parent.delegate(&signer, grant).map_err(|e| e.to_string())?;
+    write_chain(&chain, out)?;
+    Ok(chain)
+}
+
+/// Serves consoles as the config says until `stop` resolves; returns the bound address first
+/// through `ready`.
+pub async fn serve(
+    config_path: &Path,
+    ready: impl FnOnce(std::net::SocketAddr, PublicKey),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    let identity = IdentityKey::load(&config.identity).map_err(|e| e.to_string())?;
+    let limits = Limits::default();
+    let service = OrchestratorService::new(config.clone(), &identity, limits);
+    // Only operator keys complete TLS: a Totebox, or anyone else, can never act as a console.
+    let tls = tls::server_config(&identity, PairedKeys::new(config.operator_keys()))
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let handle = psp_rpc::runtime::serve(listener, tls, service.bootstrap_factory(), limits)
+        .map_err(|e| e.to_string())?;
+    ready(handle.local_addr(), identity.public());
+    stop.await;
+    handle.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
