@@ -1,7 +1,6 @@
 //! The `orchestrator` command's subcommands, as library functions (main only parses arguments).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use psp_core::capability::CapabilityError;
