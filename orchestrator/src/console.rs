@@ -148,34 +148,48 @@ impl Console {
         {
             let mut params = request.get();
             write_query(query, params.reborrow().init_query());
-            let mut r = params.init_request();
-            chain.write(r.reborrow().init_chain());
-            let mut archives = r.init_archives();
-            match selector {
-                Selector::All => archives.set_all(()),
-                Selector::Ids(ids) => {
-                    let mut list = archives.init_ids(ids.len() as u32);
-                    for (i, id) in ids.iter().enumerate() {
-                        list.set(i as u32, id);
-                    }
-                }
-                Selector::Labels(labels) => {
-                    let mut list = archives.init_labels(labels.len() as u32);
-                    for (i, (k, v)) in labels.iter().enumerate() {
-                        let mut l = list.reborrow().get(i as u32);
-                        l.set_key(k);
-                        l.set_value(v);
-                    }
-                }
+            fill_request(params.init_request(), selector, chain);
+        }
+        self.wait_for_view(request.send().pipeline.get_fleet_query())
+            .await
+    }
+
+    /// A portfolio rollup: `query` over the selected archives, grouped first by the archive
+    /// labels `labels` (e.g. "region"), merged exactly.
+    pub async fn rollup(
+        &self,
+        selector: &Selector,
+        chain: &Chain,
+        query: &Query,
+        labels: &[&str],
+    ) -> Result<ViewReply, CallError> {
+        let mut request = self.orchestrator.view_request();
+        {
+            let mut params = request.get();
+            fill_request(params.reborrow().init_request(), selector, chain);
+            let mut viewport = params.init_viewport();
+            viewport.set_name("rollup");
+            let mut rollup = viewport.init_rollup();
+            write_query(query, rollup.reborrow().init_query());
+            let mut list = rollup.init_group_by_labels(labels.len() as u32);
+            for (i, label) in labels.iter().enumerate() {
+                list.set(i as u32, *label);
             }
         }
-        let fleet_query = request.send().pipeline.get_fleet_query();
+        self.wait_for_view(request.send().pipeline.get_fleet_query())
+            .await
+    }
+
+    async fn wait_for_view(
+        &self,
+        fleet_query: psp_schema::orchestrator_capnp::fleet_query::Client,
+    ) -> Result<ViewReply, CallError> {
         let response = tokio::time::timeout(
             self.limits.call_timeout,
             fleet_query.view_request().send().promise,
         )
         .await
-        .map_err(|_| CallError::timed_out("query", self.limits.call_timeout))?
+        .map_err(|_| CallError::timed_out("view", self.limits.call_timeout))?
         .map_err(failed)?;
         let v = response.get().and_then(|r| r.get_view()).map_err(failed)?;
         let outcomes = v
@@ -187,10 +201,7 @@ impl Console {
         let psp_schema::orchestrator_capnp::view::body::Table(table) =
             v.get_body().which().map_err(|e| failed(e.into()))?
         else {
-            return Err(CallError::new(
-                "transport.failed",
-                "a query's view holds a table",
-            ));
+            return Err(CallError::new("transport.failed", "expected a table"));
         };
         let table = table.map_err(failed)?;
         let columns = table
@@ -225,6 +236,33 @@ impl Console {
             as_of_oldest: v.get_as_of_oldest(),
             table: Table { columns, rows },
         })
+    }
+}
+
+/// Writes the archives and capability of a fleet request.
+fn fill_request(
+    mut r: psp_schema::orchestrator_capnp::fleet_request::Builder<'_>,
+    selector: &Selector,
+    chain: &Chain,
+) {
+    chain.write(r.reborrow().init_chain());
+    let mut archives = r.init_archives();
+    match selector {
+        Selector::All => archives.set_all(()),
+        Selector::Ids(ids) => {
+            let mut list = archives.init_ids(ids.len() as u32);
+            for (i, id) in ids.iter().enumerate() {
+                list.set(i as u32, id);
+            }
+        }
+        Selector::Labels(labels) => {
+            let mut list = archives.init_labels(labels.len() as u32);
+            for (i, (k, v)) in labels.iter().enumerate() {
+                let mut l = list.reborrow().get(i as u32);
+                l.set_key(k);
+                l.set_value(v);
+            }
+        }
     }
 }
 

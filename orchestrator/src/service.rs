@@ -25,7 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use crate::config::{Config, Partial};
 use crate::fanout::{FanOutLimits, Fleet, Health, Source, SourceOutcome, SourceStatus};
 use crate::selection::{Refusal, Selector, reach, select};
-use crate::view::{View, ViewError, view};
+use crate::view::{View, ViewError, labelled_query, view, with_labels};
 
 /// Most rows or groups accepted from one Totebox.
 const MAX_ROWS_PER_SOURCE: usize = 100_000;
@@ -158,8 +158,51 @@ impl orchestrator::Server for Console {
         mut results: orchestrator::QueryResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
-        let request = params.get_request()?;
         let query = read_query(params.get_query()?).map_err(|e| refuse(e.code(), e))?;
+        let fleet_query = self.start(params.get_request()?, query, Vec::new())?;
+        results.get().set_fleet_query(fleet_query);
+        Ok(())
+    }
+
+    async fn view(
+        self: Rc<Self>,
+        params: orchestrator::ViewParams,
+        mut results: orchestrator::ViewResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let viewport = params.get_viewport()?;
+        let fleet_query = match viewport.which()? {
+            psp_schema::orchestrator_capnp::viewport::Rollup(rollup) => {
+                let rollup = rollup?;
+                let query = read_query(rollup.get_query()?).map_err(|e| refuse(e.code(), e))?;
+                let labels = rollup
+                    .get_group_by_labels()?
+                    .iter()
+                    .map(|l| Ok(l?.to_string()?))
+                    .collect::<Result<Vec<String>, capnp::Error>>()?;
+                self.start(params.get_request()?, query, labels)?
+            }
+            _ => {
+                return Err(refuse(
+                    "viewport.unsupported",
+                    "this orchestrator answers rollup viewports over the console; reconciliation and summaries are computed with the library for now",
+                ));
+            }
+        };
+        results.get().set_fleet_query(fleet_query);
+        Ok(())
+    }
+}
+
+impl Console {
+    /// Checks a request (tenancy, the confused-deputy rule, quotas) and starts its fan-out in the
+    /// background; `labels` (a rollup's) are prepended to every source's groups before the merge.
+    fn start(
+        &self,
+        request: psp_schema::orchestrator_capnp::fleet_request::Reader<'_>,
+        query: psp_core::query::Query,
+        labels: Vec<String>,
+    ) -> Result<fleet_query::Client, capnp::Error> {
         let chain = Chain::from_reader(request.get_chain()?)
             .map_err(|e| refuse(&format!("capability.{}", e.rule()), e))?;
         let options = request.get_options()?;
@@ -200,6 +243,8 @@ impl orchestrator::Server for Console {
                 )
             })?;
 
+        let source_labels: Vec<std::collections::BTreeMap<String, String>> =
+            reached.asked.iter().map(|a| a.labels.clone()).collect();
         let sources: Vec<Source> = reached
             .asked
             .iter()
@@ -253,13 +298,19 @@ impl orchestrator::Server for Console {
                 .fetch_add(not_asked.len() as u32, Ordering::Relaxed);
             gathered.results.extend(not_asked.iter().map(|_| None));
             gathered.outcomes.extend(not_asked);
-            *pending.result.borrow_mut() = Some(view(&query, gathered, partial));
+            if !labels.is_empty() {
+                gathered.results = gathered
+                    .results
+                    .into_iter()
+                    .zip(&source_labels)
+                    .map(|(r, l)| r.map(|r| with_labels(r, &labels, l)))
+                    .collect();
+            }
+            let finalize = labelled_query(&query, &labels);
+            *pending.result.borrow_mut() = Some(view(&finalize, gathered, partial));
             pending.done.notify_waiters();
         });
-        results
-            .get()
-            .set_fleet_query(capnp_rpc::new_client(FleetQueryServer { state, task }));
-        Ok(())
+        Ok(capnp_rpc::new_client(FleetQueryServer { state, task }))
     }
 }
 

@@ -27,9 +27,10 @@ fn globex() -> IdentityKey {
 /// acme (the fleet's operator key) has the three properties; globex has prop-03 only.
 fn config(w: &World) -> Config {
     let mut text = String::from("identity = \"unused.pem\"\nlisten = \"127.0.0.1:0\"\n");
-    for s in &w.sources {
+    for (i, s) in w.sources.iter().enumerate() {
+        let region = ["north", "south", "north"][i % 3];
         text.push_str(&format!(
-            "[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ entity = \"property\" }}\n",
+            "[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ entity = \"property\", region = \"{region}\" }}\n",
             s.archive, s.address, s.key
         ));
     }
@@ -261,6 +262,61 @@ async fn a_tenant_at_its_quota_leaves_other_tenants_answers_unchanged() {
             );
             assert!(other_tenant.complete);
             first.unwrap();
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollup_groups_by_archive_labels_through_the_console() {
+    let w = world(3).await;
+    let (server, _) = start(&w).await;
+    LocalSet::new()
+        .run_until(async {
+            let console = Console::connect(
+                server.local_addr(),
+                &w.operator,
+                w.orchestrator.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let chain = delegated(&w, &w.operator, &["prop-01", "prop-02", "prop-03"]);
+            let by_region = console
+                .rollup(&Selector::All, &chain, &noi(), &["region"])
+                .await
+                .unwrap();
+            assert!(by_region.complete);
+            assert_eq!(by_region.table.columns[0].name, "region");
+            let regions: Vec<(Value, Value)> = by_region
+                .table
+                .rows
+                .iter()
+                .map(|r| (r[0].clone(), r[2].clone()))
+                .collect();
+            // prop-01 and prop-03 are north (2 x 24 statements), prop-02 south (24).
+            assert_eq!(
+                regions,
+                vec![
+                    (Value::from("north"), Value::Int(48)),
+                    (Value::from("south"), Value::Int(24))
+                ]
+            );
+            let total = console.query(&Selector::All, &chain, &noi()).await.unwrap();
+            let sum = |rows: &[Vec<Value>]| {
+                rows.iter().fold(
+                    psp_core::query::Decimal::new(0, 2).unwrap(),
+                    |acc, r| match &r[r.len() - 2] {
+                        Value::Decimal(d) => acc.checked_add(d).unwrap(),
+                        other => panic!("{other:?}"),
+                    },
+                )
+            };
+            assert_eq!(
+                sum(&by_region.table.rows),
+                sum(&total.table.rows),
+                "the regions add up to the whole portfolio"
+            );
         })
         .await;
     server.shutdown(Duration::from_secs(1)).await;
