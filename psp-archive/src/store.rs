@@ -336,24 +336,12 @@ impl RecordArchive {
             };
         };
         for batch in &records.batches {
-            let mut payload = batch.frame.payload(view.map.bytes());
-            let damaged = |e: capnp::Error| QueryError::Archive(e.to_string());
-            let message =
-                capnp::serialize::read_message_from_flat_slice(&mut payload, log_reader_options())
-                    .map_err(damaged)?;
-            let entry = message
-                .get_root::<log_entry::Reader<'_>>()
-                .map_err(damaged)?;
-            if let log_entry::Append(batch) = entry.which().map_err(|e| damaged(e.into()))? {
-                for record in batch
-                    .map_err(damaged)?
-                    .get_records()
-                    .map_err(damaged)?
-                    .iter()
-                {
+            with_batch(&view.map, batch, |records| {
+                for record in records.iter() {
                     f(&MappedRecord::new(record));
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -447,6 +435,32 @@ fn absorb(
     Ok(())
 }
 
+/// Opens the records of one appended batch, as mapped, for `read`.
+fn with_batch<T>(
+    map: &ArchiveMap,
+    batch: &BatchIndex,
+    read: impl FnOnce(
+        capnp::struct_list::Reader<'_, psp_schema::archive_capnp::record::Owned>,
+    ) -> Result<T, QueryError>,
+) -> Result<T, QueryError> {
+    let damaged = |e: capnp::Error| {
+        QueryError::Archive(format!("reading log entry {}: {e}", batch.frame.seq))
+    };
+    let mut payload = batch.frame.payload(map.bytes());
+    let message =
+        capnp::serialize::read_message_from_flat_slice(&mut payload, log_reader_options())
+            .map_err(damaged)?;
+    let entry = message
+        .get_root::<log_entry::Reader<'_>>()
+        .map_err(damaged)?;
+    let log_entry::Append(records) = entry.which().map_err(|e| damaged(e.into()))? else {
+        return Err(QueryError::Archive(
+            "an indexed frame is not an append".into(),
+        ));
+    };
+    read(records.map_err(damaged)?.get_records().map_err(damaged)?)
+}
+
 /// Makes a new file's directory entry durable.
 pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     match path.parent() {
@@ -487,7 +501,6 @@ impl Archive for RecordArchive {
         let Some(collection) = view.collections.get(name) else {
             return Ok(0);
         };
-        let damaged = |e: capnp::Error| QueryError::Archive(format!("reading {name:?}: {e}"));
         for batch in &collection.batches {
             if accumulator.is_satisfied() {
                 break;
@@ -496,31 +509,21 @@ impl Archive for RecordArchive {
             if selector.is_some_and(|s| !batch.may_contain(s)) {
                 continue;
             }
-            let mut payload = batch.frame.payload(view.map.bytes());
-            let message =
-                capnp::serialize::read_message_from_flat_slice(&mut payload, log_reader_options())
-                    .map_err(damaged)?;
-            let entry = message
-                .get_root::<log_entry::Reader<'_>>()
-                .map_err(damaged)?;
-            let log_entry::Append(records) = entry.which().map_err(|e| damaged(e.into()))? else {
-                return Err(QueryError::Archive(
-                    "an indexed frame is not an append".into(),
-                ));
-            };
-            let records = records.map_err(damaged)?.get_records().map_err(damaged)?;
-            match selector {
-                Some(selector) => {
-                    for position in batch.candidates(selector, records, layout.key) {
-                        accumulator.push(&MappedRecord::new(records.get(position)))?;
+            with_batch(&view.map, batch, |records| {
+                match selector {
+                    Some(selector) => {
+                        for position in batch.candidates(selector, records, layout.key) {
+                            accumulator.push(&MappedRecord::new(records.get(position)))?;
+                        }
+                    }
+                    None => {
+                        for record in records.iter() {
+                            accumulator.push(&MappedRecord::new(record))?;
+                        }
                     }
                 }
-                None => {
-                    for record in records.iter() {
-                        accumulator.push(&MappedRecord::new(record))?;
-                    }
-                }
-            }
+                Ok(())
+            })?;
         }
         Ok(collection.as_of)
     }
