@@ -7,8 +7,8 @@ use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use psp_core::query::wire::{read_value, type_from_wire, write_query};
 use psp_core::query::{Column, Query, Table};
 use psp_core::{Chain, IdentityKey, PublicKey};
+use psp_rpc::client::{ConnectError, dial};
 use psp_rpc::limits::{CallError, Limits};
-use psp_rpc::tls::{self, PairedKeys};
 use psp_schema::orchestrator_capnp::{orchestrator, source_outcome};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
@@ -64,18 +64,15 @@ impl Console {
         orchestrator_key: PublicKey,
         limits: Limits,
     ) -> Result<Console, CallError> {
-        let config = tls::client_config(identity, PairedKeys::new([orchestrator_key]))
-            .map_err(|e| CallError::new("transport.tls", e.to_string()))?;
         let attempt = async {
-            let tcp = tokio::net::TcpStream::connect(address)
+            let stream = dial(address, identity, orchestrator_key)
                 .await
-                .map_err(|e| CallError::new("transport.unreachable", e.to_string()))?;
-            let name =
-                rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| CallError::new("transport.tls", e.to_string()))?;
+                .map_err(|e| match e {
+                    ConnectError::Unreachable { .. } => {
+                        CallError::new("transport.unreachable", e.to_string())
+                    }
+                    other => CallError::new("transport.tls", other.to_string()),
+                })?;
             let (reader, writer) = tokio::io::split(stream);
             let network = twoparty::VatNetwork::new(
                 reader.compat(),

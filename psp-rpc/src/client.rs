@@ -68,6 +68,46 @@ pub enum ConnectError {
     },
 }
 
+/// Opens TCP and pinned-key TLS to the machine at `address`, which must prove `peer_key`.
+/// The TLS 1.3 handshake completes before the server judges our key, so callers confirm the
+/// session with a round trip of their own.
+pub async fn dial(
+    address: SocketAddr,
+    identity: &IdentityKey,
+    peer_key: PublicKey,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ConnectError> {
+    let config = tls::client_config(identity, PairedKeys::new([peer_key])).map_err(|e| {
+        ConnectError::Protocol {
+            address,
+            reason: e.to_string(),
+        }
+    })?;
+    let tcp =
+        tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|e| ConnectError::Unreachable {
+                address,
+                reason: e.to_string(),
+            })?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            let reason = e.to_string();
+            if reason.contains("ApplicationVerificationFailure") || reason.contains("certificate") {
+                ConnectError::UnknownServer {
+                    address,
+                    expected: peer_key,
+                    reason,
+                }
+            } else {
+                ConnectError::Protocol { address, reason }
+            }
+        })
+}
+
 /// What a Totebox says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -165,39 +205,8 @@ impl ToteboxClient {
         limits: Limits,
     ) -> Result<Self, ConnectError> {
         let deadline = limits.handshake_timeout;
-        let config = tls::client_config(identity, PairedKeys::new([totebox_key])).map_err(|e| {
-            ConnectError::Protocol {
-                address,
-                reason: e.to_string(),
-            }
-        })?;
         let attempt = async {
-            let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| {
-                ConnectError::Unreachable {
-                    address,
-                    reason: e.to_string(),
-                }
-            })?;
-            let _ = tcp.set_nodelay(true);
-            let name =
-                rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).expect("a valid name");
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| {
-                    let reason = e.to_string();
-                    if reason.contains("ApplicationVerificationFailure")
-                        || reason.contains("certificate")
-                    {
-                        ConnectError::UnknownServer {
-                            address,
-                            expected: totebox_key,
-                            reason,
-                        }
-                    } else {
-                        ConnectError::Protocol { address, reason }
-                    }
-                })?;
+            let stream = dial(address, identity, totebox_key).await?;
             let (reader, writer) = tokio::io::split(stream);
             // Every frame from the Totebox passes the diode guard before capnp-rpc reads it.
             let guard = DiodeGuard::new(totebox_key, limits.max_message_words);
