@@ -1,15 +1,9 @@
 //! The `orchestrator` command's subcommands, as library functions (main only parses arguments).
 
 use std::path::Path;
-use std::time::Duration;
 
 use psp_core::capability::CapabilityError;
 use psp_core::{ArchiveSet, Chain, Grant, IdentityKey, Operation, PublicKey, Scope, Window};
-use psp_rpc::limits::Limits;
-use psp_rpc::tls::{self, PairedKeys};
-
-use crate::config::Config;
-use crate::service::OrchestratorService;
 
 /// Parses `query,describe,command:append` into operations.
 pub fn operations(list: &str) -> Result<Vec<Operation>, String> {
@@ -106,29 +100,4 @@ pub fn delegate(
     let chain = parent.delegate(&signer, grant).map_err(|e| e.to_string())?;
     write_chain(&chain, out)?;
     Ok(chain)
-}
-
-/// Serves consoles as the config says until `stop` resolves; returns the bound address first
-/// through `ready`.
-pub async fn serve(
-    config_path: &Path,
-    ready: impl FnOnce(std::net::SocketAddr, PublicKey),
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
-    let config = Config::load(config_path).map_err(|e| e.to_string())?;
-    let identity = IdentityKey::load(&config.identity).map_err(|e| e.to_string())?;
-    let limits = Limits::default();
-    let service = OrchestratorService::new(config.clone(), &identity, limits);
-    // Only operator keys complete TLS: a Totebox, or anyone else, can never act as a console.
-    let tls = tls::server_config(&identity, PairedKeys::new(config.operator_keys()))
-        .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let handle = psp_rpc::runtime::serve(listener, tls, service.bootstrap_factory(), limits)
-        .map_err(|e| e.to_string())?;
-    ready(handle.local_addr(), identity.public());
-    stop.await;
-    handle.shutdown(Duration::from_secs(10)).await;
-    Ok(())
 }

@@ -22,7 +22,12 @@
 //! archives = ["prop-01"]              # archives it may name, by id ...
 //! selectors = [{ region = "north" }]  # ... or by labels (every label must match)
 //! quotas = { concurrent_queries = 4, archives_per_query = 100, requests_per_minute = 600 }
+//!
+//! [[viewports]]                       # fetched by consoles with `viewport(name)`
+//! name = "noi-by-region"              # (the grammar is in `spec`)
+//! rollup = { labels = ["region"], query = { collection = "statements", aggregates = ["sum(noi) as noi"] } }
 //! ```
+
 //!
 //! Every rule is checked at load, and an error names the key to fix (`fleet[2].key: ...`):
 //! unique archive ids and tenant names, valid keys, a per-source timeout shorter than the
@@ -36,6 +41,9 @@ use std::time::Duration;
 
 use psp_core::PublicKey;
 use serde::Deserialize;
+
+use crate::spec::ViewportSpec;
+use crate::viewports::NamedViewport;
 
 /// What to do when some sources of a fan-out fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +66,8 @@ struct Raw {
     fleet: Vec<RawArchive>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+    #[serde(default)]
+    viewports: Vec<ViewportSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +193,8 @@ pub struct Config {
     pub fleet: Vec<FleetArchive>,
     /// The tenants.
     pub tenants: Vec<Tenant>,
+    /// Viewports defined here, which consoles fetch by name.
+    pub viewports: Vec<NamedViewport>,
 }
 
 /// A config that cannot be used; the message names the key to fix.
@@ -313,6 +325,14 @@ impl Config {
                 quotas: q,
             });
         }
+        let mut viewports: Vec<NamedViewport> = Vec::new();
+        for (i, v) in raw.viewports.iter().enumerate() {
+            let at = format!("viewports[{i}] ({:?})", v.name);
+            if viewports.iter().any(|o| o.name == v.name) {
+                return Err(format!("{at}.name: viewport name used twice"));
+            }
+            viewports.push(v.to_viewport().map_err(|e| format!("{at}: {e}"))?);
+        }
         Ok(Config {
             identity: raw.identity,
             listen: raw.listen,
@@ -322,6 +342,7 @@ impl Config {
             max_concurrency: d.max_concurrency,
             fleet,
             tenants,
+            viewports,
         })
     }
 

@@ -26,6 +26,7 @@ use psp_rpc::client::{CommandAnswer, CommandSpec, ConnectError, ToteboxClient};
 use psp_rpc::limits::{CallError, Limits};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Where to reach one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,17 @@ pub enum SourceStatus {
     Error(String),
     /// Cut off for breaking the diode, not redialed until the quarantine ends.
     Quarantined(String),
+    /// The request was cancelled before this source answered.
+    Cancelled,
+}
+
+/// How a caller watches and steers a fan-out in flight.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    /// Sources finished so far (answered or failed), for progress.
+    pub answered: Arc<AtomicU32>,
+    /// Cancelling it ends the fan-out at once: what arrived is kept, the rest is `Cancelled`.
+    pub cancel: CancellationToken,
 }
 
 /// What happened at one source.
@@ -119,7 +131,7 @@ struct Request {
     work: Work,
     limits: FanOutLimits,
     reply: oneshot::Sender<Gathered>,
-    answered: Arc<AtomicU32>,
+    watch: Watch,
 }
 
 /// Reachability of one archive, as the fleet thread last saw it.
@@ -205,20 +217,21 @@ impl Fleet {
         query: Query,
         limits: FanOutLimits,
     ) -> Gathered {
-        self.query_counting(sources, chain, query, limits, Arc::default())
+        self.query_watched(sources, chain, query, limits, Watch::default())
             .await
     }
 
-    /// [`Fleet::query`], counting finished sources in `answered` as they finish (for progress).
-    pub async fn query_counting(
+    /// [`Fleet::query`] under a [`Watch`]: progress is counted as sources finish, and a cancel
+    /// returns what arrived with the rest marked cancelled.
+    pub async fn query_watched(
         &self,
         sources: Vec<Source>,
         chain: &Chain,
         query: Query,
         limits: FanOutLimits,
-        answered: Arc<AtomicU32>,
+        watch: Watch,
     ) -> Gathered {
-        self.run(sources, chain, Work::Query(query), limits, answered)
+        self.run(sources, chain, Work::Query(query), limits, watch)
             .await
     }
 
@@ -236,7 +249,7 @@ impl Fleet {
             chain,
             Work::Command(command),
             limits,
-            Arc::default(),
+            Watch::default(),
         )
         .await
     }
@@ -247,7 +260,7 @@ impl Fleet {
         chain: &Chain,
         work: Work,
         limits: FanOutLimits,
-        answered: Arc<AtomicU32>,
+        watch: Watch,
     ) -> Gathered {
         let (reply, answer) = oneshot::channel();
         let count = sources.len();
@@ -257,7 +270,7 @@ impl Fleet {
             work,
             limits,
             reply,
-            answered,
+            watch,
         };
         if self.requests.send(request).is_ok()
             && let Ok(gathered) = answer.await
@@ -304,6 +317,8 @@ struct Pool {
 #[derive(Default)]
 struct Slot {
     client: Option<Rc<ToteboxClient>>,
+    /// Where `client` is connected, and to which key: a reloaded config may move an archive.
+    endpoint: Option<(SocketAddr, PublicKey)>,
     quarantined_until: Option<Instant>,
     why: String,
 }
@@ -321,7 +336,8 @@ impl Pool {
                 slot.quarantined_until = None;
             }
             if let Some(client) = &slot.client {
-                if client.is_connected() && client.diode_violation().is_none() {
+                let same_endpoint = slot.endpoint == Some((source.address, source.key));
+                if same_endpoint && client.is_connected() && client.diode_violation().is_none() {
                     return Ok(client.clone());
                 }
                 slot.client = None;
@@ -337,11 +353,10 @@ impl Pool {
                     other => SourceStatus::Error(other.to_string()),
                 })?;
         let client = Rc::new(client);
-        self.connections
-            .borrow_mut()
-            .entry(source.archive.clone())
-            .or_default()
-            .client = Some(client.clone());
+        let mut connections = self.connections.borrow_mut();
+        let slot = connections.entry(source.archive.clone()).or_default();
+        slot.client = Some(client.clone());
+        slot.endpoint = Some((source.address, source.key));
         Ok(client)
     }
 
@@ -447,7 +462,8 @@ impl Pool {
         };
         let (chain, query, limits) = (&chain, &request.work, &request.limits);
         let pool = &self;
-        let answered = &request.answered;
+        let answered = &request.watch.answered;
+        let arrived = std::cell::RefCell::new(Vec::with_capacity(request.sources.len()));
         let work = futures::stream::iter(request.sources.iter().enumerate())
             .map(|(i, source)| async move {
                 if Instant::now() >= deadline {
@@ -459,18 +475,24 @@ impl Pool {
                 (i, status, result, latency)
             })
             .buffer_unordered(limits.max_concurrency.max(1))
-            .collect::<Vec<_>>();
+            .for_each(|answer| {
+                arrived.borrow_mut().push(answer);
+                futures::future::ready(())
+            });
         // Whoever asked may stop waiting (a cancelled or dropped FleetQuery): then stop too, which
         // drops the calls in flight, and capnp-rpc tells each Totebox to finish them.
         let mut reply = request.reply;
-        let answers: Vec<(usize, SourceStatus, Option<Answer>, Duration)> = tokio::select! {
-            answers = work => answers,
-            _ = reply.closed() => return,
+        // A cancel keeps what arrived: dropping `work` drops only the calls still in flight.
+        let unanswered = tokio::select! {
+            () = work => SourceStatus::TimedOut,
+            () = request.watch.cancel.cancelled() => SourceStatus::Cancelled,
+            () = reply.closed() => return,
         };
+        let answers: Vec<(usize, SourceStatus, Option<Answer>, Duration)> = arrived.into_inner();
         let mut outcomes: Vec<SourceOutcome> = request
             .sources
             .iter()
-            .map(|s| outcome(s.archive.clone(), SourceStatus::TimedOut, Duration::ZERO))
+            .map(|s| outcome(s.archive.clone(), unanswered.clone(), Duration::ZERO))
             .collect();
         let mut results = vec![None; request.sources.len()];
         let mut commands = vec![None; request.sources.len()];

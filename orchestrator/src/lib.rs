@@ -15,21 +15,35 @@
 //!   bounded, every source ends with one typed outcome, diode violators are quarantined, and a
 //!   fan-out nobody waits for any more is cancelled downstream.
 //! * [`view`]: exact merges into one view (best-effort or strict), with label rollups.
-//! * [`viewports`]: cross-entity reconciliation and executive summaries.
+//! * [`viewports`]: cross-entity reconciliation and executive summaries; [`report`] runs any
+//!   viewport (or a plain query) end to end.
+//! * [`spec`]: queries and viewports as text, for the command line and the config.
 //! * [`service`] and [`console`]: the console-facing `Orchestrator` interface over pinned-key
-//!   TLS, scoped per tenant with quotas, and a Rust console for it.
-//! * [`cli`]: the `orchestrator` command's subcommands (`keygen`, `grant`, `delegate`, `serve`).
+//!   TLS, scoped per tenant with [`quota`]s, and a Rust console for it; [`wire`] converts
+//!   between the two and `schema/orchestrator.capnp`.
+//! * [`cli`], [`server`], [`operate`] and [`render`]: the `orchestrator` command: capability
+//!   files (`grant`, `delegate`), the reloadable server (`serve`), and the console subcommands
+//!   (`fleet`, `query`, `view`, `command`) with their table and JSON output.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config;
 pub mod console;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod fanout;
+pub mod operate;
+pub mod quota;
+pub mod render;
+pub mod report;
 pub mod selection;
+pub mod server;
 pub mod service;
+pub mod spec;
 pub mod view;
 pub mod viewports;
+pub mod wire;
 
 pub use psp_core;
 pub use psp_rpc;

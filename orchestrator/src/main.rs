@@ -6,13 +6,24 @@
 //!     --operations query,describe --lifetime 86400 --out operator.cap
 //! orchestrator delegate --chain operator.cap --key operator.pem --holder ed25519:<orchestrator> \
 //!     --lifetime 300 --out request.cap
-//! orchestrator serve --config orchestrator.toml
+//! orchestrator serve --config orchestrator.toml [--log-format json]
+//! orchestrator fleet --connect 10.0.0.5:7400 --orchestrator-key ed25519:<hex> --key operator.pem
+//! orchestrator query   <connection> --chain operator.cap --label entity=property \
+//!     --collection statements --where "period >= '2025-11'" --aggregate "sum(noi) as noi"
+//! orchestrator view    <connection> --chain operator.cap --name noi-by-region
+//! orchestrator command <connection> --chain operator.cap --name seal --collection ledger \
+//!     --idempotency-key seal-2026-10-ledger
+//! orchestrator demo
 //! ```
+//!
+//! Console subcommands print tables; `--json` prints one JSON document for scripts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use orchestrator::operate::{self, Target};
+use orchestrator::render;
 
 #[derive(Parser)]
 #[command(
@@ -22,11 +33,11 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Action,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Action {
     /// Writes a new identity key (PKCS#8 PEM, mode 0600) and prints its public key.
     Keygen {
         /// Where to write it (never overwritten).
@@ -78,24 +89,220 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Serves consoles, as the config says.
+    /// Serves consoles, as the config says. SIGHUP reloads the config; SIGTERM stops gracefully.
     Serve {
         /// The orchestrator's config file.
         #[arg(long)]
         config: PathBuf,
+        /// Log lines as `human` text or `json` objects (on stderr).
+        #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+        log_format: String,
     },
+    /// Lists your tenant's archives with their health.
+    Fleet {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Runs a query over many archives and prints the merged answer.
+    Query {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// The collection to read.
+        #[arg(long)]
+        collection: String,
+        /// A filter term such as "period >= '2025-11'" (repeat: all must hold).
+        #[arg(long = "where")]
+        filter: Vec<String>,
+        /// Fields to return per record (comma-separated), for a rows query.
+        #[arg(long)]
+        fields: Option<String>,
+        /// Group-by fields (comma-separated).
+        #[arg(long)]
+        group_by: Option<String>,
+        /// An aggregate such as "sum(noi) as noi" (repeat for several).
+        #[arg(long)]
+        aggregate: Vec<String>,
+        /// An order key such as "noi desc" (repeat, most significant first).
+        #[arg(long)]
+        order: Vec<String>,
+        /// At most this many rows after the merge.
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+    },
+    /// Computes a viewport: one defined in the orchestrator's config (--name) or in a file.
+    View {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// A viewport defined in the orchestrator's config.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        name: Option<String>,
+        /// A TOML file with one viewport (as in the config's [[viewports]]).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// List only the balances of a reconciliation that did not match.
+        #[arg(long)]
+        exceptions: bool,
+    },
+    /// Sends a command to every selected archive and prints each archive's outcome.
+    Command {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// The command's name (e.g. ping, seal, snapshot, append).
+        #[arg(long)]
+        name: String,
+        /// The collection it targets (empty: archive-wide).
+        #[arg(long, default_value = "")]
+        collection: String,
+        /// 16 to 64 bytes naming this command; retrying with the same key never applies twice.
+        #[arg(long)]
+        idempotency_key: String,
+        /// A file holding the command's serialized arguments.
+        #[arg(long)]
+        arguments: Option<PathBuf>,
+    },
+    /// Starts a local fleet of 12 Toteboxes and an orchestrator, runs three viewports, exits.
+    #[cfg(feature = "demo")]
+    Demo,
+}
+
+/// Where and as whom a console subcommand connects.
+#[derive(Args)]
+struct Connection {
+    /// The orchestrator's console address (host:port).
+    #[arg(long)]
+    connect: String,
+    /// The orchestrator's machine key (ed25519:<hex>), pinned.
+    #[arg(long)]
+    orchestrator_key: String,
+    /// Your operator key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a fan-out request carries besides its query.
+#[derive(Args)]
+struct RequestArgs {
+    /// The capability file you hold (delegated to the orchestrator for this request) or one
+    /// already delegated to the orchestrator.
+    #[arg(long)]
+    chain: PathBuf,
+    /// Archive ids (comma-separated); every archive of your tenant when left out.
+    #[arg(long)]
+    archives: Option<String>,
+    /// Select archives by label, key=value (repeat: all must match).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// The whole request's deadline in milliseconds (the orchestrator's default when left out).
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// One archive's time to answer, in milliseconds.
+    #[arg(long)]
+    source_timeout_ms: Option<u64>,
+    /// Fail unless every archive answers.
+    #[arg(long, conflicts_with = "best_effort")]
+    strict: bool,
+    /// Answer with what arrived (the outcomes say what is missing).
+    #[arg(long)]
+    best_effort: bool,
+}
+
+impl RequestArgs {
+    fn options(&self) -> orchestrator::console::Options {
+        use orchestrator::config::Partial;
+        orchestrator::console::Options {
+            deadline: self.deadline_ms.map(std::time::Duration::from_millis),
+            source_timeout: self.source_timeout_ms.map(std::time::Duration::from_millis),
+            partial: match (self.strict, self.best_effort) {
+                (true, _) => Some(Partial::Strict),
+                (_, true) => Some(Partial::BestEffort),
+                _ => None,
+            },
+        }
+    }
+}
+
+fn target(c: &Connection) -> Result<Target, String> {
+    Target::new(&c.connect, &c.orchestrator_key, &c.key)
+}
+
+fn split(list: Option<&str>) -> Vec<String> {
+    list.map(|l| {
+        l.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn print_report(report: &orchestrator::report::Report, json: bool, exceptions_only: bool) {
+    if json {
+        println!("{}", render::report_json(report));
+    } else {
+        print!("{}", render::report(report, exceptions_only));
+    }
+}
+
+fn init_logs(format: &str) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        );
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(config: PathBuf) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let server = orchestrator::server::RunningOrchestrator::start(&config).await?;
+    println!(
+        "serving consoles on {} as {}",
+        server.local_addr(),
+        server.key()
+    );
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                if let Err(e) = server.reload() {
+                    tracing::error!("kept the running config: {e}");
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down: finishing running requests");
+    server.shutdown(std::time::Duration::from_secs(10)).await;
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Keygen { out } => psp_core::IdentityKey::generate()
+        Action::Keygen { out } => psp_core::IdentityKey::generate()
             .map_err(|e| e.to_string())
             .and_then(|key| {
                 key.save(&out).map_err(|e| e.to_string())?;
                 println!("{}", key.public());
                 Ok(())
             }),
-        Command::Grant {
+        Action::Grant {
             key,
             holder,
             archives,
@@ -111,7 +318,7 @@ fn main() -> ExitCode {
             &out,
         )
         .map(|c| println!("wrote {} (capability {})", out.display(), c.last().id)),
-        Command::Delegate {
+        Action::Delegate {
             chain,
             key,
             holder,
@@ -129,28 +336,132 @@ fn main() -> ExitCode {
             &out,
         )
         .map(|c| println!("wrote {} (capability {})", out.display(), c.last().id)),
-        Command::Serve { config } => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .init();
+        Action::Serve { config, log_format } => {
+            init_logs(&log_format);
             tokio::runtime::Runtime::new()
                 .map_err(|e| e.to_string())
-                .and_then(|runtime| {
-                    runtime.block_on(orchestrator::cli::serve(
-                        &config,
-                        |address, key| println!("serving consoles on {address} as {key}"),
-                        async {
-                            use tokio::signal::unix::{SignalKind, signal};
-                            let mut terminate =
-                                signal(SignalKind::terminate()).expect("a signal handler");
-                            tokio::select! {
-                                _ = terminate.recv() => {}
-                                _ = tokio::signal::ctrl_c() => {}
-                            }
-                        },
-                    ))
-                })
+                .and_then(|runtime| runtime.block_on(serve(config)))
         }
+        Action::Fleet { connection } => operate::run(async {
+            let console = target(&connection)?.connect().await?;
+            let archives = console.fleet().await.map_err(|e| e.to_string())?;
+            if connection.json {
+                println!("{}", render::fleet_json(&archives));
+            } else {
+                print!("{}", render::fleet(&archives));
+            }
+            Ok(())
+        }),
+        Action::Query {
+            connection,
+            request,
+            collection,
+            filter,
+            fields,
+            group_by,
+            aggregate,
+            order,
+            limit,
+        } => operate::run(async {
+            let query = orchestrator::spec::QuerySpec {
+                collection,
+                filter,
+                fields: split(fields.as_deref()),
+                group_by: split(group_by.as_deref()),
+                aggregates: aggregate,
+                order,
+                limit,
+            }
+            .to_query()?;
+            let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
+            let target = target(&connection)?;
+            let chain = target.request_chain(&request.chain)?;
+            let console = target.connect().await?;
+            let in_flight = console.start_query(&selector, &chain, &query, request.options());
+            let report = operate::wait(&in_flight).await.map_err(|e| e.to_string())?;
+            print_report(&report, connection.json, false);
+            Ok(())
+        }),
+        Action::View {
+            connection,
+            request,
+            name,
+            file,
+            exceptions,
+        } => operate::run(async {
+            let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
+            let target = target(&connection)?;
+            let chain = target.request_chain(&request.chain)?;
+            let console = target.connect().await?;
+            let viewport = match (name, file) {
+                (Some(name), _) => console.viewport(&name).await.map_err(|e| e.to_string())?,
+                (None, Some(file)) => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| format!("reading {}: {e}", file.display()))?;
+                    toml::from_str::<orchestrator::spec::ViewportSpec>(&text)
+                        .map_err(|e| e.to_string())
+                        .and_then(|spec| spec.to_viewport())
+                        .map_err(|e| format!("{}: {e}", file.display()))?
+                }
+                (None, None) => return Err("give --name or --file".into()),
+            };
+            let in_flight = console.start_view(&selector, &chain, &viewport, request.options());
+            let report = operate::wait(&in_flight).await.map_err(|e| e.to_string())?;
+            print_report(&report, connection.json, exceptions);
+            Ok(())
+        }),
+        Action::Command {
+            connection,
+            request,
+            name,
+            collection,
+            idempotency_key,
+            arguments,
+        } => operate::run(async {
+            let arguments = match arguments {
+                Some(path) => {
+                    std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?
+                }
+                None => Vec::new(),
+            };
+            if !(16..=64).contains(&idempotency_key.len()) {
+                return Err(format!(
+                    "--idempotency-key is {} bytes; use 16 to 64 (e.g. what and when: seal-2026-10-ledger)",
+                    idempotency_key.len()
+                ));
+            }
+            let command = psp_rpc::client::CommandSpec {
+                name,
+                collection,
+                idempotency_key: idempotency_key.into_bytes(),
+                arguments,
+            };
+            let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
+            let target = target(&connection)?;
+            let chain = target.request_chain(&request.chain)?;
+            let console = target.connect().await?;
+            let results = console
+                .command(&selector, &chain, &command, request.options())
+                .await
+                .map_err(|e| e.to_string())?;
+            if connection.json {
+                println!("{}", render::commands_json(&results));
+            } else {
+                print!("{}", render::commands(&results));
+            }
+            Ok(())
+        }),
+        #[cfg(feature = "demo")]
+        Action::Demo => tempfile::tempdir()
+            .map_err(|e| e.to_string())
+            .and_then(|dir| {
+                // The console is `!Send`: it runs on a LocalSet; servers use the runtime's workers.
+                let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                tokio::task::LocalSet::new().block_on(
+                    &runtime,
+                    orchestrator::demo::run(dir.path(), |line| println!("{line}")),
+                )
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,63 +1,88 @@
 //! The console-facing service (`Orchestrator` in `schema/orchestrator.capnp`).
 //!
 //! The console listener completes TLS only for operator keys, and each connection's bootstrap is
-//! scoped to that operator's tenant. A query is checked (tenancy, the confused-deputy rule, the
+//! scoped to that operator's tenant. A request is checked (tenancy, the confused-deputy rule, the
 //! tenant's quotas) before any Totebox is called, then fanned out in the background: the console
-//! gets a `FleetQuery` at once and pipelines `view()` on it. Dropping or cancelling the
-//! `FleetQuery` cancels the downstream calls.
+//! gets a `FleetQuery` at once and pipelines `view()` on it. Dropping the `FleetQuery` stops the
+//! downstream calls; `cancel()` stops them too but keeps what already arrived.
+//!
+//! The config can be replaced while serving ([`OrchestratorService::reload`]): each request reads
+//! one snapshot when it starts and keeps it to the end, so a reload never changes or drops a
+//! request in flight.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use psp_core::query::wire::{read_query, type_to_wire, write_value};
+use psp_core::query::wire::read_query;
 use psp_core::{Chain, IdentityKey, PublicKey};
-use psp_rpc::limits::{CallError, Limits};
+use psp_rpc::client::CommandSpec;
+use psp_rpc::limits::Limits;
 use psp_rpc::runtime::{Bootstrap, Connection};
-use psp_schema::orchestrator_capnp::{
-    archive_selector, fleet_query, orchestrator, source_outcome, view as wire_view,
-};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use psp_schema::orchestrator_capnp::{fleet_query, fleet_request, orchestrator};
+use tokio::sync::Notify;
 
-use crate::config::{Config, Partial};
-use crate::fanout::{FanOutLimits, Fleet, Health, Source, SourceOutcome, SourceStatus};
-use crate::selection::{Refusal, Selector, reach, select};
-use crate::view::{View, ViewError, labelled_query, view, with_labels};
+use crate::config::{Config, Partial, Tenant};
+use crate::fanout::{FanOutLimits, Fleet, Health, Source, SourceOutcome, SourceStatus, Watch};
+use crate::quota::TenantQuota;
+use crate::report::{Reach, Report, Run, run};
+use crate::selection::{Refusal, reach, select};
+use crate::view::ViewError;
+use crate::viewports::Viewport;
+use crate::wire::{
+    read_selector, read_viewport, refuse, write_command_result, write_report, write_viewport,
+};
 
 /// Most rows or groups accepted from one Totebox.
 const MAX_ROWS_PER_SOURCE: usize = 100_000;
 
+/// One config and the quota state of its tenants.
+#[derive(Debug)]
+struct Snapshot {
+    config: Arc<Config>,
+    quotas: HashMap<String, Arc<TenantQuota>>,
+}
+
 /// What every console connection shares.
 #[derive(Debug)]
 pub struct OrchestratorService {
-    config: Config,
     key: PublicKey,
     fleet: Fleet,
-    running: HashMap<String, Arc<Semaphore>>,
+    current: RwLock<Arc<Snapshot>>,
 }
 
 impl OrchestratorService {
     /// A service over `config`'s fleet, reaching Toteboxes as `identity`.
     pub fn new(config: Config, identity: &IdentityKey, limits: Limits) -> Arc<Self> {
-        let running = config
-            .tenants
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    Arc::new(Semaphore::new(t.quotas.concurrent_queries)),
-                )
-            })
-            .collect();
+        let snapshot = Snapshot::new(config, None);
         Arc::new(Self {
             fleet: Fleet::start(identity.clone(), limits),
             key: identity.public(),
-            config,
-            running,
+            current: RwLock::new(Arc::new(snapshot)),
         })
+    }
+
+    /// Replaces the config. Requests in flight finish under the config they started with; a
+    /// tenant whose quotas did not change keeps its running count and rate state, so a reload
+    /// is no way around a quota.
+    pub fn reload(&self, config: Config) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::new(Snapshot::new(config, Some(&current)));
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.snapshot().config.clone()
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The runtime's bootstrap factory: each console gets an `Orchestrator` scoped to its tenant.
@@ -78,40 +103,172 @@ impl OrchestratorService {
     }
 }
 
+impl Snapshot {
+    fn new(config: Config, previous: Option<&Snapshot>) -> Self {
+        let quotas = config
+            .tenants
+            .iter()
+            .map(|t| {
+                let kept = previous
+                    .and_then(|p| p.quotas.get(&t.name))
+                    .filter(|q| q.quotas() == t.quotas)
+                    .cloned();
+                let state = kept.unwrap_or_else(|| Arc::new(TenantQuota::new(t.quotas)));
+                (t.name.clone(), state)
+            })
+            .collect();
+        Self {
+            config: Arc::new(config),
+            quotas,
+        }
+    }
+}
+
 struct Console {
     service: Arc<OrchestratorService>,
     connection: Rc<Connection>,
 }
 
-fn refuse(code: &str, message: impl std::fmt::Display) -> capnp::Error {
-    CallError::new(code, message.to_string()).to_capnp()
+/// A request that passed every check, ready to fan out.
+struct Admitted {
+    reach: Reach,
+    chain: Chain,
+    limits: FanOutLimits,
+    partial: Partial,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Console {
-    fn tenant(&self) -> Result<&crate::config::Tenant, capnp::Error> {
+    fn tenant<'c>(&self, config: &'c Config) -> Result<&'c Tenant, capnp::Error> {
         let operator = &self.connection.peer;
-        self.service.config.tenant_of(operator).ok_or_else(|| {
+        config.tenant_of(operator).ok_or_else(|| {
             let refusal = Refusal::NotAnOperator(*operator);
             refuse(refusal.code(), refusal)
         })
     }
-}
 
-fn read_selector(reader: archive_selector::Reader<'_>) -> Result<Selector, capnp::Error> {
-    Ok(match reader.which()? {
-        archive_selector::All(()) => Selector::All,
-        archive_selector::Ids(ids) => Selector::Ids(
-            ids?.iter()
-                .map(|t| Ok(t?.to_string()?))
-                .collect::<Result<_, capnp::Error>>()?,
-        ),
-        archive_selector::Labels(labels) => Selector::Labels(
-            labels?
+    /// Every check a request passes before any Totebox is called: the tenant, the archives it
+    /// names, the capability's issuer and holder, and the tenant's quotas.
+    fn admit(&self, request: fleet_request::Reader<'_>, what: &str) -> capnp::Result<Admitted> {
+        let snapshot = self.service.snapshot();
+        let config = &snapshot.config;
+        let operator = self.connection.peer;
+        let chain = Chain::from_reader(request.get_chain()?)
+            .map_err(|e| refuse(&format!("capability.{}", e.rule()), e))?;
+        let options = request.get_options()?;
+        let cap = |asked: u32, default: Duration| {
+            if asked == 0 {
+                default
+            } else {
+                Duration::from_millis(u64::from(asked)).min(default)
+            }
+        };
+        let deadline = cap(options.get_deadline_millis(), config.deadline);
+        let source_timeout =
+            cap(options.get_source_timeout_millis(), config.source_timeout).min(deadline);
+        let partial = match options.get_partial() {
+            Ok(psp_schema::orchestrator_capnp::PartialPolicy::Strict) => Partial::Strict,
+            Ok(psp_schema::orchestrator_capnp::PartialPolicy::BestEffort) => Partial::BestEffort,
+            _ => config.partial,
+        };
+        let tenant = self.tenant(config)?;
+        let selected = select(config, tenant, &read_selector(request.get_archives()?)?)
+            .map_err(|e| {
+                tracing::warn!(target: "psp::security", %operator, tenant = %tenant.name, "refused a {what}: {e}");
+                refuse(e.code(), e)
+            })?;
+        let reached = reach(&chain, &operator, &self.service.key, selected).map_err(|e| {
+            tracing::warn!(target: "psp::security", %operator, tenant = %tenant.name, "refused a {what}: {e}");
+            refuse(e.code(), e)
+        })?;
+        let permit = snapshot.quotas[&tenant.name].admit().map_err(|e| {
+            tracing::info!(tenant = %tenant.name, "refused a {what}: {e}");
+            refuse(e.code(), format!("tenant {:?}: {e}", tenant.name))
+        })?;
+        tracing::info!(
+            target: "psp::audit",
+            %operator,
+            tenant = %tenant.name,
+            archives = reached.asked.len(),
+            capability = %chain.last().id,
+            "{what}"
+        );
+        let reach = Reach {
+            sources: reached
+                .asked
                 .iter()
-                .map(|l| Ok((l.get_key()?.to_string()?, l.get_value()?.to_string()?)))
-                .collect::<Result<_, capnp::Error>>()?,
-        ),
-    })
+                .map(|a| Source {
+                    archive: a.id.clone(),
+                    address: a.address,
+                    key: a.key,
+                })
+                .collect(),
+            labels: reached.asked.iter().map(|a| a.labels.clone()).collect(),
+            not_asked: reached
+                .outside_capability
+                .iter()
+                .map(|a| SourceOutcome {
+                    archive: a.id.clone(),
+                    status: SourceStatus::Denied {
+                        code: "capability.archive-not-in-scope".into(),
+                        message: "the capability does not name this archive; it was not asked"
+                            .into(),
+                    },
+                    latency: Duration::ZERO,
+                    as_of: 0,
+                    rows: 0,
+                    suppressed_groups: 0,
+                })
+                .collect(),
+        };
+        Ok(Admitted {
+            reach,
+            chain,
+            limits: FanOutLimits {
+                source_timeout,
+                deadline,
+                max_concurrency: config.max_concurrency,
+                max_rows_per_source: MAX_ROWS_PER_SOURCE,
+            },
+            partial,
+            _permit: permit,
+        })
+    }
+
+    /// Admits a request and starts its fan-out in the background.
+    fn start(
+        &self,
+        request: fleet_request::Reader<'_>,
+        viewport: Viewport,
+        what: &str,
+    ) -> capnp::Result<fleet_query::Client> {
+        let admitted = self.admit(request, what)?;
+        let watch = Watch::default();
+        watch
+            .answered
+            .fetch_add(admitted.reach.not_asked.len() as u32, Ordering::Relaxed);
+        let state = Rc::new(Pending {
+            result: RefCell::new(None),
+            done: Notify::new(),
+            total: admitted.reach.answers_expected(&viewport),
+            watch: watch.clone(),
+        });
+        let (fleet, pending) = (self.service.fleet.clone(), state.clone());
+        let task = tokio::task::spawn_local(async move {
+            let how = Run {
+                fleet: &fleet,
+                chain: &admitted.chain,
+                limits: admitted.limits,
+                partial: admitted.partial,
+                watch,
+            };
+            let report = run(&viewport, &admitted.reach, &how).await;
+            drop(admitted); // the quota slot is free once the answer is ready
+            *pending.result.borrow_mut() = Some(report);
+            pending.done.notify_waiters();
+        });
+        Ok(capnp_rpc::new_client(FleetQueryServer { state, task }))
+    }
 }
 
 impl orchestrator::Server for Console {
@@ -120,14 +277,9 @@ impl orchestrator::Server for Console {
         _: orchestrator::FleetParams,
         mut results: orchestrator::FleetResults,
     ) -> Result<(), capnp::Error> {
-        let tenant = self.tenant()?;
-        let archives: Vec<_> = self
-            .service
-            .config
-            .fleet
-            .iter()
-            .filter(|a| tenant.reaches(a))
-            .collect();
+        let config = self.service.config();
+        let tenant = self.tenant(&config)?;
+        let archives: Vec<_> = config.fleet.iter().filter(|a| tenant.reaches(a)).collect();
         let mut list = results.get().init_archives(archives.len() as u32);
         for (i, a) in archives.iter().enumerate() {
             let mut entry = list.reborrow().get(i as u32);
@@ -159,7 +311,11 @@ impl orchestrator::Server for Console {
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
         let query = read_query(params.get_query()?).map_err(|e| refuse(e.code(), e))?;
-        let fleet_query = self.start(params.get_request()?, query, Vec::new())?;
+        let viewport = Viewport::Rollup {
+            query,
+            labels: Vec::new(),
+        };
+        let fleet_query = self.start(params.get_request()?, viewport, "query")?;
         results.get().set_fleet_query(fleet_query);
         Ok(())
     }
@@ -170,156 +326,91 @@ impl orchestrator::Server for Console {
         mut results: orchestrator::ViewResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
-        let viewport = params.get_viewport()?;
-        let fleet_query = match viewport.which()? {
-            psp_schema::orchestrator_capnp::viewport::Rollup(rollup) => {
-                let rollup = rollup?;
-                let query = read_query(rollup.get_query()?).map_err(|e| refuse(e.code(), e))?;
-                let labels = rollup
-                    .get_group_by_labels()?
-                    .iter()
-                    .map(|l| Ok(l?.to_string()?))
-                    .collect::<Result<Vec<String>, capnp::Error>>()?;
-                self.start(params.get_request()?, query, labels)?
-            }
-            _ => {
-                return Err(refuse(
-                    "viewport.unsupported",
-                    "this orchestrator answers rollup viewports over the console; reconciliation and summaries are computed with the library for now",
-                ));
-            }
-        };
+        let viewport = read_viewport(params.get_viewport()?)?;
+        let what = format!("viewport {:?}", viewport.name);
+        let fleet_query = self.start(params.get_request()?, viewport.viewport, &what)?;
         results.get().set_fleet_query(fleet_query);
         Ok(())
     }
-}
 
-impl Console {
-    /// Checks a request (tenancy, the confused-deputy rule, quotas) and starts its fan-out in the
-    /// background; `labels` (a rollup's) are prepended to every source's groups before the merge.
-    fn start(
-        &self,
-        request: psp_schema::orchestrator_capnp::fleet_request::Reader<'_>,
-        query: psp_core::query::Query,
-        labels: Vec<String>,
-    ) -> Result<fleet_query::Client, capnp::Error> {
-        let chain = Chain::from_reader(request.get_chain()?)
-            .map_err(|e| refuse(&format!("capability.{}", e.rule()), e))?;
-        let options = request.get_options()?;
-        let config = &self.service.config;
-        let cap = |asked: u32, default: Duration| {
-            if asked == 0 {
-                default
-            } else {
-                Duration::from_millis(u64::from(asked)).min(default)
-            }
-        };
-        let deadline = cap(options.get_deadline_millis(), config.deadline);
-        let source_timeout =
-            cap(options.get_source_timeout_millis(), config.source_timeout).min(deadline);
-        let partial = match options.get_partial() {
-            Ok(psp_schema::orchestrator_capnp::PartialPolicy::Strict) => Partial::Strict,
-            Ok(psp_schema::orchestrator_capnp::PartialPolicy::BestEffort) => Partial::BestEffort,
-            _ => config.partial,
-        };
-
-        let tenant = self.tenant()?;
-        let selected = select(config, tenant, &read_selector(request.get_archives()?)?)
-            .map_err(|e| refuse(e.code(), e))?;
-        let reached = reach(&chain, &self.connection.peer, &self.service.key, selected).map_err(|e| {
-            tracing::warn!(target: "psp::security", operator = %self.connection.peer, "refused a request: {e}");
-            refuse(e.code(), e)
-        })?;
-        let permit: OwnedSemaphorePermit = self.service.running[&tenant.name]
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
+    async fn viewport(
+        self: Rc<Self>,
+        params: orchestrator::ViewportParams,
+        mut results: orchestrator::ViewportResults,
+    ) -> Result<(), capnp::Error> {
+        let config = self.service.config();
+        self.tenant(&config)?;
+        let name = params.get()?.get_name()?.to_str()?;
+        let viewport = config
+            .viewports
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = config.viewports.iter().map(|v| v.name.as_str()).collect();
                 refuse(
-                    "tenant.quota",
-                    format!(
-                        "tenant {:?} already runs {} requests, its limit",
-                        tenant.name, tenant.quotas.concurrent_queries
-                    ),
+                    "viewport.unknown",
+                    format!("no viewport {name:?} in the config (it has {known:?})"),
                 )
             })?;
+        write_viewport(viewport, results.get().init_viewport());
+        Ok(())
+    }
 
-        let source_labels: Vec<std::collections::BTreeMap<String, String>> =
-            reached.asked.iter().map(|a| a.labels.clone()).collect();
-        let sources: Vec<Source> = reached
-            .asked
-            .iter()
-            .map(|a| Source {
-                archive: a.id.clone(),
-                address: a.address,
-                key: a.key,
-            })
-            .collect();
-        let not_asked: Vec<SourceOutcome> = reached
-            .outside_capability
-            .iter()
-            .map(|a| SourceOutcome {
-                archive: a.id.clone(),
-                status: SourceStatus::Denied {
-                    code: "capability.archive-not-in-scope".into(),
-                    message: "the capability does not name this archive; it was not asked".into(),
-                },
-                latency: Duration::ZERO,
-                as_of: 0,
-                rows: 0,
-                suppressed_groups: 0,
-            })
-            .collect();
-        let state = Rc::new(Pending {
-            result: RefCell::new(None),
-            done: Notify::new(),
-            answered: Arc::new(AtomicU32::new(0)),
-            total: (sources.len() + not_asked.len()) as u32,
-        });
-        let (fleet, pending) = (self.service.fleet.clone(), state.clone());
-        let limits = FanOutLimits {
-            source_timeout,
-            deadline,
-            max_concurrency: config.max_concurrency,
-            max_rows_per_source: MAX_ROWS_PER_SOURCE,
+    async fn command(
+        self: Rc<Self>,
+        params: orchestrator::CommandParams,
+        mut results: orchestrator::CommandResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let command = params.get_command()?;
+        let spec = CommandSpec {
+            name: command.get_name()?.to_string()?,
+            collection: command.get_collection()?.to_string()?,
+            idempotency_key: command.get_idempotency_key()?.to_vec(),
+            arguments: command.get_arguments()?.to_vec(),
         };
-        let task = tokio::task::spawn_local(async move {
-            let _permit = permit;
-            let mut gathered = fleet
-                .query_counting(
-                    sources,
-                    &chain,
-                    query.clone(),
-                    limits,
-                    pending.answered.clone(),
-                )
-                .await;
-            pending
-                .answered
-                .fetch_add(not_asked.len() as u32, Ordering::Relaxed);
-            gathered.results.extend(not_asked.iter().map(|_| None));
-            gathered.outcomes.extend(not_asked);
-            if !labels.is_empty() {
-                gathered.results = gathered
-                    .results
-                    .into_iter()
-                    .zip(&source_labels)
-                    .map(|(r, l)| r.map(|r| with_labels(r, &labels, l)))
-                    .collect();
-            }
-            let finalize = labelled_query(&query, &labels);
-            *pending.result.borrow_mut() = Some(view(&finalize, gathered, partial));
-            pending.done.notify_waiters();
-        });
-        Ok(capnp_rpc::new_client(FleetQueryServer { state, task }))
+        if !(16..=64).contains(&spec.idempotency_key.len()) {
+            return Err(refuse(
+                "command.bad-idempotency-key",
+                "an idempotency key is 16 to 64 bytes",
+            ));
+        }
+        let what = format!("command {:?}", spec.name);
+        let admitted = self.admit(params.get_request()?, &what)?;
+        let gathered = self
+            .service
+            .fleet
+            .command(
+                admitted.reach.sources.clone(),
+                &admitted.chain,
+                spec,
+                admitted.limits,
+            )
+            .await;
+        let answers = gathered
+            .commands
+            .iter()
+            .map(Option::as_ref)
+            .chain(admitted.reach.not_asked.iter().map(|_| None));
+        let outcomes: Vec<&SourceOutcome> = gathered
+            .outcomes
+            .iter()
+            .chain(&admitted.reach.not_asked)
+            .collect();
+        let mut list = results.get().init_outcomes(outcomes.len() as u32);
+        for (i, (o, a)) in outcomes.into_iter().zip(answers).enumerate() {
+            write_command_result(o, a, list.reborrow().get(i as u32));
+        }
+        Ok(())
     }
 }
 
 /// A fan-out's state, shared by its task and its `FleetQuery`.
 struct Pending {
-    result: RefCell<Option<Result<View, ViewError>>>,
+    result: RefCell<Option<Result<Report, ViewError>>>,
     done: Notify,
-    answered: Arc<AtomicU32>,
     total: u32,
+    watch: Watch,
 }
 
 struct FleetQueryServer {
@@ -344,15 +435,18 @@ impl fleet_query::Server for FleetQueryServer {
             let notified = self.state.done.notified();
             if let Some(result) = self.state.result.borrow().as_ref() {
                 return match result {
-                    Ok(view) => {
-                        write_view(view, results.get().init_view());
+                    Ok(report) => {
+                        write_report(report, results.get().init_view());
                         Ok(())
                     }
                     Err(e) => Err(refuse(e.code(), e)),
                 };
             }
             if self.task.is_finished() {
-                return Err(refuse("fanout.cancelled", "the request was cancelled"));
+                return Err(refuse(
+                    "fanout.failed",
+                    "the request stopped without an answer",
+                ));
             }
             notified.await;
         }
@@ -364,12 +458,8 @@ impl fleet_query::Server for FleetQueryServer {
         mut results: fleet_query::ProgressResults,
     ) -> Result<(), capnp::Error> {
         let mut r = results.get();
-        r.set_answered(
-            self.state
-                .answered
-                .load(Ordering::Relaxed)
-                .min(self.state.total),
-        );
+        let answered = self.state.watch.answered.load(Ordering::Relaxed);
+        r.set_answered(answered.min(self.state.total));
         r.set_total(self.state.total);
         Ok(())
     }
@@ -379,52 +469,9 @@ impl fleet_query::Server for FleetQueryServer {
         _: fleet_query::CancelParams,
         _: fleet_query::CancelResults,
     ) -> Result<(), capnp::Error> {
-        self.task.abort();
-        self.state.done.notify_waiters();
+        // The fan-out stops now and keeps what arrived; `view` returns it with the rest marked
+        // cancelled.
+        self.state.watch.cancel.cancel();
         Ok(())
-    }
-}
-
-fn write_outcome(o: &SourceOutcome, mut b: source_outcome::Builder<'_>) {
-    b.set_archive(&o.archive);
-    b.set_latency_micros(o.latency.as_micros() as u64);
-    b.set_as_of(o.as_of);
-    b.set_rows(o.rows);
-    b.set_suppressed_groups(o.suppressed_groups);
-    let mut status = b.get_status();
-    match &o.status {
-        SourceStatus::Ok => status.set_ok(()),
-        SourceStatus::TimedOut => status.set_timed_out(()),
-        SourceStatus::Unreachable(why) => status.set_unreachable(why),
-        SourceStatus::Denied { code, message } => {
-            let mut d = status.init_denied();
-            d.set_code(code);
-            d.set_message(message);
-        }
-        SourceStatus::Error(why) => status.set_error(why),
-        SourceStatus::Quarantined(why) => status.set_quarantined(why),
-    }
-}
-
-fn write_view(v: &View, mut b: wire_view::Builder<'_>) {
-    b.set_complete(v.complete);
-    b.set_as_of_oldest(v.as_of_oldest);
-    let mut outcomes = b.reborrow().init_outcomes(v.outcomes.len() as u32);
-    for (i, o) in v.outcomes.iter().enumerate() {
-        write_outcome(o, outcomes.reborrow().get(i as u32));
-    }
-    let mut table = b.init_body().init_table();
-    let mut columns = table.reborrow().init_columns(v.table.columns.len() as u32);
-    for (i, c) in v.table.columns.iter().enumerate() {
-        let mut column = columns.reborrow().get(i as u32);
-        column.set_name(&c.name);
-        column.set_type(type_to_wire(c.value_type));
-    }
-    let mut rows = table.init_rows(v.table.rows.len() as u32);
-    for (i, row) in v.table.rows.iter().enumerate() {
-        let mut values = rows.reborrow().get(i as u32).init_values(row.len() as u32);
-        for (j, value) in row.iter().enumerate() {
-            write_value(value.as_ref(), values.reborrow().get(j as u32));
-        }
     }
 }

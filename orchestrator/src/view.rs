@@ -113,6 +113,22 @@ pub fn labelled_query(query: &Query, keys: &[String]) -> Query {
     q
 }
 
+/// Applies the partial policy: in strict mode any source that did not answer fails the request.
+/// Returns the outcomes and how many sources are missing.
+pub(crate) fn enforce(
+    partial: Partial,
+    outcomes: Vec<SourceOutcome>,
+) -> Result<(Vec<SourceOutcome>, usize), ViewError> {
+    let missing = outcomes
+        .iter()
+        .filter(|o| o.status != SourceStatus::Ok)
+        .count();
+    if partial == Partial::Strict && missing > 0 {
+        return Err(ViewError::Incomplete { missing, outcomes });
+    }
+    Ok((outcomes, missing))
+}
+
 /// Merges and finalizes what a fan-out gathered for `query`.
 pub fn view(query: &Query, gathered: Gathered, partial: Partial) -> Result<View, ViewError> {
     let Gathered {
@@ -138,13 +154,7 @@ pub fn view(query: &Query, gathered: Gathered, partial: Partial) -> Result<View,
             }
         }
     }
-    let missing = outcomes
-        .iter()
-        .filter(|o| o.status != SourceStatus::Ok)
-        .count();
-    if partial == Partial::Strict && missing > 0 {
-        return Err(ViewError::Incomplete { missing, outcomes });
-    }
+        let (outcomes, missing) = enforce(partial, outcomes)?;
     let as_of_oldest = answers.iter().map(|a| a.as_of).min().unwrap_or(0);
     let table = if answers.is_empty() {
         Table {

@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use psp_core::Chain;
-use psp_core::query::{Aggregate, AggregateFunction, Decimal, Filter, Query, Table, Value};
+use psp_core::query::{Aggregate, AggregateFunction, Decimal, Filter, Query, Shape, Table, Value};
 
 use crate::config::Partial;
-use crate::fanout::{FanOutLimits, Fleet, Source, SourceStatus};
+use crate::fanout::{FanOutLimits, Fleet, Gathered, Source, SourceStatus};
 use crate::view::view;
 
 /// How two entities' records of one balance compare when they agree.
@@ -32,6 +32,9 @@ pub struct Reconciliation {
     pub currency_field: String,
     /// The amount field (decimal).
     pub amount_field: String,
+    /// The archive label whose value names the entity in other archives' counterparty field;
+    /// empty: the archive id.
+    pub entity_label: String,
     /// Which records take part (the intercompany accounts, say).
     pub filter: Filter,
     /// How the sides relate.
@@ -217,28 +220,32 @@ pub struct KpiValue {
     pub as_of_oldest: i64,
 }
 
-/// Computes every key figure over `sources`, each with its provenance and freshness.
-pub async fn summarize(
-    fleet: &Fleet,
-    sources: &[Source],
-    chain: &Chain,
-    kpis: &[Kpi],
-    limits: FanOutLimits,
-) -> Vec<KpiValue> {
-    let mut values = Vec::with_capacity(kpis.len());
-    for kpi in kpis {
-        let gathered = fleet
-            .query(sources.to_vec(), chain, kpi.query.clone(), limits)
-            .await;
+impl Kpi {
+    /// Checks the shape a key figure must have: an aggregate query, one aggregate, no group-by.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.query.shape {
+            Shape::Aggregate {
+                group_by,
+                aggregates,
+            } if group_by.is_empty() && aggregates.len() == 1 => Ok(()),
+            _ => Err(format!(
+                "key figure {:?}: its query must have exactly one aggregate and no group-by",
+                self.name
+            )),
+        }
+    }
+
+    /// The figure from what one fan-out of its query gathered.
+    pub fn value(&self, gathered: Gathered) -> KpiValue {
         let (sources_ok, missing): (Vec<_>, Vec<_>) = gathered
             .outcomes
             .iter()
             .partition(|o| o.status == SourceStatus::Ok);
-        let (sources_ok, missing): (Vec<String>, Vec<String>) = (
+        let (sources, missing): (Vec<String>, Vec<String>) = (
             sources_ok.iter().map(|o| o.archive.clone()).collect(),
             missing.iter().map(|o| o.archive.clone()).collect(),
         );
-        let (value, as_of_oldest) = match view(&kpi.query, gathered, Partial::BestEffort) {
+        let (value, as_of_oldest) = match view(&self.query, gathered, Partial::BestEffort) {
             Ok(v) => (
                 v.table
                     .rows
@@ -250,14 +257,88 @@ pub async fn summarize(
             ),
             Err(_) => (Value::Null, 0),
         };
-        values.push(KpiValue {
-            name: kpi.name.clone(),
+        KpiValue {
+            name: self.name.clone(),
             value,
-            unit: kpi.unit.clone(),
-            sources: sources_ok,
+            unit: self.unit.clone(),
+            sources,
             missing,
             as_of_oldest,
-        });
+        }
     }
-    values
+}
+
+/// Computes every key figure over `sources` (the figures' fan-outs run side by side), each with
+/// its provenance and freshness.
+pub async fn summarize(
+    fleet: &Fleet,
+    sources: &[Source],
+    chain: &Chain,
+    kpis: &[Kpi],
+    limits: FanOutLimits,
+) -> Vec<KpiValue> {
+    futures::future::join_all(kpis.iter().map(|kpi| async {
+        kpi.value(
+            fleet
+                .query(sources.to_vec(), chain, kpi.query.clone(), limits)
+                .await,
+        )
+    }))
+    .await
+}
+
+/// A declarative view over the fleet (`Viewport` in `schema/orchestrator.capnp`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Viewport {
+    /// One aggregate query over many archives, grouped first by archive labels.
+    Rollup {
+        /// The aggregate query.
+        query: Query,
+        /// Archive label keys prepended to the group key (e.g. `region`).
+        labels: Vec<String>,
+    },
+    /// A cross-entity reconciliation.
+    Reconciliation(Reconciliation),
+    /// An executive summary: key figures in display order.
+    Summary(Vec<Kpi>),
+}
+
+impl Viewport {
+    /// Checks what the wire types cannot say: a rollup aggregates, key figures have one
+    /// aggregate and no group-by, a summary has figures.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Viewport::Rollup { query, .. } => match query.shape {
+                Shape::Aggregate { .. } => Ok(()),
+                Shape::Rows(_) => Err("a rollup's query must be an aggregate query".into()),
+            },
+            Viewport::Reconciliation(r) => {
+                for (what, field) in [
+                    ("collection", &r.collection),
+                    ("counterparty field", &r.counterparty_field),
+                    ("period field", &r.period_field),
+                    ("currency field", &r.currency_field),
+                    ("amount field", &r.amount_field),
+                ] {
+                    if field.is_empty() {
+                        return Err(format!("a reconciliation needs its {what}"));
+                    }
+                }
+                Ok(())
+            }
+            Viewport::Summary(kpis) if kpis.is_empty() => {
+                Err("an executive summary needs at least one key figure".into())
+            }
+            Viewport::Summary(kpis) => kpis.iter().try_for_each(Kpi::check),
+        }
+    }
+}
+
+/// A viewport with its name (for logs, displays and `viewport(name)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedViewport {
+    /// Its name.
+    pub name: String,
+    /// What it computes.
+    pub viewport: Viewport,
 }

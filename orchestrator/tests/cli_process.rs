@@ -145,7 +145,7 @@ async fn keygen_grant_delegate_and_serve_work_as_commands() {
         })
         .await;
     assert!(view.complete, "{:?}", view.outcomes);
-    assert_eq!(view.table.rows[0][1], Value::Int(48));
+    assert_eq!(view.table().unwrap().rows[0][1], Value::Int(48));
 
     Command::new("kill")
         .args(["-TERM", &server.0.id().to_string()])

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use orchestrator::config::Config;
 use orchestrator::console::Console;
-use orchestrator::fanout::Health;
+use orchestrator::fanout::{Health, SourceStatus};
 use orchestrator::selection::Selector;
 use orchestrator::service::OrchestratorService;
 use psp_core::query::{Aggregate, AggregateFunction, Query, Value};
@@ -113,18 +113,18 @@ async fn a_console_queries_its_tenants_fleet_in_one_view() {
             .unwrap();
             let fleet = console.fleet().await.unwrap();
             assert_eq!(
-                fleet.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+                fleet.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
                 ["prop-01", "prop-02", "prop-03"]
             );
             let chain = delegated(&w, &w.operator, &["prop-01", "prop-02", "prop-03"]);
             let view = console.query(&Selector::All, &chain, &noi()).await.unwrap();
             assert!(view.complete, "{:?}", view.outcomes);
-            assert!(view.outcomes.iter().all(|o| o.status == "ok"));
-            assert_eq!(view.table.rows[0][1], Value::Int(72));
+            assert!(view.outcomes.iter().all(|o| o.status == SourceStatus::Ok));
+            assert_eq!(view.table().unwrap().rows[0][1], Value::Int(72));
             assert!(view.as_of_oldest > 0);
             // Health is now known.
             let fleet = console.fleet().await.unwrap();
-            assert!(fleet.iter().all(|(_, health)| health == "Up"), "{fleet:?}");
+            assert!(fleet.iter().all(|a| a.health == Health::Up), "{fleet:?}");
         })
         .await;
     server.shutdown(Duration::from_secs(1)).await;
@@ -257,7 +257,8 @@ async fn a_tenant_at_its_quota_leaves_other_tenants_answers_unchanged() {
             let (first, (over_quota, other_tenant)) = tokio::join!(running, meanwhile);
             assert_eq!(over_quota.code, "tenant.quota", "{over_quota}");
             assert_eq!(
-                other_tenant.table, baseline.table,
+                other_tenant.table().unwrap(),
+                baseline.table().unwrap(),
                 "globex's answer is unchanged by acme's load"
             );
             assert!(other_tenant.complete);
@@ -287,9 +288,10 @@ async fn a_rollup_groups_by_archive_labels_through_the_console() {
                 .await
                 .unwrap();
             assert!(by_region.complete);
-            assert_eq!(by_region.table.columns[0].name, "region");
+            assert_eq!(by_region.table().unwrap().columns[0].name, "region");
             let regions: Vec<(Value, Value)> = by_region
-                .table
+                .table()
+                .unwrap()
                 .rows
                 .iter()
                 .map(|r| (r[0].clone(), r[2].clone()))
@@ -313,8 +315,8 @@ async fn a_rollup_groups_by_archive_labels_through_the_console() {
                 )
             };
             assert_eq!(
-                sum(&by_region.table.rows),
-                sum(&total.table.rows),
+                sum(&by_region.table().unwrap().rows),
+                sum(&total.table().unwrap().rows),
                 "the regions add up to the whole portfolio"
             );
         })

@@ -27,6 +27,7 @@ fn intercompany() -> Reconciliation {
         period_field: "period".into(),
         currency_field: "currency".into(),
         amount_field: "amount".into(),
+        entity_label: String::new(),
         filter: Filter::In {
             field: "account".into(),
             values: vec![

@@ -170,6 +170,11 @@ pub fn read_query(reader: query::Reader<'_>) -> Result<Query, QueryError> {
     })
 }
 
+/// Reads a filter on its own (a reconciliation's, say), enforcing the same limits as in a query.
+pub fn read_filter_alone(reader: filter::Reader<'_>) -> Result<Filter, QueryError> {
+    read_filter(reader, 0, &mut 0)
+}
+
 fn read_filter(
     reader: filter::Reader<'_>,
     depth: usize,
@@ -277,7 +282,8 @@ pub fn write_query(q: &Query, mut builder: query::Builder<'_>) {
     builder.set_limit(q.limit);
 }
 
-fn write_filter(f: &Filter, mut builder: filter::Builder<'_>) {
+/// Writes a filter.
+pub fn write_filter(f: &Filter, mut builder: filter::Builder<'_>) {
     let list = |parts: &[Filter], mut list: capnp::struct_list::Builder<'_, filter::Owned>| {
         for (i, p) in parts.iter().enumerate() {
             write_filter(p, list.reborrow().get(i as u32));
