@@ -202,7 +202,7 @@ async fn gather(query: &Query, reach: &Reach, how: &Run<'_>) -> Gathered {
 }
 
 fn finish(outcomes: Vec<SourceOutcome>, partial: Partial, body: Body) -> Result<Report, ViewError> {
-        let (outcomes, missing) = enforce(partial, outcomes)?;
+    let (outcomes, missing) = enforce(partial, outcomes)?;
     let as_of_oldest = outcomes
         .iter()
         .filter(|o| o.status == SourceStatus::Ok)

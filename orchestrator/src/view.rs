@@ -154,7 +154,7 @@ pub fn view(query: &Query, gathered: Gathered, partial: Partial) -> Result<View,
             }
         }
     }
-        let (outcomes, missing) = enforce(partial, outcomes)?;
+    let (outcomes, missing) = enforce(partial, outcomes)?;
     let as_of_oldest = answers.iter().map(|a| a.as_of).min().unwrap_or(0);
     let table = if answers.is_empty() {
         Table {

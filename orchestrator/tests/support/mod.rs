@@ -98,3 +98,109 @@ pub fn chain(w: &World, archives: &[&str]) -> Chain {
     )
     .unwrap()
 }
+
+/// The `[[fleet]]` entries of a config for `w`, each archive labelled with its generated labels
+/// (entity, region, portfolio).
+pub fn fleet_toml(w: &World) -> String {
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(w.dir.path().join("manifest.toml")).unwrap())
+            .unwrap();
+    let labels: std::collections::HashMap<String, String> = manifest["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let l = a["labels"].as_table().unwrap();
+            let inline: Vec<String> = l
+                .iter()
+                .map(|(k, v)| format!("{k} = \"{}\"", v.as_str().unwrap()))
+                .collect();
+            (a["id"].as_str().unwrap().to_owned(), inline.join(", "))
+        })
+        .collect();
+    w.sources
+        .iter()
+        .map(|s| {
+            format!(
+                "[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ {} }}\n",
+                s.archive, s.address, s.key, labels[&s.archive]
+            )
+        })
+        .collect()
+}
+
+/// Serves `config` to consoles on 127.0.0.1 as the world's orchestrator.
+pub async fn serve(
+    w: &World,
+    config: &orchestrator::config::Config,
+) -> (
+    psp_rpc::runtime::ServerHandle,
+    std::sync::Arc<orchestrator::service::OrchestratorService>,
+) {
+    use psp_rpc::limits::Limits;
+    use psp_rpc::tls::{self, PairedKeys};
+    let service = orchestrator::service::OrchestratorService::new(
+        config.clone(),
+        &w.orchestrator,
+        Limits::default(),
+    );
+    let tls = tls::server_config(&w.orchestrator, PairedKeys::new(config.operator_keys())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let handle = psp_rpc::runtime::serve(
+        listener,
+        tls,
+        service.bootstrap_factory(),
+        Limits::default(),
+    )
+    .unwrap();
+    (handle, service)
+}
+
+/// A console for `operator` (must run on a `LocalSet`).
+pub async fn console(
+    address: std::net::SocketAddr,
+    w: &World,
+    operator: &IdentityKey,
+) -> orchestrator::console::Console {
+    orchestrator::console::Console::connect(
+        address,
+        operator,
+        w.orchestrator.public(),
+        psp_rpc::limits::Limits::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A chain the owner granted `operator` for `archives` and `operations`, delegated for five
+/// minutes to the orchestrator.
+pub fn delegated_for(
+    w: &World,
+    operator: &IdentityKey,
+    archives: &[&str],
+    operations: Vec<Operation>,
+) -> Chain {
+    let now = psp_core::window::now();
+    let scope = Scope::everything(operations);
+    let archives = ArchiveSet::of_ids(archives.iter().copied());
+    Chain::mint(
+        &w.owner,
+        Grant {
+            holder: operator.public(),
+            archives: archives.clone(),
+            scope: scope.clone(),
+            window: Window::lasting(now - 5, 3_600),
+        },
+    )
+    .unwrap()
+    .delegate(
+        operator,
+        Grant {
+            holder: w.orchestrator.public(),
+            archives,
+            scope,
+            window: Window::lasting(now - 5, 300),
+        },
+    )
+    .unwrap()
+}
