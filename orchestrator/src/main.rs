@@ -165,6 +165,12 @@ enum Action {
         /// A file holding the command's serialized arguments.
         #[arg(long)]
         arguments: Option<PathBuf>,
+        /// For `seal`: the period to close (e.g. 2026-10).
+        #[arg(long)]
+        period: Option<String>,
+        /// For `snapshot`: the snapshot's file name.
+        #[arg(long)]
+        snapshot_name: Option<String>,
     },
     /// Starts a local fleet of 12 Toteboxes and an orchestrator, runs three viewports, exits.
     #[cfg(feature = "demo")]
@@ -417,13 +423,15 @@ fn main() -> ExitCode {
             collection,
             idempotency_key,
             arguments,
+            period,
+            snapshot_name,
         } => operate::run(async {
-            let arguments = match arguments {
-                Some(path) => {
-                    std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?
-                }
-                None => Vec::new(),
-            };
+            let arguments = operate::command_arguments(
+                &name,
+                arguments.as_deref(),
+                period.as_deref(),
+                snapshot_name.as_deref(),
+            )?;
             if !(16..=64).contains(&idempotency_key.len()) {
                 return Err(format!(
                     "--idempotency-key is {} bytes; use 16 to 64 (e.g. what and when: seal-2026-10-ledger)",

@@ -155,3 +155,35 @@ pub fn run<T>(work: impl std::future::Future<Output = Result<T, String>>) -> Res
         .map_err(|e| e.to_string())?;
     tokio::task::LocalSet::new().block_on(&runtime, work)
 }
+
+/// A command's argument message: the file's bytes as they are, or for the commands whose
+/// arguments `schema/totebox.capnp` defines as one text field, built from that text
+/// (`seal --period 2026-10`, `snapshot --snapshot-name nightly-2026-11-28`).
+pub fn command_arguments(
+    name: &str,
+    file: Option<&Path>,
+    period: Option<&str>,
+    snapshot_name: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    use psp_schema::totebox_capnp::{seal_arguments, snapshot_arguments};
+    let mut message = capnp::message::Builder::new_default();
+    match (file, period, snapshot_name) {
+        (Some(file), None, None) => {
+            return std::fs::read(file).map_err(|e| format!("reading {}: {e}", file.display()));
+        }
+        (None, None, None) => return Ok(Vec::new()),
+        (None, Some(period), None) if name == "seal" => message
+            .init_root::<seal_arguments::Builder<'_>>()
+            .set_period(period),
+        (None, None, Some(snapshot)) if name == "snapshot" => message
+            .init_root::<snapshot_arguments::Builder<'_>>()
+            .set_name(snapshot),
+        _ => {
+            return Err(
+                "give --arguments FILE, or --period for seal, or --snapshot-name for snapshot"
+                    .into(),
+            );
+        }
+    }
+    Ok(capnp::serialize::write_message_to_words(&message))
+}

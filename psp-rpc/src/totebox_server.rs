@@ -274,6 +274,17 @@ impl session::Server for SessionServer {
         let key = command.get_idempotency_key()?.to_vec();
         let arguments = command.get_arguments()?.to_vec();
         let digest = psp_core::CommandDigest::of(&name, &collection, &key, &arguments);
+        // Authority before arguments: a caller who may not run this command at all is refused
+        // with the rule, and learns nothing from how its arguments would have been read.
+        self.authorize(&Access {
+            action: Action::Command {
+                name: &name,
+                digest: &digest,
+            },
+            collection: None,
+            fields: &[],
+            rows: RowRequest::Unrestricted,
+        })?;
         // An append touches fields and rows: the capability must reach each of them.
         let (fields, keys, key_field) = if name == "append" {
             append_reach(&*self.service.archive, &collection, &arguments)?

@@ -1,0 +1,358 @@
+//! End-to-end harness with real processes: every Totebox is a `psp-totebox serve` process with
+//! its own key, the orchestrator is an `orchestrator serve` process, and the console is the
+//! `orchestrator` command run as a process whose `--json` output the tests read.
+//!
+//! `psp-totebox` is another package's binary, so cargo does not hand its path to these tests:
+//! it is found next to the `orchestrator` binary. `cargo test --workspace` (the README's test
+//! command) builds it; a narrower run must build it first (`cargo build -p psp-archive`), and
+//! is told so.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use psp_archive::generate::{GenerateOptions, generate};
+use psp_core::{ArchiveSet, Chain, Grant, IdentityKey, Operation, PublicKey, Scope, Window};
+use serde_json::Value as Json;
+
+/// The orchestrator binary.
+pub const ORCHESTRATOR: &str = env!("CARGO_BIN_EXE_orchestrator");
+
+/// How long a process may take to say where it listens.
+const STARTUP: Duration = Duration::from_secs(30);
+
+/// The `psp-totebox` binary of this build.
+pub fn totebox_binary() -> PathBuf {
+    let bin = Path::new(ORCHESTRATOR).with_file_name("psp-totebox");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p psp-archive` first (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A child process, killed when dropped, with its stderr kept in a file.
+pub struct Proc {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts `command` and waits for its first stdout line (where it listens).
+    pub fn start(mut command: Command, stderr: PathBuf) -> (Proc, String) {
+        let log = std::fs::File::create(&stderr).unwrap();
+        let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let proc = Proc { child, stderr };
+        match rx.recv_timeout(STARTUP) {
+            Ok(Some(Ok(line))) => (proc, line),
+            other => panic!(
+                "{:?} did not start ({other:?}): {}",
+                command,
+                proc.stderr_text()
+            ),
+        }
+    }
+
+    /// Sends a signal by name (`KILL`, `STOP`, `CONT`, `HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (up to `limit`) and returns whether it exited cleanly.
+    pub fn wait(mut self, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the process did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One archive's Totebox process.
+pub struct Totebox {
+    /// The archive id.
+    pub id: String,
+    /// Its labels, as a TOML inline table body.
+    pub labels: String,
+    /// Where it listens.
+    pub address: String,
+    /// Its machine key.
+    pub key: String,
+    /// The process.
+    pub process: Proc,
+}
+
+/// A fleet of Totebox processes, the keys around it, and the files consoles need.
+pub struct Fleet {
+    /// Everything lives here.
+    pub dir: tempfile::TempDir,
+    /// The Toteboxes, in manifest order.
+    pub toteboxes: Vec<Totebox>,
+    /// The root the Toteboxes trust.
+    pub owner: IdentityKey,
+    /// The orchestrator's machine key (saved as `orchestrator.pem`).
+    pub orchestrator: IdentityKey,
+}
+
+impl Fleet {
+    /// Generates `properties` + `subsidiaries` archives and serves each from its own process.
+    pub fn start(properties: usize, subsidiaries: usize) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = IdentityKey::generate().unwrap();
+        let orchestrator = IdentityKey::generate().unwrap();
+        orchestrator
+            .save(&dir.path().join("orchestrator.pem"))
+            .unwrap();
+        let manifest = generate(&GenerateOptions {
+            out: dir.path().join("fleet"),
+            seed: 17,
+            properties,
+            subsidiaries,
+            records: 400,
+        })
+        .unwrap();
+        let bin = totebox_binary();
+        let toteboxes = manifest
+            .archives
+            .iter()
+            .map(|entry| {
+                let config = dir.path().join("fleet").join(&entry.config);
+                IdentityKey::generate()
+                    .unwrap()
+                    .save(&config.with_file_name("identity.pem"))
+                    .unwrap();
+                let mut text = std::fs::read_to_string(&config).unwrap();
+                text.push_str(&format!(
+                    "\n[server]\nlisten = \"127.0.0.1:0\"\nidentity = \"identity.pem\"\npaired = [\"{}\"]\ntrusted_roots = [\"{}\"]\n",
+                    orchestrator.public(),
+                    owner.public()
+                ));
+                std::fs::write(&config, text).unwrap();
+                let mut command = Command::new(&bin);
+                command.arg("serve").arg("--config").arg(&config);
+                let (process, line) =
+                    Proc::start(command, dir.path().join(format!("{}.log", entry.id)));
+                // "serving 127.0.0.1:PORT as ed25519:..."
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let labels: Vec<String> = entry
+                    .labels
+                    .iter()
+                    .map(|(k, v)| format!("{k} = {v:?}"))
+                    .collect();
+                Totebox {
+                    id: entry.id.clone(),
+                    labels: labels.join(", "),
+                    address: words[1].to_owned(),
+                    key: words[3].to_owned(),
+                    process,
+                }
+            })
+            .collect();
+        Fleet {
+            dir,
+            toteboxes,
+            owner,
+            orchestrator,
+        }
+    }
+
+    /// A path in the fleet's folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The Totebox serving `id`.
+    pub fn totebox(&self, id: &str) -> &Totebox {
+        self.toteboxes.iter().find(|t| t.id == id).unwrap()
+    }
+
+    /// The `[[fleet]]` section of an orchestrator config.
+    pub fn fleet_toml(&self) -> String {
+        self.toteboxes
+            .iter()
+            .map(|t| {
+                format!(
+                    "[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ {} }}\n",
+                    t.id, t.address, t.key, t.labels
+                )
+            })
+            .collect()
+    }
+
+    /// A new operator: its key saved as `<name>.pem`, and a capability from the owner for
+    /// `archives` and `operations` saved as `<name>.cap`.
+    pub fn operator(&self, name: &str, archives: &[&str], operations: Vec<Operation>) -> Operator {
+        let key = IdentityKey::generate().unwrap();
+        key.save(&self.path(&format!("{name}.pem"))).unwrap();
+        let chain = Chain::mint(
+            &self.owner,
+            Grant {
+                holder: key.public(),
+                archives: ArchiveSet::of_ids(archives.iter().copied()),
+                scope: Scope::everything(operations),
+                window: Window::lasting(psp_core::window::now() - 5, 3_600),
+            },
+        )
+        .unwrap();
+        std::fs::write(self.path(&format!("{name}.cap")), chain.to_bytes()).unwrap();
+        Operator {
+            name: name.to_owned(),
+            key: key.public(),
+        }
+    }
+
+    /// Writes an orchestrator config named `name` (tenants given as TOML) and returns its path.
+    /// It includes the demo's viewports.
+    pub fn orchestrator_config(&self, name: &str, tenants: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(
+            &path,
+            format!(
+                "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 3000\ndeadline_ms = 6000\n{}{tenants}{}",
+                self.fleet_toml(),
+                orchestrator::demo::VIEWPORTS
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Starts `orchestrator serve` on `config` (JSON logs).
+    pub fn serve(&self, config: &Path) -> Orchestrator {
+        let mut command = Command::new(ORCHESTRATOR);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--log-format")
+            .arg("json");
+        let log = config.with_extension(format!(
+            "{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let (process, line) = Proc::start(command, log);
+        // "serving consoles on 127.0.0.1:PORT as ed25519:..."
+        let words: Vec<&str> = line.split_whitespace().collect();
+        Orchestrator {
+            address: words[3].to_owned(),
+            key: words[5].to_owned(),
+            process,
+        }
+    }
+}
+
+/// An operator's name (its files are `<name>.pem` and `<name>.cap`) and key.
+pub struct Operator {
+    /// The file stem.
+    pub name: String,
+    /// Its public key.
+    pub key: PublicKey,
+}
+
+/// A running `orchestrator serve`.
+pub struct Orchestrator {
+    /// Where consoles connect.
+    pub address: String,
+    /// Its key.
+    pub key: String,
+    /// The process.
+    pub process: Proc,
+}
+
+impl Orchestrator {
+    /// Runs a console subcommand as `operator` and returns its output.
+    pub fn console(&self, fleet: &Fleet, operator: &Operator, args: &[&str]) -> Output {
+        let key = fleet.path(&format!("{}.pem", operator.name));
+        let mut command = Command::new(ORCHESTRATOR);
+        command.arg(args[0]).args([
+            "--connect",
+            &self.address,
+            "--orchestrator-key",
+            &self.key,
+            "--key",
+        ]);
+        command.arg(key);
+        if args[0] != "fleet" {
+            command
+                .arg("--chain")
+                .arg(fleet.path(&format!("{}.cap", operator.name)));
+        }
+        command.args(&args[1..]).output().unwrap()
+    }
+
+    /// Runs a console subcommand with `--json` that must succeed, and parses its output.
+    pub fn json(&self, fleet: &Fleet, operator: &Operator, args: &[&str]) -> Json {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        let output = self.console(fleet, operator, &with_json);
+        assert!(
+            output.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Runs a console subcommand that must fail, and returns its stderr.
+    pub fn refused(&self, fleet: &Fleet, operator: &Operator, args: &[&str]) -> String {
+        let output = self.console(fleet, operator, args);
+        assert!(
+            !output.status.success(),
+            "{args:?} succeeded: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+}
+
+/// The status of each source in a report's JSON, by archive.
+pub fn statuses(report: &Json) -> Vec<(String, String)> {
+    report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["archive"].as_str().unwrap().to_owned(),
+                o["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
