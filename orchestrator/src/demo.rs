@@ -223,10 +223,13 @@ pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> 
         ));
     }
     drop(console);
-    server.shutdown(Duration::from_secs(2)).await;
-    for t in toteboxes {
-        t.shutdown(Duration::from_secs(2)).await;
-    }
+    server.shutdown(Duration::from_millis(500)).await;
+    futures::future::join_all(
+        toteboxes
+            .into_iter()
+            .map(|t| t.shutdown(Duration::from_millis(500))),
+    )
+    .await;
     print(&format!(
         "\ndemo finished in {:.1} s",
         started.elapsed().as_secs_f64()
