@@ -153,8 +153,9 @@ pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> 
         server.local_addr()
     ));
 
-    // The owner grants the operator read access to every archive for an hour; for each request
-    // the operator delegates five minutes of it to the orchestrator.
+    // The owner grants the operator read access to every archive for an hour; for these
+    // requests the operator delegates 40 s of it (the 10 s deadline plus clock skew) to the
+    // orchestrator.
     let now = psp_core::window::now();
     let scope = Scope::everything(vec![Operation::Query, Operation::Describe]);
     let operator_cap = Chain::mint(
@@ -174,7 +175,7 @@ pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> 
                 holder: orchestrator.public(),
                 archives: ArchiveSet::of_ids(ids.iter().copied()),
                 scope,
-                window: Window::lasting(now, 300),
+                window: Window::lasting(now, 40),
             },
         )
         .map_err(|e| e.to_string())?;

@@ -207,7 +207,8 @@ struct RequestArgs {
     /// Select archives by label, key=value (repeat: all must match).
     #[arg(long = "label")]
     labels: Vec<String>,
-    /// The whole request's deadline in milliseconds (the orchestrator's default when left out).
+    /// The whole request's deadline in milliseconds (default 30000; the orchestrator shortens
+    /// it to its configured deadline). The capability delegated for the request ends with it.
     #[arg(long)]
     deadline_ms: Option<u64>,
     /// One archive's time to answer, in milliseconds.
@@ -222,10 +223,15 @@ struct RequestArgs {
 }
 
 impl RequestArgs {
+    fn deadline(&self) -> std::time::Duration {
+        self.deadline_ms
+            .map_or(operate::DEFAULT_DEADLINE, std::time::Duration::from_millis)
+    }
+
     fn options(&self) -> orchestrator::console::Options {
         use orchestrator::config::Partial;
         orchestrator::console::Options {
-            deadline: self.deadline_ms.map(std::time::Duration::from_millis),
+            deadline: Some(self.deadline()),
             source_timeout: self.source_timeout_ms.map(std::time::Duration::from_millis),
             partial: match (self.strict, self.best_effort) {
                 (true, _) => Some(Partial::Strict),
@@ -381,7 +387,7 @@ fn main() -> ExitCode {
             .to_query()?;
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
-            let chain = target.request_chain(&request.chain)?;
+            let chain = target.request_chain(&request.chain, request.deadline())?;
             let console = target.connect().await?;
             let in_flight = console.start_query(&selector, &chain, &query, request.options());
             let report = operate::wait(&in_flight).await.map_err(|e| e.to_string())?;
@@ -397,7 +403,7 @@ fn main() -> ExitCode {
         } => operate::run(async {
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
-            let chain = target.request_chain(&request.chain)?;
+            let chain = target.request_chain(&request.chain, request.deadline())?;
             let console = target.connect().await?;
             let viewport = match (name, file) {
                 (Some(name), _) => console.viewport(&name).await.map_err(|e| e.to_string())?,
@@ -446,7 +452,7 @@ fn main() -> ExitCode {
             };
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
-            let chain = target.request_chain(&request.chain)?;
+            let chain = target.request_chain(&request.chain, request.deadline())?;
             let console = target.connect().await?;
             let results = console
                 .command(&selector, &chain, &command, request.options())

@@ -2,8 +2,8 @@
 //! one request, print its answer as a table or as JSON.
 //!
 //! The capability given with `--chain` may be held by the operator (the CLI then delegates a
-//! five-minute link to the orchestrator, narrowed to nothing wider than the chain) or already by
-//! the orchestrator (sent as it is).
+//! link to the orchestrator that ends with the request: its deadline plus clock skew, and no
+//! wider than the chain) or already by the orchestrator (sent as it is).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -17,8 +17,11 @@ use crate::console::{Console, InFlight};
 use crate::report::Report;
 use crate::selection::Selector;
 
-/// How long a delegated request link lasts.
-const REQUEST_LIFETIME: u32 = 300;
+/// The deadline a console subcommand asks for when `--deadline-ms` is not given (the
+/// orchestrator shortens it to its own configured deadline).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+/// How far the Toteboxes' clocks may differ from ours (their default `clock_skew_seconds`).
+const CLOCK_SKEW: Duration = Duration::from_secs(30);
 /// A fan-out running longer than this gets a progress line (on a terminal).
 const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 
@@ -58,9 +61,11 @@ impl Target {
             .map_err(|e| e.to_string())
     }
 
-    /// The chain to send for one request: `chain` as it is when the orchestrator holds it,
-    /// or delegated to the orchestrator by this operator when the operator holds it.
-    pub fn request_chain(&self, chain: &Path) -> Result<Chain, String> {
+    /// The chain to send for one request with `deadline`: `chain` as it is when the
+    /// orchestrator holds it, or delegated to the orchestrator by this operator when the operator
+    /// holds it, valid until the deadline plus clock skew (so a leaked request link is
+    /// worthless within a minute).
+    pub fn request_chain(&self, chain: &Path, deadline: Duration) -> Result<Chain, String> {
         let bytes =
             std::fs::read(chain).map_err(|e| format!("reading {}: {e}", chain.display()))?;
         let parent = Chain::from_bytes(&bytes).map_err(|e| format!("{}: {e}", chain.display()))?;
@@ -77,7 +82,8 @@ impl Target {
             ));
         }
         let now = psp_core::window::now();
-        let window = Window::lasting(now, REQUEST_LIFETIME)
+        let lifetime = (deadline + CLOCK_SKEW).as_secs().min(u64::from(u32::MAX)) as u32;
+        let window = Window::lasting(now, lifetime)
             .intersect(&last.window)
             .ok_or_else(|| format!("{} is not valid now", chain.display()))?;
         parent
@@ -186,4 +192,63 @@ pub fn command_arguments(
         }
     }
     Ok(capnp::serialize::write_message_to_words(&message))
+}
+
+#[cfg(test)]
+mod tests {
+    use psp_core::{ArchiveSet, Operation, Scope};
+
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, Target, IdentityKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = IdentityKey::from_seed([1; 32]);
+        let operator = IdentityKey::from_seed([2; 32]);
+        let orchestrator = IdentityKey::from_seed([3; 32]).public();
+        let chain = Chain::mint(
+            &owner,
+            Grant {
+                holder: operator.public(),
+                archives: ArchiveSet::of_ids(["prop-01"]),
+                scope: Scope::everything(vec![Operation::Query]),
+                window: Window::lasting(psp_core::window::now(), 3_600),
+            },
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("operator.cap"), chain.to_bytes()).unwrap();
+        let target = Target {
+            address: "127.0.0.1:1".parse().unwrap(),
+            orchestrator,
+            identity: operator,
+        };
+        (dir, target, owner)
+    }
+
+    #[test]
+    fn a_request_link_ends_with_the_request() {
+        let (dir, target, _) = setup();
+        let now = psp_core::window::now();
+        let chain = target
+            .request_chain(&dir.path().join("operator.cap"), Duration::from_secs(5))
+            .unwrap();
+        let last = chain.last();
+        assert_eq!(last.holder, target.orchestrator);
+        assert_eq!(last.issuer, target.identity.public());
+        assert!(
+            last.window.not_after() <= now + 5 + 30 + 1,
+            "{:?}",
+            last.window
+        );
+        assert_eq!(last.archives, ArchiveSet::of_ids(["prop-01"]));
+    }
+
+    #[test]
+    fn a_chain_held_by_someone_else_is_not_sent() {
+        let (dir, mut target, _) = setup();
+        target.identity = IdentityKey::from_seed([9; 32]);
+        let error = target
+            .request_chain(&dir.path().join("operator.cap"), DEFAULT_DEADLINE)
+            .unwrap_err();
+        assert!(error.contains("neither your key"), "{error}");
+    }
 }
