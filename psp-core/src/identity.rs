@@ -66,8 +66,13 @@ impl IdentityKey {
     /// Refuses to overwrite an existing file: replacing a machine's identity unpairs it from every
     /// peer, so that must be a deliberate act (delete the old file first).
     pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
-        let pem = self
-            .signing
+        // PKCS#8 v1 (RFC 8410 without the optional public key): every library reads it, while
+        // the v2 form with the public key is refused by some (Python's `cryptography` among them).
+        let v1 = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.signing.to_bytes(),
+            public_key: None,
+        };
+        let pem = v1
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .expect("encoding an Ed25519 key as PKCS#8 PEM cannot fail");
         let mut options = std::fs::OpenOptions::new();

@@ -1,0 +1,277 @@
+"""A PSP console in Python, on pycapnp and the standard ``ssl`` module, sharing no code with the
+Rust implementation: only ``schema/*.capnp``.
+
+Transport (``docs/protocol.md``): TLS 1.3, both sides present a certificate carrying their Ed25519
+identity key, and each side accepts only the keys it was paired with. No certificate authority is
+involved: the console checks that the orchestrator's certificate carries the pinned key (OpenSSL
+has already checked, during the handshake, that the peer holds that key's private half).
+
+pycapnp runs its RPC over a stream it opens itself, which hides the TLS object whose peer
+certificate must be checked. So this console opens the TLS connection with asyncio, checks the
+pin before a single Cap'n Proto byte is sent, and relays the RPC stream through a local socket
+pair.
+
+Usage (a tour of every method)::
+
+    python psp_console.py --connect 127.0.0.1:7400 --orchestrator-key ed25519:<hex> \\
+        --key operator.pem --chain operator.cap
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import ssl
+import tempfile
+from pathlib import Path
+
+import capnp
+
+import psp_capability
+import psp_identity
+import psp_schema
+
+SERVER_NAME = "psp.invalid"  # pinning replaces names: the Rust side uses this fixed name too
+DEADLINE_SECONDS = 30
+
+
+class PinMismatch(Exception):
+    """The server's certificate does not carry the pinned key."""
+
+
+class Console:
+    """One operator's connection to an orchestrator. Use ``await Console.connect(...)``."""
+
+    def __init__(self, orchestrator, client, stream, pump, key, orchestrator_key):
+        self.orchestrator = orchestrator
+        self._client = client
+        self._stream = stream
+        self._pump = pump
+        self.key = key
+        self.orchestrator_key = orchestrator_key
+
+    @classmethod
+    async def connect(cls, address: str, orchestrator_key: str, key_file: str, timeout: float = 10):
+        """Connects as the operator whose key is in ``key_file`` and pins ``orchestrator_key``."""
+        key = psp_identity.load_key(key_file)
+        pinned = psp_identity.parse_printable(orchestrator_key)
+        host, port = address.rsplit(":", 1)
+        context = _tls_context(key)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port), ssl=context, server_hostname=SERVER_NAME),
+            timeout,
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        presented = psp_identity.certificate_key(der)
+        if presented != pinned:
+            writer.close()
+            raise PinMismatch(
+                f"{address} presented {psp_identity.printable(presented)}, not the pinned {orchestrator_key}"
+            )
+        near, far = socket.socketpair()
+        pump = asyncio.ensure_future(_relay(reader, writer, far))
+        stream = await capnp.AsyncIoStream.create_connection(sock=near)
+        client = capnp.TwoPartyClient(stream)
+        orchestrator = client.bootstrap().cast_as(psp_schema.orchestrator.Orchestrator)
+        return cls(orchestrator, client, stream, pump, key, pinned)
+
+    def close(self):
+        self._stream.close()
+        self._pump.cancel()
+
+    # Requests -----------------------------------------------------------------------------
+
+    def request_chain(self, chain_file: str) -> bytes:
+        """The chain to send: ``chain_file`` delegated by this operator to the orchestrator for
+        one request (until its deadline plus clock skew)."""
+        links = psp_capability.read_chain(Path(chain_file).read_bytes())
+        if bytes(links[-1].body.holder) == self.orchestrator_key:
+            return psp_capability.write_chain(links)
+        delegated = psp_capability.delegate(
+            links, self.key, self.orchestrator_key, lifetime=DEADLINE_SECONDS + 30
+        )
+        return psp_capability.write_chain(delegated)
+
+    @staticmethod
+    def _fill(request, chain: bytes, archives=None, labels=None, strict=False):
+        """The ``FleetRequest`` every fan-out call carries."""
+        if archives:
+            ids = request.archives.init("ids", len(archives))
+            for i, a in enumerate(archives):
+                ids[i] = a
+        elif labels:
+            entries = request.archives.init("labels", len(labels))
+            for i, (k, v) in enumerate(labels.items()):
+                entries[i].key, entries[i].value = k, v
+        else:
+            request.archives.all = None
+        with psp_schema.capability.Chain.from_bytes(chain) as parsed:
+            request.chain = parsed
+        request.options.deadlineMillis = DEADLINE_SECONDS * 1000
+        request.options.partial = "strict" if strict else "bestEffort"
+
+    # Methods --------------------------------------------------------------------------------
+
+    async def fleet(self) -> list[dict]:
+        """The tenant's archives with their health."""
+        response = await self.orchestrator.fleet()
+        return [
+            {
+                "id": a.id,
+                "health": str(a.health),
+                "labels": {l.key: l.value for l in a.labels},
+                "key": a.key,
+            }
+            for a in response.archives
+        ]
+
+    async def query(self, chain: bytes, query: dict, **selection) -> dict:
+        """A fleet query; ``query`` is a ``Query`` as a dict. Pipelined: ``query(...)`` and
+        ``fleetQuery.view()`` go out together, one round trip."""
+        request = self.orchestrator.query_request()
+        self._fill(request.request, chain, **selection)
+        request.query = query
+        promise = request.send()
+        return _view(await promise.fleetQuery.view())
+
+    async def viewport(self, name: str):
+        """A viewport the orchestrator's config defines."""
+        return (await self.orchestrator.viewport(name)).viewport
+
+    async def view(self, chain: bytes, viewport, **selection) -> dict:
+        """Computes a viewport (pipelined like ``query``)."""
+        request = self.orchestrator.view_request()
+        self._fill(request.request, chain, **selection)
+        request.viewport = viewport
+        return _view(await request.send().fleetQuery.view())
+
+    async def command(self, chain: bytes, name: str, key: bytes, arguments: bytes = b"",
+                      collection: str = "", **selection) -> list[dict]:
+        """Sends a command; one outcome per archive."""
+        request = self.orchestrator.command_request()
+        self._fill(request.request, chain, **selection)
+        command = request.command
+        command.name, command.collection = name, collection
+        command.idempotencyKey, command.arguments = key, arguments
+        response = await request.send()
+        return [
+            {
+                "archive": r.source.archive,
+                "status": r.source.status.which(),
+                "outcome": str(r.outcome.status) if r.source.status.which() == "ok" else None,
+                "message": r.outcome.message,
+            }
+            for r in response.outcomes
+        ]
+
+
+def _tls_context(key) -> ssl.SSLContext:
+    """TLS 1.3 with this machine's self-signed certificate; the server's certificate is checked
+    against the pin after the handshake, not against a CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    cert_pem, key_pem = psp_identity.self_signed_pem(key)
+    with tempfile.TemporaryDirectory() as folder:
+        cert, private = Path(folder, "cert.pem"), Path(folder, "key.pem")
+        cert.write_bytes(cert_pem)
+        private.touch(0o600)
+        private.write_bytes(key_pem)
+        context.load_cert_chain(cert, private)
+    return context
+
+
+async def _relay(reader, writer, far: socket.socket):
+    """Copies bytes between the TLS stream and the socket pair until either side closes."""
+    local_reader, local_writer = await asyncio.open_connection(sock=far)
+
+    async def copy(src, dst):
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        finally:
+            dst.close()
+
+    try:
+        await asyncio.gather(copy(reader, local_writer), copy(local_reader, writer))
+    except (ConnectionError, asyncio.CancelledError):
+        writer.close()
+        local_writer.close()
+
+
+def _value(v):
+    which = v.which()
+    if which == "null":
+        return None
+    if which == "decimal":
+        units, scale = v.decimal.units, v.decimal.scale
+        sign, magnitude = ("-" if units < 0 else ""), abs(units)
+        if scale == 0:
+            return f"{sign}{magnitude}"
+        return f"{sign}{magnitude // 10**scale}.{magnitude % 10**scale:0{scale}d}"
+    return getattr(v, which)
+
+
+def _view(response) -> dict:
+    """A ``View`` as plain Python data."""
+    view = response.view
+    body = view.body.which()
+    out = {
+        "complete": view.complete,
+        "outcomes": [
+            {
+                "archive": o.archive,
+                "status": o.status.which(),
+                "code": o.status.denied.code if o.status.which() == "denied" else None,
+            }
+            for o in view.outcomes
+        ],
+        "kind": body,
+    }
+    if body == "table":
+        out["columns"] = [c.name for c in view.body.table.columns]
+        out["rows"] = [[_value(v) for v in row.values] for row in view.body.table.rows]
+    elif body == "reconciliation":
+        out["entries"] = [
+            {"left": e.left, "right": e.right, "period": _value(e.period),
+             "difference": _value(e.difference), "status": str(e.status)}
+            for e in view.body.reconciliation.entries
+        ]
+    else:
+        out["kpis"] = [
+            {"name": k.name, "value": _value(k.value), "unit": k.unit,
+             "sources": list(k.sources), "missing": list(k.missing)}
+            for k in view.body.summary.kpis
+        ]
+    return out
+
+
+async def tour(args):
+    console = await Console.connect(args.connect, args.orchestrator_key, args.key)
+    try:
+        for archive in await console.fleet():
+            print(f"{archive['id']:10} {archive['health']:8} {archive['labels']}")
+        chain = console.request_chain(args.chain)
+        noi = {"collection": "statements",
+               "shape": {"aggregate": {"aggregates": [{"function": "sum", "field": "noi", "name": "noi"}]}}}
+        print(await console.query(chain, noi))
+        print(await console.view(chain, await console.viewport(args.viewport)))
+    finally:
+        console.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connect", required=True, help="the orchestrator's host:port")
+    parser.add_argument("--orchestrator-key", required=True, help="its key, ed25519:<hex>")
+    parser.add_argument("--key", required=True, help="your operator key file (PKCS#8 PEM)")
+    parser.add_argument("--chain", required=True, help="the capability file you hold")
+    parser.add_argument("--viewport", default="noi-by-region", help="a viewport of the config")
+    asyncio.run(capnp.run(tour(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The Python console and Python capabilities against the real thing: `psp-totebox serve`
+processes (one per archive, each its own key) and an `orchestrator serve` process, set up with the
+Rust command-line tools exactly as an operator would.
+
+Run: ``PSP_BIN_DIR=target/debug python -m pytest examples/python`` (CI does, in a venv).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+import tomllib
+from pathlib import Path
+
+import capnp
+import pytest
+
+import psp_capability
+import psp_identity
+import psp_schema
+from psp_console import Console, PinMismatch
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("PSP_BIN_DIR", ROOT / "target" / "debug"))
+STARTUP_SECONDS = 30
+
+VIEWPORTS = """
+[[viewports]]
+name = "noi-by-region"
+rollup = { labels = ["region"], query = { collection = "statements", aggregates = ["sum(noi) as noi"] } }
+
+[[viewports]]
+name = "intercompany"
+reconciliation = { collection = "ledger", counterparty = "counterparty", period = "period", currency = "currency", amount = "amount", where = ["account in intercompany_receivable | intercompany_payable"] }
+"""
+
+
+def tool(name: str, *args) -> str:
+    """Runs a Rust command-line tool; returns its stdout or fails the test with its stderr."""
+    done = subprocess.run([BIN / name, *map(str, args)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{name} {args}: {done.stderr}"
+    return done.stdout.strip()
+
+
+def serve(name: str, config: Path, log: Path) -> tuple[subprocess.Popen, list[str]]:
+    """Starts a server process and returns it with the words of its first line (where it listens)."""
+    process = subprocess.Popen(
+        [BIN / name, "serve", "--config", config], stdout=subprocess.PIPE, stderr=log.open("w"), text=True
+    )
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.append(process.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(STARTUP_SECONDS)
+    assert first and first[0], f"{name} did not start: {log.read_text()}"
+    return process, first[0].split()
+
+
+class Fleet:
+    """Three properties and two subsidiaries, each served by its own process, and an orchestrator."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.processes: list[subprocess.Popen] = []
+        tool("psp-totebox", "generate", "--out", folder / "fleet", "--properties", 3, "--subsidiaries", 2, "--records", 400)
+        self.owner = tool("orchestrator", "keygen", "--out", folder / "owner.pem")
+        self.operator = tool("orchestrator", "keygen", "--out", folder / "operator.pem")
+        self.orchestrator = tool("orchestrator", "keygen", "--out", folder / "orchestrator.pem")
+        manifest = tomllib.loads((folder / "fleet" / "manifest.toml").read_text())
+        fleet = []
+        self.ids = []
+        for archive in manifest["archives"]:
+            config = folder / "fleet" / archive["config"]
+            tool("psp-totebox", "keygen", "--out", config.with_name("identity.pem"))
+            with config.open("a") as f:
+                f.write(
+                    f'\n[server]\nlisten = "127.0.0.1:0"\nidentity = "identity.pem"\n'
+                    f'paired = ["{self.orchestrator}"]\ntrusted_roots = ["{self.owner}"]\n'
+                )
+            process, words = serve("psp-totebox", config, folder / f"{archive['id']}.log")
+            self.processes.append(process)
+            labels = ", ".join(f'{k} = "{v}"' for k, v in archive["labels"].items())
+            fleet.append(f'[[fleet]]\nid = "{archive["id"]}"\naddress = "{words[1]}"\nkey = "{words[3]}"\nlabels = {{ {labels} }}\n')
+            self.ids.append(archive["id"])
+        config = folder / "orchestrator.toml"
+        config.write_text(
+            'identity = "orchestrator.pem"\nlisten = "127.0.0.1:0"\n'
+            + "".join(fleet)
+            + f'[[tenants]]\nname = "python"\noperators = ["{self.operator}"]\narchives = {self.ids!r}\n'.replace("'", '"')
+            + VIEWPORTS
+        )
+        process, words = serve("orchestrator", config, folder / "orchestrator.log")
+        self.processes.append(process)
+        self.address = words[3]
+        assert words[5] == self.orchestrator
+        # The owner grants the operator queries and snapshots on every archive.
+        tool(
+            "orchestrator", "grant", "--key", folder / "owner.pem", "--holder", self.operator,
+            "--archives", ",".join(self.ids), "--operations", "query,describe,command:snapshot",
+            "--out", folder / "operator.cap",
+        )
+
+    def stop(self):
+        for p in self.processes:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    f = Fleet(tmp_path_factory.mktemp("psp"))
+    yield f
+    f.stop()
+
+
+def run(coroutine):
+    """Runs a coroutine inside pycapnp's event loop."""
+    return asyncio.run(capnp.run(coroutine))
+
+
+async def connected(fleet: Fleet, key: str = "operator.pem", pinned: str | None = None) -> Console:
+    return await Console.connect(fleet.address, pinned or fleet.orchestrator, str(fleet.folder / key))
+
+
+NOI = {
+    "collection": "statements",
+    "shape": {"aggregate": {"aggregates": [{"function": "sum", "field": "noi", "name": "noi"},
+                                           {"function": "count", "name": "n"}]}},
+}
+
+
+def test_the_python_console_lists_queries_views_and_commands(fleet):
+    async def session():
+        console = await connected(fleet)
+        try:
+            archives = await console.fleet()
+            assert [a["id"] for a in archives] == fleet.ids
+            assert all(a["key"].startswith("ed25519:") for a in archives)
+
+            chain = console.request_chain(str(fleet.folder / "operator.cap"))
+            view = await console.query(chain, NOI, labels={"entity": "property"})
+            assert view["complete"], view
+            assert [o["status"] for o in view["outcomes"]] == ["ok"] * 3
+            assert view["columns"] == ["noi", "n"]
+            assert view["rows"][0][1] == 3 * 24  # 24 monthly statements per property
+            assert "." in view["rows"][0][0]  # an exact decimal, not a float
+
+            rollup = await console.view(chain, await console.viewport("noi-by-region"), labels={"entity": "property"})
+            assert rollup["kind"] == "table" and rollup["columns"][0] == "region"
+            reconciliation = await console.view(chain, await console.viewport("intercompany"), labels={"entity": "subsidiary"})
+            assert reconciliation["kind"] == "reconciliation"
+            assert len(reconciliation["entries"]) == 24  # one pair of subsidiaries, 24 months
+
+            key = b"python-console-snapshot-0001"
+            first = await console.command(chain, "snapshot", key, _snapshot_arguments("from-python"), archives=["sub-01"])
+            again = await console.command(chain, "snapshot", key, _snapshot_arguments("from-python"), archives=["sub-01"])
+            assert [(r["archive"], r["outcome"]) for r in first] == [("sub-01", "applied")], first
+            assert [(r["archive"], r["outcome"]) for r in again] == [("sub-01", "replayed")], again
+        finally:
+            console.close()
+
+    run(session())
+
+
+def _snapshot_arguments(name: str) -> bytes:
+    arguments = psp_schema.totebox.SnapshotArguments.new_message()
+    arguments.name = name
+    return arguments.to_bytes()
+
+
+def test_a_wrong_pin_or_an_unknown_operator_is_refused(fleet):
+    async def wrong_pin():
+        with pytest.raises(PinMismatch):
+            await connected(fleet, pinned=fleet.owner)
+
+    run(wrong_pin())
+    tool("orchestrator", "keygen", "--out", fleet.folder / "stranger.pem")
+
+    async def stranger():
+        console = await connected(fleet, key="stranger.pem")
+        try:
+            with pytest.raises(Exception):
+                await asyncio.wait_for(console.fleet(), 10)
+        finally:
+            console.close()
+
+    run(stranger())
+
+
+def test_python_verifies_chains_the_rust_tools_minted(fleet):
+    owner = psp_identity.parse_printable(fleet.owner)
+    granted = psp_capability.read_chain((fleet.folder / "operator.cap").read_bytes())
+    psp_capability.verify(granted, [owner])
+    tool(
+        "orchestrator", "delegate", "--chain", fleet.folder / "operator.cap", "--key", fleet.folder / "operator.pem",
+        "--holder", fleet.orchestrator, "--archives", "prop-01", "--lifetime", 60, "--out", fleet.folder / "rust.cap",
+    )
+    delegated = psp_capability.read_chain((fleet.folder / "rust.cap").read_bytes())
+    psp_capability.verify(delegated, [owner])
+    assert bytes(delegated[-1].body.holder) == psp_identity.parse_printable(fleet.orchestrator)
+
+    # Tampering with a Rust-signed body, or trusting another root, is caught.
+    tampered = list(delegated)
+    body = bytearray(tampered[1].body_bytes)
+    body[-1] ^= 1
+    tampered[1] = psp_capability.Link(bytes(body), tampered[1].signature, tampered[1].body)
+    with pytest.raises(psp_capability.Refused) as refused:
+        psp_capability.verify(tampered, [owner])
+    assert refused.value.rule == "bad-signature"
+    with pytest.raises(psp_capability.Refused) as refused:
+        psp_capability.verify(delegated, [psp_identity.parse_printable(fleet.operator)])
+    assert refused.value.rule == "untrusted-root"
+
+
+def test_rust_accepts_a_python_delegation_and_refuses_a_widened_one(fleet):
+    operator = psp_identity.load_key(fleet.folder / "operator.pem")
+    orchestrator = psp_identity.parse_printable(fleet.orchestrator)
+    granted = psp_capability.read_chain((fleet.folder / "operator.cap").read_bytes())
+    narrowed = psp_capability.delegate(granted, operator, orchestrator, 60, archives=["prop-01", "prop-02"], operations=[("query",)])
+    widened = psp_capability.delegate(granted, operator, orchestrator, 60, operations=[("query",), ("command", "append")])
+    with pytest.raises(psp_capability.Refused):
+        psp_capability.verify(widened, [psp_identity.parse_printable(fleet.owner)])
+
+    async def session():
+        console = await connected(fleet)
+        try:
+            accepted = await console.query(psp_capability.write_chain(narrowed), NOI, archives=["prop-01", "prop-02", "prop-03"])
+            by_archive = {o["archive"]: (o["status"], o["code"]) for o in accepted["outcomes"]}
+            # The Toteboxes verified the Python-signed link and answered; prop-03 is outside it.
+            assert by_archive["prop-01"] == ("ok", None) and by_archive["prop-02"] == ("ok", None), by_archive
+            assert by_archive["prop-03"] == ("denied", "capability.archive-not-in-scope"), by_archive
+            assert accepted["rows"][0][1] == 2 * 24
+
+            refused = await console.query(psp_capability.write_chain(widened), NOI, archives=["prop-01"])
+            assert refused["outcomes"] == [{"archive": "prop-01", "status": "denied", "code": "capability.widened-scope"}], refused
+            assert not refused["complete"]
+        finally:
+            console.close()
+
+    run(session())
