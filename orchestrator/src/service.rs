@@ -254,7 +254,10 @@ impl Console {
             watch: watch.clone(),
         });
         let (fleet, pending) = (self.service.fleet.clone(), state.clone());
+        // The fan-out counts as running until its answer is ready.
+        let running = self.connection.hold();
         let task = tokio::task::spawn_local(async move {
+            let _running = running;
             let how = Run {
                 fleet: &fleet,
                 chain: &admitted.chain,
@@ -267,7 +270,11 @@ impl Console {
             *pending.result.borrow_mut() = Some(report);
             pending.done.notify_waiters();
         });
-        Ok(capnp_rpc::new_client(FleetQueryServer { state, task }))
+        Ok(capnp_rpc::new_client(FleetQueryServer {
+            state,
+            task,
+            connection: self.connection.clone(),
+        }))
     }
 }
 
@@ -277,6 +284,8 @@ impl orchestrator::Server for Console {
         _: orchestrator::FleetParams,
         mut results: orchestrator::FleetResults,
     ) -> Result<(), capnp::Error> {
+        // Counted against the connection's calls-in-flight limit; a draining server refuses it.
+        let _running = self.connection.begin_call()?;
         let config = self.service.config();
         let tenant = self.tenant(&config)?;
         let archives: Vec<_> = config.fleet.iter().filter(|a| tenant.reaches(a)).collect();
@@ -309,6 +318,8 @@ impl orchestrator::Server for Console {
         params: orchestrator::QueryParams,
         mut results: orchestrator::QueryResults,
     ) -> Result<(), capnp::Error> {
+        // Counted against the connection's calls-in-flight limit; a draining server refuses it.
+        let _running = self.connection.begin_call()?;
         let params = params.get()?;
         let query = read_query(params.get_query()?).map_err(|e| refuse(e.code(), e))?;
         let viewport = Viewport::Rollup {
@@ -325,6 +336,8 @@ impl orchestrator::Server for Console {
         params: orchestrator::ViewParams,
         mut results: orchestrator::ViewResults,
     ) -> Result<(), capnp::Error> {
+        // Counted against the connection's calls-in-flight limit; a draining server refuses it.
+        let _running = self.connection.begin_call()?;
         let params = params.get()?;
         let viewport = read_viewport(params.get_viewport()?)?;
         let what = format!("viewport {:?}", viewport.name);
@@ -338,6 +351,8 @@ impl orchestrator::Server for Console {
         params: orchestrator::ViewportParams,
         mut results: orchestrator::ViewportResults,
     ) -> Result<(), capnp::Error> {
+        // Counted against the connection's calls-in-flight limit; a draining server refuses it.
+        let _running = self.connection.begin_call()?;
         let config = self.service.config();
         self.tenant(&config)?;
         let name = params.get()?.get_name()?.to_str()?;
@@ -361,6 +376,8 @@ impl orchestrator::Server for Console {
         params: orchestrator::CommandParams,
         mut results: orchestrator::CommandResults,
     ) -> Result<(), capnp::Error> {
+        // Counted against the connection's calls-in-flight limit; a draining server refuses it.
+        let _running = self.connection.begin_call()?;
         let params = params.get()?;
         let command = params.get_command()?;
         let spec = CommandSpec {
@@ -416,6 +433,7 @@ struct Pending {
 struct FleetQueryServer {
     state: Rc<Pending>,
     task: tokio::task::JoinHandle<()>,
+    connection: Rc<Connection>,
 }
 
 impl Drop for FleetQueryServer {
@@ -431,6 +449,9 @@ impl fleet_query::Server for FleetQueryServer {
         _: fleet_query::ViewParams,
         mut results: fleet_query::ViewResults,
     ) -> Result<(), capnp::Error> {
+        // Part of a request already admitted: counted, so a graceful shutdown lets it finish,
+        // and answered even while the server drains.
+        let _running = self.connection.hold();
         loop {
             let notified = self.state.done.notified();
             if let Some(result) = self.state.result.borrow().as_ref() {

@@ -251,3 +251,33 @@ async fn commands_through_the_console_apply_once_and_stay_in_the_tenant() {
         .await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_shutdown_lets_a_running_request_finish_and_refuses_new_ones() {
+    let mut w = world(2).await;
+    // prop-01 is 300 ms away each way: about 2 s to connect and answer.
+    let proxy = DelayProxy::start(w.sources[0].address, Duration::from_millis(300))
+        .await
+        .unwrap();
+    w.sources[0].address = proxy.local_addr();
+    let (server, _) = serve(&w, &config(&w, "")).await;
+    let address = server.local_addr();
+    let chain = delegated_for(&w, &w.operator, &ids(&w), vec![Operation::Query]);
+    LocalSet::new()
+        .run_until(async {
+            let console = console(address, &w, &w.operator).await;
+            let in_flight =
+                console.start_query(&Selector::All, &chain, &count(), Options::default());
+            // The view is waiting at the orchestrator before the shutdown starts.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let stopping = tokio::spawn(server.shutdown(Duration::from_secs(10)));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let refused = console.fleet().await.unwrap_err();
+            assert_eq!(refused.code, "transport.shutting-down", "{refused}");
+            let report = in_flight.report().await.unwrap();
+            assert!(report.complete, "{:?}", report.outcomes);
+            assert_eq!(report.table().unwrap().rows, vec![vec![Value::Int(48)]]);
+            stopping.await.unwrap();
+        })
+        .await;
+}

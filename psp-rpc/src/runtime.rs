@@ -55,6 +55,14 @@ impl Connection {
         Ok(CallGuard(self.clone()))
     }
 
+    /// Counts work that belongs to a call already admitted (a background fan-out, or waiting for
+    /// its answer) as running, without refusing it while draining: graceful shutdown then waits
+    /// for it, within the grace period, instead of cutting an accepted request short.
+    pub fn hold(self: &Rc<Self>) -> CallGuard {
+        self.in_flight.set(self.in_flight.get() + 1);
+        CallGuard(self.clone())
+    }
+
     /// Calls running now.
     pub fn calls_in_flight(&self) -> usize {
         self.in_flight.get()
