@@ -172,15 +172,13 @@ impl Console {
             _ => config.partial,
         };
         let tenant = self.tenant(config)?;
-        let selected = select(config, tenant, &read_selector(request.get_archives()?)?)
-            .map_err(|e| {
-                tracing::warn!(target: "psp::security", %operator, tenant = %tenant.name, "refused a {what}: {e}");
-                refuse(e.code(), e)
-            })?;
-        let reached = reach(&chain, &operator, &self.service.key, selected).map_err(|e| {
+        let refused = |e: Refusal| {
             tracing::warn!(target: "psp::security", %operator, tenant = %tenant.name, "refused a {what}: {e}");
             refuse(e.code(), e)
-        })?;
+        };
+        let selected =
+            select(config, tenant, &read_selector(request.get_archives()?)?).map_err(refused)?;
+        let reached = reach(&chain, &operator, &self.service.key, selected).map_err(refused)?;
         let permit = snapshot.quotas[&tenant.name].admit().map_err(|e| {
             tracing::info!(tenant = %tenant.name, "refused a {what}: {e}");
             refuse(e.code(), format!("tenant {:?}: {e}", tenant.name))
