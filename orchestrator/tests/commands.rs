@@ -5,14 +5,11 @@ mod support;
 
 use std::time::Duration;
 
-use capnp::message::Builder;
 use orchestrator::fanout::{FanOutLimits, Fleet, SourceStatus};
-use psp_core::query::wire::write_value;
-use psp_core::query::{Aggregate, CompareOp, Decimal, Filter, Query, Value};
+use psp_core::query::{Aggregate, CompareOp, Filter, Query, Value};
 use psp_core::{ArchiveSet, Chain, Grant, Operation, Scope, Window};
 use psp_rpc::client::CommandSpec;
 use psp_rpc::limits::Limits;
-use psp_schema::totebox_capnp::append_arguments;
 use support::world_of;
 
 fn limits() -> FanOutLimits {
@@ -22,36 +19,6 @@ fn limits() -> FanOutLimits {
         max_concurrency: 8,
         max_rows_per_source: 10_000,
     }
-}
-
-fn append_one() -> Vec<u8> {
-    let mut message = Builder::new_default();
-    let mut args = message.init_root::<append_arguments::Builder<'_>>();
-    let fields = [
-        "entry",
-        "period",
-        "account",
-        "counterparty",
-        "currency",
-        "amount",
-    ];
-    let mut names = args.reborrow().init_fields(fields.len() as u32);
-    for (i, f) in fields.iter().enumerate() {
-        names.set(i as u32, *f);
-    }
-    let row = [
-        Value::Int(9_999_999),
-        "2026-11".into(),
-        "cash".into(),
-        "external".into(),
-        "USD".into(),
-        Value::Decimal(Decimal::new(12_345, 2).unwrap()),
-    ];
-    let mut values = args.init_records(1).get(0).init_values(row.len() as u32);
-    for (i, v) in row.iter().enumerate() {
-        write_value(v.as_ref(), values.reborrow().get(i as u32));
-    }
-    capnp::serialize::write_message_to_words(&message)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,7 +53,7 @@ async fn a_fleet_command_applies_once_per_archive_even_when_retried() {
         name: "append".into(),
         collection: "ledger".into(),
         idempotency_key: b"console-7f3a-append-0001".to_vec(),
-        arguments: append_one(),
+        arguments: support::ledger_record(9_999_999, "external", 12_345),
     };
 
     let first = fleet
@@ -128,7 +95,7 @@ async fn a_fleet_command_applies_once_per_archive_even_when_retried() {
         name: "append".into(),
         collection: "ledger".into(),
         idempotency_key: b"console-7f3a-append-0002".to_vec(),
-        arguments: append_one(),
+        arguments: support::ledger_record(9_999_999, "external", 12_345),
     };
     let refused = fleet
         .command(w.sources.clone(), &read_only, ping, limits())

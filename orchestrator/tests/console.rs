@@ -13,10 +13,9 @@ use orchestrator::fanout::{Health, SourceStatus};
 use orchestrator::selection::Selector;
 use orchestrator::service::OrchestratorService;
 use psp_core::query::{Aggregate, AggregateFunction, Query, Value};
-use psp_core::{ArchiveSet, Chain, Grant, IdentityKey, Operation, Scope, Window};
+use psp_core::{IdentityKey, Operation};
 use psp_rpc::limits::Limits;
 use psp_rpc::runtime::ServerHandle;
-use psp_rpc::tls::{self, PairedKeys};
 use support::{World, world};
 use tokio::task::LocalSet;
 
@@ -46,44 +45,7 @@ fn config(w: &World) -> Config {
 }
 
 async fn start(w: &World) -> (ServerHandle, Arc<OrchestratorService>) {
-    let config = config(w);
-    let service = OrchestratorService::new(config.clone(), &w.orchestrator, Limits::default());
-    let tls = tls::server_config(&w.orchestrator, PairedKeys::new(config.operator_keys())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handle = psp_rpc::runtime::serve(
-        listener,
-        tls,
-        service.bootstrap_factory(),
-        Limits::default(),
-    )
-    .unwrap();
-    (handle, service)
-}
-
-fn delegated(w: &World, operator: &IdentityKey, archives: &[&str]) -> Chain {
-    let now = psp_core::window::now();
-    let scope = Scope::everything(vec![Operation::Query]);
-    let archives = ArchiveSet::of_ids(archives.iter().copied());
-    Chain::mint(
-        &w.owner,
-        Grant {
-            holder: operator.public(),
-            archives: archives.clone(),
-            scope: scope.clone(),
-            window: Window::lasting(now - 5, 3_600),
-        },
-    )
-    .unwrap()
-    .delegate(
-        operator,
-        Grant {
-            holder: w.orchestrator.public(),
-            archives,
-            scope,
-            window: Window::lasting(now - 5, 300),
-        },
-    )
-    .unwrap()
+    support::serve(w, &config(w)).await
 }
 
 fn noi() -> Query {
@@ -116,7 +78,12 @@ async fn a_console_queries_its_tenants_fleet_in_one_view() {
                 fleet.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
                 ["prop-01", "prop-02", "prop-03"]
             );
-            let chain = delegated(&w, &w.operator, &["prop-01", "prop-02", "prop-03"]);
+            let chain = support::delegated_for(
+                &w,
+                &w.operator,
+                &["prop-01", "prop-02", "prop-03"],
+                vec![Operation::Query],
+            );
             let view = console.query(&Selector::All, &chain, &noi()).await.unwrap();
             assert!(view.complete, "{:?}", view.outcomes);
             assert!(view.outcomes.iter().all(|o| o.status == SourceStatus::Ok));
@@ -145,7 +112,8 @@ async fn a_tenant_sending_another_tenants_capability_reaches_no_totebox() {
             .await
             .unwrap();
             // Globex's valid capability for prop-03, sent by acme's console.
-            let stolen = delegated(&w, &globex(), &["prop-03"]);
+            let stolen =
+                support::delegated_for(&w, &globex(), &["prop-03"], vec![Operation::Query]);
             let error = acme
                 .query(&Selector::Ids(vec!["prop-03".into()]), &stolen, &noi())
                 .await
@@ -170,7 +138,7 @@ async fn a_tenant_sending_another_tenants_capability_reaches_no_totebox() {
             .await
             .unwrap();
             assert_eq!(globex_console.fleet().await.unwrap().len(), 1);
-            let chain = delegated(&w, &globex(), &["prop-01"]);
+            let chain = support::delegated_for(&w, &globex(), &["prop-01"], vec![Operation::Query]);
             let error = globex_console
                 .query(&Selector::Ids(vec!["prop-01".into()]), &chain, &noi())
                 .await
@@ -205,16 +173,7 @@ async fn a_tenant_at_its_quota_leaves_other_tenants_answers_unchanged() {
     w.sources[0].address = proxy.local_addr();
     let mut config = config(&w);
     config.tenants[0].quotas.concurrent_queries = 1;
-    let service = OrchestratorService::new(config.clone(), &w.orchestrator, Limits::default());
-    let tls = tls::server_config(&w.orchestrator, PairedKeys::new(config.operator_keys())).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = psp_rpc::runtime::serve(
-        listener,
-        tls,
-        service.bootstrap_factory(),
-        Limits::default(),
-    )
-    .unwrap();
+    let (server, _) = support::serve(&w, &config).await;
     LocalSet::new()
         .run_until(async {
             let acme = Console::connect(
@@ -233,13 +192,19 @@ async fn a_tenant_at_its_quota_leaves_other_tenants_answers_unchanged() {
             )
             .await
             .unwrap();
-            let globex_chain = delegated(&w, &globex(), &["prop-03"]);
+            let globex_chain =
+                support::delegated_for(&w, &globex(), &["prop-03"], vec![Operation::Query]);
             let baseline = globex_console
                 .query(&Selector::All, &globex_chain, &noi())
                 .await
                 .unwrap();
 
-            let acme_chain = delegated(&w, &w.operator, &["prop-01", "prop-02", "prop-03"]);
+            let acme_chain = support::delegated_for(
+                &w,
+                &w.operator,
+                &["prop-01", "prop-02", "prop-03"],
+                vec![Operation::Query],
+            );
             let query = noi();
             let running = acme.query(&Selector::All, &acme_chain, &query);
             let meanwhile = async {
@@ -282,7 +247,12 @@ async fn a_rollup_groups_by_archive_labels_through_the_console() {
             )
             .await
             .unwrap();
-            let chain = delegated(&w, &w.operator, &["prop-01", "prop-02", "prop-03"]);
+            let chain = support::delegated_for(
+                &w,
+                &w.operator,
+                &["prop-01", "prop-02", "prop-03"],
+                vec![Operation::Query],
+            );
             let by_region = console
                 .rollup(&Selector::All, &chain, &noi(), &["region"])
                 .await

@@ -4,42 +4,8 @@
 
 mod support;
 
-use capnp::message::Builder;
 use psp_core::Operation;
-use psp_core::query::wire::write_value;
-use psp_core::query::{Decimal, Value};
-use psp_schema::totebox_capnp::append_arguments;
 use support::processes::Fleet;
-
-fn append_one(path: &std::path::Path, cents: i64) {
-    let mut message = Builder::new_default();
-    let mut args = message.init_root::<append_arguments::Builder<'_>>();
-    let fields = [
-        "entry",
-        "period",
-        "account",
-        "counterparty",
-        "currency",
-        "amount",
-    ];
-    let mut names = args.reborrow().init_fields(fields.len() as u32);
-    for (i, f) in fields.iter().enumerate() {
-        names.set(i as u32, *f);
-    }
-    let row = [
-        Value::Int(9_999_999),
-        "2026-11".into(),
-        "cash".into(),
-        "external".into(),
-        "USD".into(),
-        Value::Decimal(Decimal::new(cents, 2).unwrap()),
-    ];
-    let mut values = args.init_records(1).get(0).init_values(row.len() as u32);
-    for (i, v) in row.iter().enumerate() {
-        write_value(v.as_ref(), values.reborrow().get(i as u32));
-    }
-    std::fs::write(path, capnp::serialize::write_message_to_words(&message)).unwrap();
-}
 
 #[test]
 fn a_retried_command_is_replayed_everywhere_and_applied_once() {
@@ -60,7 +26,11 @@ fn a_retried_command_is_replayed_everywhere_and_applied_once() {
     );
     let orchestrator = fleet.serve(&config);
     let arguments = fleet.path("append.bin");
-    append_one(&arguments, 12_345);
+    std::fs::write(
+        &arguments,
+        support::ledger_record(9_999_999, "external", 12_345),
+    )
+    .unwrap();
     let arguments = arguments.display().to_string();
     let command = [
         "command",
@@ -122,7 +92,11 @@ fn a_retried_command_is_replayed_everywhere_and_applied_once() {
     );
 
     // The same key with other arguments is an error, not a silent replay.
-    append_one(std::path::Path::new(&arguments), 99_999);
+    std::fs::write(
+        &arguments,
+        support::ledger_record(9_999_999, "external", 99_999),
+    )
+    .unwrap();
     let reused = orchestrator.json(&fleet, &clerk, &command);
     assert_eq!(
         outcome(&reused),

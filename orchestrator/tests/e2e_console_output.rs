@@ -7,45 +7,11 @@ mod support;
 
 use std::process::Command;
 
-use capnp::message::Builder;
 use psp_core::Operation;
-use psp_core::query::Value;
-use psp_core::query::wire::write_value;
-use psp_schema::totebox_capnp::append_arguments;
 use support::processes::{Fleet, ORCHESTRATOR};
 
 /// A ledger record whose counterparty tries to retitle the terminal and forge a line.
 const HOSTILE: &str = "evil\u{1b}]0;pwned\u{7}\r\nsub-01  matched";
-
-fn append_hostile(path: &std::path::Path) {
-    let mut message = Builder::new_default();
-    let mut args = message.init_root::<append_arguments::Builder<'_>>();
-    let fields = [
-        "entry",
-        "period",
-        "account",
-        "counterparty",
-        "currency",
-        "amount",
-    ];
-    let mut names = args.reborrow().init_fields(fields.len() as u32);
-    for (i, f) in fields.iter().enumerate() {
-        names.set(i as u32, *f);
-    }
-    let row: [Value; 6] = [
-        Value::Int(8_888_888),
-        "2026-11".into(),
-        "cash".into(),
-        HOSTILE.into(),
-        "USD".into(),
-        Value::Decimal(psp_core::query::Decimal::new(100, 2).unwrap()),
-    ];
-    let mut values = args.init_records(1).get(0).init_values(row.len() as u32);
-    for (i, v) in row.iter().enumerate() {
-        write_value(v.as_ref(), values.reborrow().get(i as u32));
-    }
-    std::fs::write(path, capnp::serialize::write_message_to_words(&message)).unwrap();
-}
 
 #[test]
 fn tables_escape_json_is_exact_and_progress_shows_only_on_a_terminal() {
@@ -58,7 +24,7 @@ fn tables_escape_json_is_exact_and_progress_shows_only_on_a_terminal() {
     );
     let orchestrator = fleet.serve(&config);
     let arguments = fleet.path("hostile.bin");
-    append_hostile(&arguments);
+    std::fs::write(&arguments, support::ledger_record(8_888_888, HOSTILE, 100)).unwrap();
     let arguments = arguments.display().to_string();
     orchestrator.json(
         &fleet,

@@ -6,18 +6,15 @@ mod support;
 
 use std::time::Duration;
 
-use capnp::message::Builder;
 use orchestrator::config::Config;
 use orchestrator::console::Options;
 use orchestrator::fanout::{Health, SourceStatus};
 use orchestrator::selection::Selector;
 use orchestrator::spec::QuerySpec;
-use psp_core::query::wire::write_value;
-use psp_core::query::{Decimal, Query, Value};
+use psp_core::query::{Query, Value};
 use psp_core::{IdentityKey, Operation};
 use psp_rpc::client::CommandSpec;
 use psp_rpc::delay_proxy::DelayProxy;
-use psp_schema::totebox_capnp::append_arguments;
 use support::{World, console, delegated_for, fleet_toml, serve, world, world_of};
 use tokio::task::LocalSet;
 
@@ -147,36 +144,6 @@ async fn a_tenant_over_its_rate_is_refused_and_another_tenant_is_not() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
-fn append_one() -> Vec<u8> {
-    let mut message = Builder::new_default();
-    let mut args = message.init_root::<append_arguments::Builder<'_>>();
-    let fields = [
-        "entry",
-        "period",
-        "account",
-        "counterparty",
-        "currency",
-        "amount",
-    ];
-    let mut names = args.reborrow().init_fields(fields.len() as u32);
-    for (i, f) in fields.iter().enumerate() {
-        names.set(i as u32, *f);
-    }
-    let row = [
-        Value::Int(9_999_999),
-        "2026-11".into(),
-        "cash".into(),
-        "external".into(),
-        "USD".into(),
-        Value::Decimal(Decimal::new(12_345, 2).unwrap()),
-    ];
-    let mut values = args.init_records(1).get(0).init_values(row.len() as u32);
-    for (i, v) in row.iter().enumerate() {
-        write_value(v.as_ref(), values.reborrow().get(i as u32));
-    }
-    capnp::serialize::write_message_to_words(&message)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn commands_through_the_console_apply_once_and_stay_in_the_tenant() {
     let w = world_of(0, 3).await;
@@ -187,7 +154,7 @@ async fn commands_through_the_console_apply_once_and_stay_in_the_tenant() {
         name: "append".into(),
         collection: "ledger".into(),
         idempotency_key: b"console-7f3a-append-0001".to_vec(),
-        arguments: append_one(),
+        arguments: support::ledger_record(9_999_999, "external", 12_345),
     };
     let external = QuerySpec {
         collection: "ledger".into(),

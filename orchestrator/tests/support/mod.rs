@@ -206,3 +206,37 @@ pub fn delegated_for(
     )
     .unwrap()
 }
+
+/// The fields of a generated ledger record, in the order [`ledger_record`] takes them.
+pub const LEDGER_FIELDS: [&str; 6] = [
+    "entry",
+    "period",
+    "account",
+    "counterparty",
+    "currency",
+    "amount",
+];
+
+/// The serialized arguments of an `append` of one ledger record (`schema/totebox.capnp`).
+pub fn ledger_record(entry: i64, counterparty: &str, amount_cents: i64) -> Vec<u8> {
+    use psp_core::query::{Decimal, Value};
+    let mut message = capnp::message::Builder::new_default();
+    let mut args = message.init_root::<psp_schema::totebox_capnp::append_arguments::Builder<'_>>();
+    let mut names = args.reborrow().init_fields(LEDGER_FIELDS.len() as u32);
+    for (i, f) in LEDGER_FIELDS.iter().enumerate() {
+        names.set(i as u32, *f);
+    }
+    let row = [
+        Value::Int(entry),
+        "2026-11".into(),
+        "cash".into(),
+        counterparty.into(),
+        "USD".into(),
+        Value::Decimal(Decimal::new(amount_cents, 2).unwrap()),
+    ];
+    let mut values = args.init_records(1).get(0).init_values(row.len() as u32);
+    for (i, v) in row.iter().enumerate() {
+        psp_core::query::wire::write_value(v.as_ref(), values.reborrow().get(i as u32));
+    }
+    capnp::serialize::write_message_to_words(&message)
+}
