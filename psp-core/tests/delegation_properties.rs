@@ -114,9 +114,33 @@ impl ModelLink {
         self.window.0 - SKEW <= now && now < self.window.1 + SKEW
     }
 
+    /// Every key a selector of this link names, as a value or a range end.
+    fn key_ends(&self) -> impl Iterator<Item = i64> + '_ {
+        self.collections
+            .iter()
+            .flat_map(|m| m.values())
+            .flat_map(|(_, rows)| match rows {
+                ModelRows::All => Vec::new(),
+                ModelRows::Keys { values, ranges } => values
+                    .iter()
+                    .copied()
+                    .chain(ranges.iter().flat_map(|&(lo, hi)| [lo, hi]))
+                    .collect(),
+            })
+    }
+
     /// Everything `self` admits, `parent` admits: checked atom by atom.
+    ///
+    /// The keys checked span every key either link names, one past each end: both sets of keys
+    /// are unions of intervals inside that span, so outside it they agree (nothing, or every key
+    /// for `All`, which the outside keys and the foreign field tell apart). Judging only
+    /// `KEY_MIN..=KEY_MAX` would miss a range that runs past `KEY_MAX`, which `delegate` rightly
+    /// refuses.
     fn within(&self, parent: &ModelLink) -> bool {
-        let keys = (KEY_MIN..=KEY_MAX).chain(OUTSIDE_KEYS).map(RowAtom::Key);
+        let ends: Vec<i64> = self.key_ends().chain(parent.key_ends()).collect();
+        let low = ends.iter().copied().min().unwrap_or(KEY_MIN).min(KEY_MIN) - 1;
+        let high = ends.iter().copied().max().unwrap_or(KEY_MAX).max(KEY_MAX) + 1;
+        let keys = (low..=high).chain(OUTSIDE_KEYS).map(RowAtom::Key);
         let atoms: Vec<RowAtom> = keys.chain([RowAtom::ForeignField]).collect();
         (0..ARCHIVES).all(|a| !self.archive(a) || parent.archive(a))
             && (0..ACTIONS).all(|x| !self.op(x) || parent.op(x))
