@@ -174,7 +174,21 @@ struct CommandGrant {
   digest @1 :Data;
   # Empty: any arguments. Otherwise the 32-byte command digest (see totebox.capnp, `Command`) of the
   # one command this link allows, which makes the link good for exactly one command: the Totebox
-  # applies each idempotency key at most once.
+  # applies it at most once (see "Idempotency" below).
+
+  holderBinds @2 :Bool;
+  # Only with an empty digest. When true, this link's holder may pass the command on only bound to
+  # one digest: every `command` operation of the same name in the next link must carry a digest
+  # (a link that does not is `capability.widened-scope`). A fleet owner sets it on an operator's
+  # grant so that no machine the operator delegates to (an orchestrator) can ever choose which
+  # command to apply, or how often. The holder itself, presenting this link last, is not bound.
+  #
+  # Idempotency. A Totebox applies each (namespace, idempotency key) at most once, where the
+  # namespace is the issuer of the first link that binds the command's digest, or, when no link
+  # binds it before the presenter's own links begin, the issuer of the first link held by the
+  # presenter. Either way it is a key upstream of the presenting machine: nothing the presenter
+  # signs (links to itself, keys it makes up, fresh link ids) can move a command into a new
+  # namespace, and a console that retries a command under a new request link stays in its own.
 }
 
 struct SignedLink {

@@ -183,6 +183,12 @@ struct SourceOutcome {
 
     quarantined @7 :Text;
     # Cut off for a protocol or diode violation (what it did).
+
+    rejected @12 :Denial;
+    # Answered, but the orchestrator set the answer aside: it does not fit the query that was
+    # sent (`source.malformed-answer`: other columns, kinds, arity or types, or counts that cannot
+    # be) or is larger than this request accepts from one source (`source.answer-too-large`).
+    # The view is computed as if this source had not answered; nothing it sent reaches it.
   }
 
   latencyMicros @8 :UInt64;
@@ -239,6 +245,20 @@ struct Table {
   # The columns, as in a single archive's result.
   rows @1 :List(Query.Row);
   # The merged rows, ordered and limited as the query asked.
+
+  overflows @2 :List(Cell);
+  # Cells whose exact merged value leaves the 64-bit range (a sum of many large amounts, say).
+  # Their value in `rows` is null; every other cell is exact and unaffected.
+}
+
+struct Cell {
+  # One cell of a table.
+
+  row @0 :UInt32;
+  # Its row in `rows`.
+
+  column @1 :UInt32;
+  # Its column in `columns`.
 }
 
 struct Viewport {
@@ -344,6 +364,10 @@ struct ReconciliationEntry {
 
   status @7 :MatchStatus;
   # The verdict.
+
+  overflowed @8 :Bool;
+  # One side's amount, merged over that entity's archives, leaves the 64-bit range: it is null
+  # and the status `unknown`.
 }
 
 enum MatchStatus {
@@ -404,6 +428,9 @@ struct KpiValue {
 
   asOfOldest @5 :Int64;
   # The oldest data time among the contributors.
+
+  overflowed @6 :Bool;
+  # The figure's exact value leaves the 64-bit range: `value` is null although sources answered.
 }
 
 struct CommandResult {

@@ -9,6 +9,9 @@
 //! deadline_ms = 5000                  # the whole request, whatever the sources do
 //! partial = "best-effort"             # or "strict"
 //! max_concurrency = 64                # sources asked at once per request
+//! max_request_bytes = 67108864        # answers one request holds, across its sources: each
+//!                                     # source may send its share (this / sources, at least
+//!                                     # 64 KiB), and answers merge as they arrive
 //!
 //! [[fleet]]
 //! id = "prop-01"
@@ -77,6 +80,7 @@ struct RawDefaults {
     deadline_ms: u64,
     partial: String,
     max_concurrency: usize,
+    max_request_bytes: usize,
 }
 
 impl Default for RawDefaults {
@@ -86,9 +90,16 @@ impl Default for RawDefaults {
             deadline_ms: 5_000,
             partial: "best-effort".into(),
             max_concurrency: 64,
+            max_request_bytes: DEFAULT_REQUEST_BYTES,
         }
     }
 }
+
+/// Answers one request holds at most, across its sources, by default (64 MiB).
+pub const DEFAULT_REQUEST_BYTES: usize = 64 << 20;
+/// The least share of a request's budget any one source gets (64 KiB): room for a few thousand
+/// groups, whatever the number of sources.
+pub const MIN_SOURCE_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +200,8 @@ pub struct Config {
     pub partial: Partial,
     /// Sources asked at once per request.
     pub max_concurrency: usize,
+    /// Bytes of answers one request may hold, across its sources.
+    pub max_request_bytes: usize,
     /// The fleet, in config order.
     pub fleet: Vec<FleetArchive>,
     /// The tenants.
@@ -238,6 +251,12 @@ impl Config {
         }
         if d.max_concurrency == 0 {
             return Err("defaults.max_concurrency must be at least 1".into());
+        }
+        if d.max_request_bytes < MIN_SOURCE_BYTES {
+            return Err(format!(
+                "defaults.max_request_bytes ({}) must be at least {MIN_SOURCE_BYTES}",
+                d.max_request_bytes
+            ));
         }
         let partial = match d.partial.as_str() {
             "best-effort" => Partial::BestEffort,
@@ -340,6 +359,7 @@ impl Config {
             deadline: Duration::from_millis(d.deadline_ms),
             partial,
             max_concurrency: d.max_concurrency,
+            max_request_bytes: d.max_request_bytes,
             fleet,
             tenants,
             viewports,
@@ -349,6 +369,15 @@ impl Config {
     /// The tenant an operator key belongs to, if any.
     pub fn tenant_of(&self, operator: &PublicKey) -> Option<&Tenant> {
         self.tenants.iter().find(|t| t.operators.contains(operator))
+    }
+
+    /// One source's share of a request's answer budget when `answers` source answers are
+    /// expected: an equal share, at least [`MIN_SOURCE_BYTES`], at most `message_limit` (the
+    /// largest message a connection reads anyway).
+    pub fn source_share(&self, answers: usize, message_limit: usize) -> usize {
+        (self.max_request_bytes / answers.max(1))
+            .max(MIN_SOURCE_BYTES)
+            .min(message_limit)
     }
 
     /// Every operator key of every tenant: the only keys the console listener accepts.

@@ -2,31 +2,36 @@
 //! per source, over a pool of connections shared by every request and tenant.
 //!
 //! Totebox connections are capnp-rpc clients, which are `!Send`, so the pool lives on one thread
-//! of its own (the fleet thread) and requests reach it over a channel. Each request carries its own
-//! capability: connections are shared, authority never is.
+//! of its own (the fleet thread, [`crate::pool`]) and requests reach it over a channel. Each
+//! request carries its own capability: connections are shared, authority never is.
+//!
+//! Answers stream back as they arrive ([`Fleet::stream`]): one [`Arrival`] per source, so the
+//! caller folds each answer into its merge and drops it, and a request holds the merged groups,
+//! never every source's answer. Each source may send at most its share of the request's byte
+//! budget ([`FanOutLimits::max_answer_bytes`]).
 //!
 //! Time: each source has `source_timeout`, and nothing runs past the request's `deadline`; a
 //! source still waiting for a concurrency slot at the deadline is reported as timed out, never
 //! waited for. Every selected source ends with exactly one [`SourceOutcome`].
 //!
-//! A Totebox whose connection the diode guard cut is quarantined: it is not redialed until the
-//! quarantine ends, and its outcome says why.
+//! A Totebox whose connection the diode guard cut, during the session's setup or after, is
+//! quarantined: it is not redialed until the quarantine ends, and its outcome says why.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use psp_core::query::{Query, QueryResult, ResultBody};
 use psp_core::{Chain, IdentityKey, PublicKey};
-use psp_rpc::client::{CommandAnswer, CommandSpec, ConnectError, ToteboxClient};
-use psp_rpc::limits::{CallError, Limits};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use psp_rpc::client::{CommandAnswer, CommandSpec};
+use psp_rpc::limits::Limits;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::gate::TenantId;
+use crate::pool::Request;
 
 /// Where to reach one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +66,15 @@ pub enum SourceStatus {
     Quarantined(String),
     /// The request was cancelled before this source answered.
     Cancelled,
+    /// Answered, but the answer was set aside: it does not fit the query sent
+    /// (`source.malformed-answer`) or is larger than the request accepts from one source
+    /// (`source.answer-too-large`). The view is computed as if the source had not answered.
+    Rejected {
+        /// The stable code.
+        code: String,
+        /// What was wrong with the answer.
+        message: String,
+    },
 }
 
 /// How a caller watches and steers a fan-out in flight.
@@ -89,6 +103,20 @@ pub struct SourceOutcome {
     pub suppressed_groups: u64,
 }
 
+impl SourceOutcome {
+    /// An outcome with no answer behind it.
+    pub fn without_answer(archive: String, status: SourceStatus, latency: Duration) -> Self {
+        Self {
+            archive,
+            status,
+            latency,
+            as_of: 0,
+            rows: 0,
+            suppressed_groups: 0,
+        }
+    }
+}
+
 /// Limits on one request's fan-out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FanOutLimits {
@@ -100,6 +128,50 @@ pub struct FanOutLimits {
     pub max_concurrency: usize,
     /// Most rows or groups accepted from one source; a hostile Totebox cannot flood the merge.
     pub max_rows_per_source: usize,
+    /// Most bytes of answer accepted from one source (its share of the request's budget),
+    /// measured on the wire before the answer is decoded.
+    pub max_answer_bytes: usize,
+}
+
+impl Default for FanOutLimits {
+    fn default() -> Self {
+        Self {
+            source_timeout: Duration::from_secs(2),
+            deadline: Duration::from_secs(5),
+            max_concurrency: 64,
+            max_rows_per_source: 100_000,
+            max_answer_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What the fleet thread asks each source.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// Run a query.
+    Query(Query),
+    /// Apply a command.
+    Command(CommandSpec),
+}
+
+/// What one source answered.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A query's result.
+    Result(QueryResult),
+    /// A command's outcome.
+    Command(CommandAnswer),
+}
+
+/// One source's end of a fan-out, as soon as it ends.
+#[derive(Debug)]
+pub struct Arrival {
+    /// The source's position in the request.
+    pub index: usize,
+    /// How it ended.
+    pub outcome: SourceOutcome,
+    /// Its answer, when it answered.
+    pub answer: Option<Answer>,
 }
 
 /// What a fan-out gathered: one outcome per source, and the answers of those that answered.
@@ -111,27 +183,6 @@ pub struct Gathered {
     pub results: Vec<Option<QueryResult>>,
     /// Command answers, in the same order (empty for a query).
     pub commands: Vec<Option<CommandAnswer>>,
-}
-
-/// What the fleet thread asks each source.
-enum Work {
-    Query(Query),
-    Command(CommandSpec),
-}
-
-/// What one source answered.
-enum Answer {
-    Result(QueryResult),
-    Command(CommandAnswer),
-}
-
-struct Request {
-    sources: Vec<Source>,
-    chain: Vec<u8>,
-    work: Work,
-    limits: FanOutLimits,
-    reply: oneshot::Sender<Gathered>,
-    watch: Watch,
 }
 
 /// Reachability of one archive, as the fleet thread last saw it.
@@ -169,33 +220,20 @@ pub struct Fleet {
 /// How long a Totebox that broke the diode stays cut off.
 pub const QUARANTINE: Duration = Duration::from_secs(300);
 
+/// Answers queued between the fleet thread and the request folding them: enough to keep the
+/// fleet thread busy, few enough that a slow fold holds back the Toteboxes, not memory.
+const ARRIVALS_QUEUED: usize = 16;
+
 impl Fleet {
     /// Starts the fleet thread; it connects as `identity` with `limits` on each connection.
+    ///
+    /// On each Totebox connection it runs at most three quarters of `limits.max_calls_in_flight`
+    /// calls at once (the Toteboxes' own default limit is the same number), shared fairly among
+    /// tenants (see [`crate::gate`]).
     pub fn start(identity: IdentityKey, limits: Limits) -> Fleet {
-        let (requests, mut incoming) = mpsc::unbounded_channel::<Request>();
+        let (requests, incoming) = mpsc::unbounded_channel::<Request>();
         let health = Arc::new(Mutex::new(HashMap::new()));
-        let seen = health.clone();
-        std::thread::Builder::new()
-            .name("psp-fleet".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a fleet runtime");
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, async move {
-                    let pool = Rc::new(Pool {
-                        identity,
-                        limits,
-                        connections: Default::default(),
-                        health: seen,
-                    });
-                    while let Some(request) = incoming.recv().await {
-                        tokio::task::spawn_local(pool.clone().serve(request));
-                    }
-                });
-            })
-            .expect("spawn the fleet thread");
+        crate::pool::spawn(identity, limits, incoming, health.clone());
         Fleet { requests, health }
     }
 
@@ -209,7 +247,53 @@ impl Fleet {
             .unwrap_or_default()
     }
 
-    /// Asks every source `query` under `chain`, within `limits`.
+    /// Starts `work` at every source under `chain`, for `tenant` (whose calls share each Totebox
+    /// connection fairly with other tenants'). Each source's end arrives on the returned
+    /// receiver as soon as it happens: exactly one [`Arrival`] per source, then the receiver
+    /// closes. Dropping the receiver cancels the calls still in flight.
+    pub fn stream(
+        &self,
+        tenant: TenantId,
+        sources: Vec<Source>,
+        chain: &Chain,
+        work: Work,
+        limits: FanOutLimits,
+        watch: Watch,
+    ) -> mpsc::Receiver<Arrival> {
+        let (arrivals, receiver) = mpsc::channel(ARRIVALS_QUEUED.max(1));
+        let request = Request {
+            tenant,
+            sources,
+            chain: chain.to_bytes(),
+            work,
+            limits,
+            arrivals,
+            watch,
+        };
+        if let Err(mpsc::error::SendError(request)) = self.requests.send(request) {
+            // The fleet thread is gone: every source failed, none silently.
+            let Request {
+                sources, arrivals, ..
+            } = request;
+            let (all, receiver) = mpsc::channel(sources.len().max(1));
+            drop(arrivals);
+            for (index, s) in sources.into_iter().enumerate() {
+                let _ = all.try_send(Arrival {
+                    index,
+                    outcome: SourceOutcome::without_answer(
+                        s.archive,
+                        SourceStatus::Error("the fleet thread stopped".into()),
+                        Duration::ZERO,
+                    ),
+                    answer: None,
+                });
+            }
+            return receiver;
+        }
+        receiver
+    }
+
+    /// Asks every source `query` under `chain`, within `limits`, and gathers every answer.
     pub async fn query(
         &self,
         sources: Vec<Source>,
@@ -231,8 +315,19 @@ impl Fleet {
         limits: FanOutLimits,
         watch: Watch,
     ) -> Gathered {
-        self.run(sources, chain, Work::Query(query), limits, watch)
-            .await
+        let names = sources.iter().map(|s| s.archive.clone()).collect();
+        gather(
+            self.stream(
+                TenantId::from(""),
+                sources,
+                chain,
+                Work::Query(query),
+                limits,
+                watch,
+            ),
+            names,
+        )
+        .await
     }
 
     /// Sends `command` to every source under `chain`: each answers for itself (its outcome, and
@@ -244,302 +339,75 @@ impl Fleet {
         command: CommandSpec,
         limits: FanOutLimits,
     ) -> Gathered {
-        self.run(
-            sources,
-            chain,
-            Work::Command(command),
-            limits,
-            Watch::default(),
+        self.command_as(TenantId::from(""), sources, chain, command, limits)
+            .await
+    }
+
+    /// [`Fleet::command`] for `tenant`, whose calls share each Totebox connection fairly.
+    pub async fn command_as(
+        &self,
+        tenant: TenantId,
+        sources: Vec<Source>,
+        chain: &Chain,
+        command: CommandSpec,
+        limits: FanOutLimits,
+    ) -> Gathered {
+        let names = sources.iter().map(|s| s.archive.clone()).collect();
+        gather(
+            self.stream(
+                tenant,
+                sources,
+                chain,
+                Work::Command(command),
+                limits,
+                Watch::default(),
+            ),
+            names,
         )
         .await
     }
+}
 
-    async fn run(
-        &self,
-        sources: Vec<Source>,
-        chain: &Chain,
-        work: Work,
-        limits: FanOutLimits,
-        watch: Watch,
-    ) -> Gathered {
-        let (reply, answer) = oneshot::channel();
-        let count = sources.len();
-        let request = Request {
-            sources: sources.clone(),
-            chain: chain.to_bytes(),
-            work,
-            limits,
-            reply,
-            watch,
+/// Collects a stream's arrivals in source order (`names`: the sources' archive ids).
+async fn gather(mut arrivals: mpsc::Receiver<Arrival>, names: Vec<String>) -> Gathered {
+    let count = names.len();
+    let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; count];
+    let mut results = vec![None; count];
+    let mut commands = vec![None; count];
+    while let Some(arrival) = arrivals.recv().await {
+        let Some(slot) = outcomes.get_mut(arrival.index) else {
+            continue;
         };
-        if self.requests.send(request).is_ok()
-            && let Ok(gathered) = answer.await
-        {
-            return gathered;
+        *slot = Some(arrival.outcome);
+        match arrival.answer {
+            Some(Answer::Result(r)) => results[arrival.index] = Some(r),
+            Some(Answer::Command(c)) => commands[arrival.index] = Some(c),
+            None => {}
         }
-        // The fleet thread is gone: every source failed, none silently.
-        Gathered {
-            outcomes: sources
-                .into_iter()
-                .map(|s| {
-                    outcome(
-                        s.archive,
-                        SourceStatus::Error("the fleet thread stopped".into()),
+    }
+    Gathered {
+        outcomes: outcomes
+            .into_iter()
+            .zip(names)
+            .map(|(o, archive)| {
+                o.unwrap_or_else(|| {
+                    SourceOutcome::without_answer(
+                        archive,
+                        SourceStatus::Error("the fan-out ended without this source".into()),
                         Duration::ZERO,
                     )
                 })
-                .collect(),
-            results: vec![None; count],
-            commands: vec![None; count],
-        }
-    }
-}
-
-fn outcome(archive: String, status: SourceStatus, latency: Duration) -> SourceOutcome {
-    SourceOutcome {
-        archive,
-        status,
-        latency,
-        as_of: 0,
-        rows: 0,
-        suppressed_groups: 0,
-    }
-}
-
-/// The pool, on the fleet thread.
-struct Pool {
-    identity: IdentityKey,
-    limits: Limits,
-    connections: std::cell::RefCell<HashMap<String, Slot>>,
-    health: Arc<Mutex<HashMap<String, HealthReport>>>,
-}
-
-#[derive(Default)]
-struct Slot {
-    client: Option<Rc<ToteboxClient>>,
-    /// Where `client` is connected, and to which key: a reloaded config may move an archive.
-    endpoint: Option<(SocketAddr, PublicKey)>,
-    quarantined_until: Option<Instant>,
-    why: String,
-}
-
-impl Pool {
-    /// The pooled connection to `source`, connecting if needed.
-    async fn connection(&self, source: &Source) -> Result<Rc<ToteboxClient>, SourceStatus> {
-        {
-            let mut connections = self.connections.borrow_mut();
-            let slot = connections.entry(source.archive.clone()).or_default();
-            if let Some(until) = slot.quarantined_until {
-                if Instant::now() < until {
-                    return Err(SourceStatus::Quarantined(slot.why.clone()));
-                }
-                slot.quarantined_until = None;
-            }
-            if let Some(client) = &slot.client {
-                let same_endpoint = slot.endpoint == Some((source.address, source.key));
-                if same_endpoint && client.is_connected() && client.diode_violation().is_none() {
-                    return Ok(client.clone());
-                }
-                slot.client = None;
-            }
-        }
-        let client =
-            ToteboxClient::connect(source.address, &self.identity, source.key, self.limits)
-                .await
-                .map_err(|e| match e {
-                    ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
-                        SourceStatus::Unreachable(e.to_string())
-                    }
-                    other => SourceStatus::Error(other.to_string()),
-                })?;
-        let client = Rc::new(client);
-        let mut connections = self.connections.borrow_mut();
-        let slot = connections.entry(source.archive.clone()).or_default();
-        slot.client = Some(client.clone());
-        slot.endpoint = Some((source.address, source.key));
-        Ok(client)
-    }
-
-    /// Records a diode violation: drop the connection and quarantine the source.
-    fn quarantine(&self, source: &Source, why: String) {
-        tracing::error!(target: "psp::security", archive = %source.archive, "quarantined a Totebox: {why}");
-        let mut connections = self.connections.borrow_mut();
-        let slot = connections.entry(source.archive.clone()).or_default();
-        slot.client = None;
-        slot.quarantined_until = Some(Instant::now() + QUARANTINE);
-        slot.why = why;
-    }
-
-    async fn ask(
-        &self,
-        source: &Source,
-        chain: &Chain,
-        work: &Work,
-        limits: &FanOutLimits,
-        deadline: Instant,
-    ) -> (SourceStatus, Option<Answer>, Duration) {
-        let started = Instant::now();
-        let until = deadline.min(started + limits.source_timeout);
-        let attempt = async {
-            let client = self.connection(source).await?;
-            let answer = match work {
-                Work::Query(query) => client.query(chain, query).await.map(Answer::Result),
-                Work::Command(command) => client.command(chain, command).await.map(Answer::Command),
-            };
-            match answer {
-                Ok(answer) => Ok(answer),
-                Err(e) => {
-                    if let Some(why) = client.diode_violation() {
-                        self.quarantine(source, why.clone());
-                        return Err(SourceStatus::Quarantined(why));
-                    }
-                    Err(status_of(e))
-                }
-            }
-        };
-        let (status, result) = match tokio::time::timeout_at(until, attempt).await {
-            Err(_) => (SourceStatus::TimedOut, None),
-            Ok(Err(status)) => (status, None),
-            Ok(Ok(Answer::Command(answer))) => (SourceStatus::Ok, Some(Answer::Command(answer))),
-            Ok(Ok(Answer::Result(result))) => {
-                let rows = match &result.body {
-                    ResultBody::Rows(rows) => rows.len(),
-                    ResultBody::Groups(groups) => groups.len(),
-                };
-                if rows > limits.max_rows_per_source {
-                    (
-                        SourceStatus::Error(format!(
-                            "limit.rows: answered {rows} rows; at most {} are accepted from one source",
-                            limits.max_rows_per_source
-                        )),
-                        None,
-                    )
-                } else {
-                    (SourceStatus::Ok, Some(Answer::Result(result)))
-                }
-            }
-        };
-        let latency = started.elapsed();
-        let health = match &status {
-            SourceStatus::Ok | SourceStatus::Denied { .. } => Health::Up,
-            SourceStatus::Quarantined(_) => Health::Quarantined,
-            _ => Health::Down,
-        };
-        let mut seen = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let report = seen.entry(source.archive.clone()).or_default();
-        report.health = health;
-        if health == Health::Up {
-            report.latency = latency;
-            report.last_seen = now_micros();
-        }
-        drop(seen);
-        (status, result, latency)
-    }
-
-    async fn serve(self: Rc<Self>, request: Request) {
-        let deadline = Instant::now() + request.limits.deadline;
-        let chain = match Chain::from_bytes(&request.chain) {
-            Ok(chain) => chain,
-            Err(e) => {
-                let outcomes = request
-                    .sources
-                    .iter()
-                    .map(|s| {
-                        outcome(
-                            s.archive.clone(),
-                            SourceStatus::Error(e.to_string()),
-                            Duration::ZERO,
-                        )
-                    })
-                    .collect();
-                let _ = request.reply.send(Gathered {
-                    outcomes,
-                    results: vec![None; request.sources.len()],
-                    commands: vec![None; request.sources.len()],
-                });
-                return;
-            }
-        };
-        let (chain, query, limits) = (&chain, &request.work, &request.limits);
-        let pool = &self;
-        let answered = &request.watch.answered;
-        let arrived = std::cell::RefCell::new(Vec::with_capacity(request.sources.len()));
-        let work = futures::stream::iter(request.sources.iter().enumerate())
-            .map(|(i, source)| async move {
-                if Instant::now() >= deadline {
-                    return (i, SourceStatus::TimedOut, None, Duration::ZERO);
-                }
-                let (status, result, latency) =
-                    pool.ask(source, chain, query, limits, deadline).await;
-                answered.fetch_add(1, Ordering::Relaxed);
-                (i, status, result, latency)
             })
-            .buffer_unordered(limits.max_concurrency.max(1))
-            .for_each(|answer| {
-                arrived.borrow_mut().push(answer);
-                futures::future::ready(())
-            });
-        // Whoever asked may stop waiting (a cancelled or dropped FleetQuery): then stop too, which
-        // drops the calls in flight, and capnp-rpc tells each Totebox to finish them.
-        let mut reply = request.reply;
-        // A cancel keeps what arrived: dropping `work` drops only the calls still in flight.
-        let unanswered = tokio::select! {
-            () = work => SourceStatus::TimedOut,
-            () = request.watch.cancel.cancelled() => SourceStatus::Cancelled,
-            () = reply.closed() => return,
-        };
-        let answers: Vec<(usize, SourceStatus, Option<Answer>, Duration)> = arrived.into_inner();
-        let mut outcomes: Vec<SourceOutcome> = request
-            .sources
-            .iter()
-            .map(|s| outcome(s.archive.clone(), unanswered.clone(), Duration::ZERO))
-            .collect();
-        let mut results = vec![None; request.sources.len()];
-        let mut commands = vec![None; request.sources.len()];
-        for (i, status, answer, latency) in answers {
-            let o = &mut outcomes[i];
-            o.status = status;
-            o.latency = latency;
-            match answer {
-                Some(Answer::Result(r)) => {
-                    o.as_of = r.as_of;
-                    o.suppressed_groups = r.suppressed_groups;
-                    o.rows = match &r.body {
-                        ResultBody::Rows(rows) => rows.len() as u64,
-                        ResultBody::Groups(groups) => groups.len() as u64,
-                    };
-                    results[i] = Some(r);
-                }
-                Some(Answer::Command(c)) => {
-                    o.as_of = c.as_of;
-                    commands[i] = Some(c);
-                }
-                None => {}
-            }
-        }
-        let _ = reply.send(Gathered {
-            outcomes,
-            results,
-            commands,
-        });
+            .collect(),
+        results,
+        commands,
     }
 }
 
-/// A Totebox's refusal or failure, as an outcome.
-fn status_of(error: CallError) -> SourceStatus {
-    let prefix = error.code.split('.').next().unwrap_or("");
-    match prefix {
-        "capability" | "policy" | "query" | "limit" | "command" => SourceStatus::Denied {
-            code: error.code,
-            message: error.message,
-        },
-        _ if error.code == "transport.timeout" => SourceStatus::TimedOut,
-        _ => SourceStatus::Error(error.to_string()),
+/// Rows or groups in a result.
+pub(crate) fn rows_of(result: &QueryResult) -> usize {
+    match &result.body {
+        ResultBody::Rows(rows) => rows.len(),
+        ResultBody::Groups(groups) => groups.len(),
     }
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -12,9 +12,12 @@
 //!   deputy), and only archives the chain names are asked.
 //! * [`fanout`]: the fleet thread, which pools one connection per Totebox for every request and
 //!   tenant. Each source gets its own timeout under the request's deadline, concurrency is
-//!   bounded, every source ends with one typed outcome, diode violators are quarantined, and a
-//!   fan-out nobody waits for any more is cancelled downstream.
-//! * [`view`]: exact merges into one view (best-effort or strict), with label rollups.
+//!   bounded, every source ends with one typed outcome, diode violators are quarantined (during
+//!   connect too), answers stream back as they arrive within a per-source share of the request's
+//!   byte budget, and a fan-out nobody waits for any more is cancelled downstream. [`gate`]
+//!   shares each Totebox connection's calls fairly among tenants.
+//! * [`view`]: every answer checked against the query sent (a hostile source changes only its
+//!   own outcome), exact merges into one view (best-effort or strict), with label rollups.
 //! * [`viewports`]: cross-entity reconciliation and executive summaries; [`report`] runs any
 //!   viewport (or a plain query) end to end.
 //! * [`spec`]: queries and viewports as text, for the command line and the config.
@@ -33,7 +36,9 @@ pub mod console;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod fanout;
+pub mod gate;
 pub mod operate;
+mod pool;
 pub mod quota;
 pub mod render;
 pub mod report;

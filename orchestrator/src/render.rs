@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use psp_core::query::{Table, Value};
+use psp_core::query::{CellRef, Table, Value};
 use psp_rpc::client::CommandAnswer;
 use serde_json::{Value as Json, json};
 
@@ -53,13 +53,16 @@ pub fn json_value(v: &Value) -> Json {
     }
 }
 
-/// Lays out rows under a header, numbers right-aligned.
+/// Lays out rows under a header, numbers right-aligned. A row with more cells than the header
+/// (from a peer that sent one) is shown whole, never a reason to fail.
 pub fn grid(header: &[&str], rows: &[Vec<String>], numeric: &[bool]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, c) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
+            let width = c.chars().count();
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(width),
+                None => widths.push(width),
             }
         }
     }
@@ -67,7 +70,7 @@ pub fn grid(header: &[&str], rows: &[Vec<String>], numeric: &[bool]) -> String {
     let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
         let mut parts = Vec::new();
         for (i, c) in cells.enumerate() {
-            let w = widths[i];
+            let w = widths.get(i).copied().unwrap_or(0);
             parts.push(if numeric.get(i).copied().unwrap_or(false) {
                 format!("{c:>w$}")
             } else {
@@ -85,8 +88,8 @@ pub fn grid(header: &[&str], rows: &[Vec<String>], numeric: &[bool]) -> String {
     out
 }
 
-/// A merged table.
-pub fn table(t: &Table) -> String {
+/// A merged table; cells that left the 64-bit range read `overflow`.
+pub fn table_with(t: &Table, overflows: &[CellRef]) -> String {
     let header: Vec<String> = t.columns.iter().map(|c| clean(&c.name)).collect();
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let numeric: Vec<bool> = t
@@ -97,9 +100,37 @@ pub fn table(t: &Table) -> String {
     let rows: Vec<Vec<String>> = t
         .rows
         .iter()
-        .map(|r| r.iter().map(cell).collect())
+        .enumerate()
+        .map(|(r, row)| {
+            row.iter()
+                .enumerate()
+                .map(|(c, v)| {
+                    if overflows.contains(&CellRef { row: r, column: c }) {
+                        OVERFLOW.to_owned()
+                    } else {
+                        cell(v)
+                    }
+                })
+                .collect()
+        })
         .collect();
-    grid(&header, &rows, &numeric)
+    let mut out = grid(&header, &rows, &numeric);
+    if !overflows.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} cell(s) left the 64-bit range and are shown as {OVERFLOW}; the rest are exact",
+            overflows.len()
+        );
+    }
+    out
+}
+
+/// What a cell whose exact value left the 64-bit range shows.
+const OVERFLOW: &str = "overflow";
+
+/// A merged table.
+pub fn table(t: &Table) -> String {
+    table_with(t, &[])
 }
 
 fn status_word(s: &SourceStatus) -> (&'static str, String) {
@@ -111,6 +142,9 @@ fn status_word(s: &SourceStatus) -> (&'static str, String) {
         SourceStatus::Error(why) => ("error", clean(why)),
         SourceStatus::Quarantined(why) => ("quarantined", clean(why)),
         SourceStatus::Cancelled => ("cancelled", String::new()),
+        SourceStatus::Rejected { code, message } => {
+            ("rejected", clean(&format!("{code}: {message}")))
+        }
     }
 }
 
@@ -148,7 +182,7 @@ pub fn outcomes(list: &[SourceOutcome]) -> String {
 /// did not match (its count line still covers every balance).
 pub fn report(r: &Report, exceptions_only: bool) -> String {
     let body = match &r.body {
-        Body::Table(t) => table(t),
+        Body::Table(t) => table_with(t, &r.overflows),
         Body::Reconciliation(entries) => {
             let rows: Vec<Vec<String>> = entries
                 .iter()
@@ -162,7 +196,11 @@ pub fn report(r: &Report, exceptions_only: bool) -> String {
                         cell(&e.left_amount),
                         cell(&e.right_amount),
                         cell(&e.difference),
-                        match_word(e.status).to_owned(),
+                        if e.overflowed {
+                            format!("{} ({OVERFLOW})", match_word(e.status))
+                        } else {
+                            match_word(e.status).to_owned()
+                        },
                     ]
                 })
                 .collect();
@@ -196,7 +234,11 @@ pub fn report(r: &Report, exceptions_only: bool) -> String {
                 .map(|k| {
                     vec![
                         clean(&k.name),
-                        cell(&k.value),
+                        if k.overflowed {
+                            OVERFLOW.to_owned()
+                        } else {
+                            cell(&k.value)
+                        },
                         clean(&k.unit),
                         format!("{}/{}", k.sources.len(), k.sources.len() + k.missing.len()),
                         as_of(k.as_of_oldest),
@@ -243,6 +285,9 @@ fn outcome_json(o: &SourceOutcome) -> Json {
         SourceStatus::Denied { code, message } => {
             ("denied", json!({"code": code, "message": message}))
         }
+        SourceStatus::Rejected { code, message } => {
+            ("rejected", json!({"code": code, "message": message}))
+        }
         other => {
             let (word, detail) = status_word(other);
             (
@@ -272,6 +317,7 @@ pub fn report_json(r: &Report) -> Json {
         Body::Table(t) => json!({
             "columns": t.columns.iter().map(|c| json!({"name": c.name, "type": c.value_type.name()})).collect::<Vec<_>>(),
             "rows": t.rows.iter().map(|row| row.iter().map(json_value).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "overflows": r.overflows.iter().map(|c| json!({"row": c.row, "column": c.column})).collect::<Vec<_>>(),
         }),
         Body::Reconciliation(entries) => json!({
             "entries": entries.iter().map(|e| json!({
@@ -280,12 +326,14 @@ pub fn report_json(r: &Report) -> Json {
                 "left_amount": json_value(&e.left_amount), "right_amount": json_value(&e.right_amount),
                 "difference": json_value(&e.difference),
                 "status": match_word(e.status).to_lowercase().replace(' ', "-"),
+                "overflowed": e.overflowed,
             })).collect::<Vec<_>>(),
         }),
         Body::Summary(kpis) => json!({
             "kpis": kpis.iter().map(|k| json!({
                 "name": k.name, "value": json_value(&k.value), "unit": k.unit,
                 "sources": k.sources, "missing": k.missing, "as_of_oldest": k.as_of_oldest,
+                "overflowed": k.overflowed,
             })).collect::<Vec<_>>(),
         }),
     };
@@ -405,6 +453,21 @@ mod tests {
             rows: vec![vec![Value::Text("a\u{8}b".into())]],
         };
         assert!(!table(&t).chars().any(|c| c.is_control() && c != '\n'));
+    }
+
+    #[test]
+    fn a_row_longer_than_its_header_is_shown_not_a_panic() {
+        let out = grid(
+            &["a"],
+            &[vec!["x".into(), "extra".into(), "more".into()]],
+            &[false],
+        );
+        assert!(out.contains("extra") && out.contains("more"), "{out}");
+        let t = Table {
+            columns: vec![],
+            rows: vec![vec![Value::Int(1), Value::Int(2)]],
+        };
+        assert!(table(&t).contains('2'));
     }
 
     #[test]

@@ -5,12 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use psp_core::Chain;
-use psp_core::query::{Query, Table};
+use psp_core::query::conform::{self, expected_columns};
+use psp_core::query::{CellRef, Merger, Nonconforming, Query, QueryResult, Table};
 
 use crate::config::Partial;
-use crate::fanout::{FanOutLimits, Fleet, Gathered, Source, SourceOutcome, SourceStatus, Watch};
-use crate::view::{ViewError, enforce, labelled_query, view, with_labels};
-use crate::viewports::{Entry, KpiValue, Viewport};
+use crate::fanout::{
+    Answer, FanOutLimits, Fleet, Source, SourceOutcome, SourceStatus, Watch, Work,
+};
+use crate::gate::TenantId;
+use crate::view::{ViewError, enforce, labelled_query, reject, with_labels};
+use crate::viewports::{Book, Entry, Kpi, KpiValue, Reconciliation, Viewport};
 
 /// What a report holds besides its outcomes.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +38,8 @@ pub struct Report {
     pub as_of_oldest: i64,
     /// The table, reconciliation or summary.
     pub body: Body,
+    /// For a table: the cells whose exact value leaves the 64-bit range (null in the table).
+    pub overflows: Vec<CellRef>,
 }
 
 impl Report {
@@ -69,14 +75,16 @@ impl Reach {
     }
 }
 
-/// How a request fans out: the fleet, its capability, its limits, its partial policy, and the
-/// watch its caller steers it with.
+/// How a request fans out: whose request, the fleet, its capability, its limits, its partial
+/// policy, and the watch its caller steers it with.
 pub struct Run<'a> {
+    /// The tenant whose request it is (its calls share each Totebox connection fairly).
+    pub tenant: TenantId,
     /// The fleet's connection pool.
     pub fleet: &'a Fleet,
     /// The request's capability chain.
     pub chain: &'a Chain,
-    /// Time and concurrency limits.
+    /// Time, concurrency and size limits.
     pub limits: FanOutLimits,
     /// Strict or best-effort.
     pub partial: Partial,
@@ -84,70 +92,13 @@ pub struct Run<'a> {
     pub watch: Watch,
 }
 
-/// Runs `viewport` over `reach`.
+/// Runs `viewport` over `reach`. Answers are checked against the query sent and merged as they
+/// arrive; an answer that does not fit is its source's `rejected` outcome and nothing more.
 pub async fn run(viewport: &Viewport, reach: &Reach, how: &Run<'_>) -> Result<Report, ViewError> {
     match viewport {
         Viewport::Rollup { query, labels } => table(query, labels, reach, how).await,
-        Viewport::Reconciliation(spec) => {
-            let query = spec.query();
-            let gathered = gather(&query, reach, how).await;
-            let entity = |i: usize, archive: &str| match spec.entity_label.as_str() {
-                "" => archive.to_owned(),
-                label => reach
-                    .labels
-                    .get(i)
-                    .and_then(|l| l.get(label))
-                    .cloned()
-                    .unwrap_or_else(|| archive.to_owned()),
-            };
-            let mut books = BTreeMap::new();
-            let mut unanswered = BTreeSet::new();
-            let mut outcomes = gathered.outcomes;
-            for (i, (outcome, result)) in outcomes.iter_mut().zip(gathered.results).enumerate() {
-                let name = entity(i, &outcome.archive);
-                match result.map(|r| r.finalize(&query)) {
-                    Some(Ok(t)) => {
-                        books.insert(name, t);
-                    }
-                    Some(Err(e)) => {
-                        outcome.status = SourceStatus::Error(format!("cannot finalize: {e}"));
-                        unanswered.insert(name);
-                    }
-                    None => {
-                        unanswered.insert(name);
-                    }
-                }
-            }
-            finish(
-                outcomes,
-                how.partial,
-                Body::Reconciliation(spec.reconcile(&books, &unanswered)),
-            )
-        }
-        Viewport::Summary(kpis) => {
-            let gathered =
-                futures::future::join_all(kpis.iter().map(|kpi| gather(&kpi.query, reach, how)))
-                    .await;
-            // A source's outcome over the whole summary: its first failure, else ok.
-            let mut outcomes: Vec<SourceOutcome> = Vec::new();
-            for g in &gathered {
-                if outcomes.is_empty() {
-                    outcomes = g.outcomes.clone();
-                    continue;
-                }
-                for (merged, o) in outcomes.iter_mut().zip(&g.outcomes) {
-                    merged.latency = merged.latency.max(o.latency);
-                    merged.rows += o.rows;
-                    merged.suppressed_groups += o.suppressed_groups;
-                    if merged.status == SourceStatus::Ok {
-                        merged.status = o.status.clone();
-                        merged.as_of = merged.as_of.min(o.as_of);
-                    }
-                }
-            }
-            let values = kpis.iter().zip(gathered).map(|(k, g)| k.value(g)).collect();
-            finish(outcomes, how.partial, Body::Summary(values))
-        }
+        Viewport::Reconciliation(spec) => reconciliation(spec, reach, how).await,
+        Viewport::Summary(kpis) => summary(kpis, reach, how).await,
     }
 }
 
@@ -162,43 +113,164 @@ async fn table(
     reach: &Reach,
     how: &Run<'_>,
 ) -> Result<Report, ViewError> {
-    let mut gathered = gather(query, reach, how).await;
-    if !labels.is_empty() {
-        let none = BTreeMap::new();
-        let source_labels = reach.labels.iter().chain(std::iter::repeat(&none));
-        gathered.results = gathered
-            .results
-            .into_iter()
-            .zip(source_labels)
-            .map(|(r, l)| r.map(|r| with_labels(r, labels, l)))
-            .collect();
-    }
-    let v = view(&labelled_query(query, labels), gathered, how.partial)?;
+    let max_rows = how.limits.max_rows_per_source;
+    let mut merger = Merger::new(&labelled_query(query, labels), max_rows);
+    let none = BTreeMap::new();
+    let outcomes = fan(query, reach, how, |index, result| {
+        // Judged against the query sent, then labelled with the archive's labels (ours, from
+        // the config, never the Totebox's), then merged.
+        conform::check(query, &result, max_rows)?;
+        let source_labels = reach.labels.get(index).unwrap_or(&none);
+        merger.add(index, with_labels(result, labels, source_labels))
+    })
+    .await;
+    let v = crate::view::finish(merger, outcomes, how.partial)?;
     Ok(Report {
         complete: v.complete,
         outcomes: v.outcomes,
         as_of_oldest: v.as_of_oldest,
         body: Body::Table(v.table),
+        overflows: v.overflows,
     })
 }
 
-/// One fan-out of `query`, with the archives not asked appended as they are.
-async fn gather(query: &Query, reach: &Reach, how: &Run<'_>) -> Gathered {
-    let mut gathered = how
-        .fleet
-        .query_watched(
-            reach.sources.clone(),
-            how.chain,
-            query.clone(),
-            how.limits,
-            how.watch.clone(),
-        )
+async fn reconciliation(
+    spec: &Reconciliation,
+    reach: &Reach,
+    how: &Run<'_>,
+) -> Result<Report, ViewError> {
+    let query = spec.query();
+    let entity = |i: usize, archive: &str| match spec.entity_label.as_str() {
+        "" => archive.to_owned(),
+        label => reach
+            .labels
+            .get(i)
+            .and_then(|l| l.get(label))
+            .cloned()
+            .unwrap_or_else(|| archive.to_owned()),
+    };
+    // One merger per entity: an entity whose books span several archives is merged exactly.
+    let mut books: BTreeMap<String, Merger> = BTreeMap::new();
+    let max_rows = how.limits.max_rows_per_source;
+    let outcomes = fan(&query, reach, how, |index, result| {
+        let archive = reach.sources.get(index).map_or("", |s| s.archive.as_str());
+        books
+            .entry(entity(index, archive))
+            .or_insert_with(|| Merger::new(&query, max_rows))
+            .add(index, result)
+    })
+    .await;
+    let unanswered: BTreeSet<String> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.status != SourceStatus::Ok)
+        .map(|(i, o)| entity(i, &o.archive))
+        .collect();
+    let amount = expected_columns(&query).len() - 1;
+    let books: BTreeMap<String, Book> = books
+        .into_iter()
+        .map(|(name, merger)| {
+            let merged = merger.finish();
+            let overflowed = merged
+                .overflows
+                .iter()
+                .filter(|c| c.column == amount)
+                .map(|c| c.row)
+                .collect();
+            (
+                name,
+                Book {
+                    table: merged.table,
+                    overflowed,
+                },
+            )
+        })
+        .collect();
+    finish(
+        outcomes,
+        how.partial,
+        Body::Reconciliation(spec.reconcile_books(&books, &unanswered)),
+    )
+}
+
+async fn summary(kpis: &[Kpi], reach: &Reach, how: &Run<'_>) -> Result<Report, ViewError> {
+    let max_rows = how.limits.max_rows_per_source;
+    let figures = futures::future::join_all(kpis.iter().map(|kpi| async move {
+        let mut merger = Merger::new(&kpi.query, max_rows);
+        let outcomes = fan(&kpi.query, reach, how, |index, result| {
+            merger.add(index, result)
+        })
         .await;
-    gathered
-        .results
-        .extend(reach.not_asked.iter().map(|_| None));
-    gathered.outcomes.extend(reach.not_asked.iter().cloned());
-    gathered
+        let value = kpi.figure(merger.finish(), &outcomes);
+        (value, outcomes)
+    }))
+    .await;
+    // A source's outcome over the whole summary: its first failure, else ok.
+    let mut outcomes: Vec<SourceOutcome> = Vec::new();
+    let mut values = Vec::with_capacity(figures.len());
+    for (value, figure_outcomes) in figures {
+        values.push(value);
+        if outcomes.is_empty() {
+            outcomes = figure_outcomes;
+            continue;
+        }
+        for (merged, o) in outcomes.iter_mut().zip(figure_outcomes) {
+            merged.latency = merged.latency.max(o.latency);
+            merged.rows = merged.rows.saturating_add(o.rows);
+            merged.suppressed_groups = merged.suppressed_groups.saturating_add(o.suppressed_groups);
+            if merged.status == SourceStatus::Ok {
+                merged.status = o.status;
+                merged.as_of = merged.as_of.min(o.as_of);
+            }
+        }
+    }
+    finish(outcomes, how.partial, Body::Summary(values))
+}
+
+/// One fan-out of `query` over `reach`: each answer goes to `fold` as it arrives (and is
+/// dropped there); an answer `fold` refuses becomes its source's `rejected` outcome. Returns one
+/// outcome per source, then the archives not asked, as they are.
+async fn fan(
+    query: &Query,
+    reach: &Reach,
+    how: &Run<'_>,
+    mut fold: impl FnMut(usize, QueryResult) -> Result<(), Nonconforming>,
+) -> Vec<SourceOutcome> {
+    let mut arrivals = how.fleet.stream(
+        how.tenant.clone(),
+        reach.sources.clone(),
+        how.chain,
+        Work::Query(query.clone()),
+        how.limits,
+        how.watch.clone(),
+    );
+    let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; reach.sources.len()];
+    while let Some(arrival) = arrivals.recv().await {
+        let Some(slot) = outcomes.get_mut(arrival.index) else {
+            continue;
+        };
+        let mut outcome = arrival.outcome;
+        if let Some(Answer::Result(result)) = arrival.answer
+            && let Err(why) = fold(arrival.index, result)
+        {
+            reject(&mut outcome, &why);
+        }
+        *slot = Some(outcome);
+    }
+    outcomes
+        .into_iter()
+        .zip(&reach.sources)
+        .map(|(o, source)| {
+            o.unwrap_or_else(|| {
+                SourceOutcome::without_answer(
+                    source.archive.clone(),
+                    SourceStatus::Error("the fan-out ended without this source".into()),
+                    std::time::Duration::ZERO,
+                )
+            })
+        })
+        .chain(reach.not_asked.iter().cloned())
+        .collect()
 }
 
 fn finish(outcomes: Vec<SourceOutcome>, partial: Partial, body: Body) -> Result<Report, ViewError> {
@@ -214,5 +286,6 @@ fn finish(outcomes: Vec<SourceOutcome>, partial: Partial, body: Body) -> Result<
         outcomes,
         as_of_oldest,
         body,
+        overflows: Vec::new(),
     })
 }

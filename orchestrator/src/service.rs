@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Partial, Tenant};
 use crate::fanout::{FanOutLimits, Fleet, Health, Source, SourceOutcome, SourceStatus, Watch};
+use crate::gate::TenantId;
 use crate::quota::TenantQuota;
 use crate::report::{Reach, Report, Run, run};
 use crate::selection::{Refusal, reach, select};
@@ -51,6 +52,8 @@ struct Snapshot {
 pub struct OrchestratorService {
     key: PublicKey,
     fleet: Fleet,
+    /// The largest message a Totebox connection reads: no source's share exceeds it.
+    message_limit: usize,
     current: RwLock<Arc<Snapshot>>,
 }
 
@@ -60,6 +63,7 @@ impl OrchestratorService {
         let snapshot = Snapshot::new(config, None);
         Arc::new(Self {
             fleet: Fleet::start(identity.clone(), limits),
+            message_limit: limits.max_message_words.saturating_mul(8),
             key: identity.public(),
             current: RwLock::new(Arc::new(snapshot)),
         })
@@ -131,6 +135,7 @@ struct Console {
 
 /// A request that passed every check, ready to fan out.
 struct Admitted {
+    tenant: TenantId,
     reach: Reach,
     chain: Chain,
     limits: FanOutLimits,
@@ -149,7 +154,12 @@ impl Console {
 
     /// Every check a request passes before any Totebox is called: the tenant, the archives it
     /// names, the capability's issuer and holder, and the tenant's quotas.
-    fn admit(&self, request: fleet_request::Reader<'_>, what: &str) -> capnp::Result<Admitted> {
+    fn admit(
+        &self,
+        request: fleet_request::Reader<'_>,
+        what: &str,
+        answers_per_source: usize,
+    ) -> capnp::Result<Admitted> {
         let snapshot = self.service.snapshot();
         let config = &snapshot.config;
         let operator = self.connection.peer;
@@ -205,21 +215,28 @@ impl Console {
             not_asked: reached
                 .outside_capability
                 .iter()
-                .map(|a| SourceOutcome {
-                    archive: a.id.clone(),
-                    status: SourceStatus::Denied {
-                        code: "capability.archive-not-in-scope".into(),
-                        message: "the capability does not name this archive; it was not asked"
-                            .into(),
-                    },
-                    latency: Duration::ZERO,
-                    as_of: 0,
-                    rows: 0,
-                    suppressed_groups: 0,
+                .map(|a| {
+                    SourceOutcome::without_answer(
+                        a.id.clone(),
+                        SourceStatus::Denied {
+                            code: "capability.archive-not-in-scope".into(),
+                            message: "the capability does not name this archive; it was not asked"
+                                .into(),
+                        },
+                        Duration::ZERO,
+                    )
                 })
                 .collect(),
         };
+        // Each source's share of the request's answer budget: a request never holds more,
+        // however many sources answer, and no source can take the others' shares.
+        let answers = reach
+            .sources
+            .len()
+            .saturating_mul(answers_per_source.max(1));
+        let max_answer_bytes = config.source_share(answers, self.service.message_limit);
         Ok(Admitted {
+            tenant: TenantId::from(tenant.name.as_str()),
             reach,
             chain,
             limits: FanOutLimits {
@@ -227,6 +244,7 @@ impl Console {
                 deadline,
                 max_concurrency: config.max_concurrency,
                 max_rows_per_source: MAX_ROWS_PER_SOURCE,
+                max_answer_bytes,
             },
             partial,
             _permit: permit,
@@ -240,7 +258,11 @@ impl Console {
         viewport: Viewport,
         what: &str,
     ) -> capnp::Result<fleet_query::Client> {
-        let admitted = self.admit(request, what)?;
+        let per_source = match &viewport {
+            Viewport::Summary(kpis) => kpis.len(),
+            _ => 1,
+        };
+        let admitted = self.admit(request, what, per_source)?;
         let watch = Watch::default();
         watch
             .answered
@@ -257,6 +279,7 @@ impl Console {
         let task = tokio::task::spawn_local(async move {
             let _running = running;
             let how = Run {
+                tenant: admitted.tenant.clone(),
                 fleet: &fleet,
                 chain: &admitted.chain,
                 limits: admitted.limits,
@@ -391,11 +414,12 @@ impl orchestrator::Server for Console {
             ));
         }
         let what = format!("command {:?}", spec.name);
-        let admitted = self.admit(params.get_request()?, &what)?;
+        let admitted = self.admit(params.get_request()?, &what, 1)?;
         let gathered = self
             .service
             .fleet
-            .command(
+            .command_as(
+                admitted.tenant.clone(),
                 admitted.reach.sources.clone(),
                 &admitted.chain,
                 spec,

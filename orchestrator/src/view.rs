@@ -5,7 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use psp_core::query::{Column, Query, QueryResult, ResultBody, Shape, Table, Value, ValueType};
+use psp_core::query::{
+    CellRef, Column, Merger, Nonconforming, Query, QueryResult, ResultBody, Shape, Table, Value,
+    ValueType,
+};
+use psp_rpc::client::MALFORMED_ANSWER;
 
 use crate::config::Partial;
 use crate::fanout::{Gathered, SourceOutcome, SourceStatus};
@@ -21,6 +25,8 @@ pub struct View {
     pub as_of_oldest: i64,
     /// The merged, finalized table.
     pub table: Table,
+    /// Cells of `table` whose exact value leaves the 64-bit range (null in `table`).
+    pub overflows: Vec<CellRef>,
 }
 
 /// Why no view was produced.
@@ -35,9 +41,6 @@ pub enum ViewError {
         /// Every source's outcome.
         outcomes: Vec<SourceOutcome>,
     },
-    /// The answers could not be merged.
-    #[error("cannot merge the answers: {0}")]
-    Merge(String),
 }
 
 impl ViewError {
@@ -45,7 +48,6 @@ impl ViewError {
     pub fn code(&self) -> &'static str {
         match self {
             ViewError::Incomplete { .. } => "fanout.incomplete",
-            ViewError::Merge(_) => "fanout.merge",
         }
     }
 }
@@ -129,47 +131,64 @@ pub(crate) fn enforce(
     Ok((outcomes, missing))
 }
 
-/// Merges and finalizes what a fan-out gathered for `query`.
+/// Merges and finalizes what a fan-out gathered for `query`: each answer is checked against
+/// the query on its own (an answer that does not fit is that source's `rejected` outcome, never
+/// a reason to refuse the others), then merged exactly.
 pub fn view(query: &Query, gathered: Gathered, partial: Partial) -> Result<View, ViewError> {
     let Gathered {
         mut outcomes,
         results,
         ..
     } = gathered;
-    // Sources must agree on the columns; the first answer sets them, and a source that disagrees
-    // (a schema that drifted) is reported, not merged.
-    let mut columns: Option<Vec<Column>> = None;
-    let mut answers = Vec::new();
-    for (outcome, result) in outcomes.iter_mut().zip(results) {
-        let Some(result) = result else { continue };
-        match &columns {
-            Some(c) if *c != result.columns => {
-                outcome.status = SourceStatus::Error(
-                    "answered with other columns than the rest of the fleet".into(),
-                );
-            }
-            _ => {
-                columns.get_or_insert_with(|| result.columns.clone());
-                answers.push(result);
-            }
+    let mut merger = Merger::new(query, usize::MAX);
+    for (index, (outcome, result)) in outcomes.iter_mut().zip(results).enumerate() {
+        if let Some(result) = result {
+            fold(&mut merger, index, outcome, result);
         }
     }
-    let (outcomes, missing) = enforce(partial, outcomes)?;
-    let as_of_oldest = answers.iter().map(|a| a.as_of).min().unwrap_or(0);
-    let table = if answers.is_empty() {
-        Table {
-            columns: Vec::new(),
-            rows: Vec::new(),
-        }
-    } else {
-        QueryResult::merge(answers)
-            .and_then(|merged| merged.finalize(query))
-            .map_err(|e| ViewError::Merge(e.to_string()))?
+    finish(merger, outcomes, partial)
+}
+
+/// Folds one source's answer into `merger`, or sets it aside as that source's own outcome.
+pub(crate) fn fold(
+    merger: &mut Merger,
+    index: usize,
+    outcome: &mut SourceOutcome,
+    result: QueryResult,
+) {
+    if let Err(why) = merger.add(index, result) {
+        reject(outcome, &why);
+    }
+}
+
+/// Marks a source whose answer did not fit the query it was sent.
+pub(crate) fn reject(outcome: &mut SourceOutcome, why: &Nonconforming) {
+    tracing::warn!(
+        target: "psp::security",
+        archive = %outcome.archive,
+        "set aside an answer that does not fit the query: {why}"
+    );
+    outcome.status = SourceStatus::Rejected {
+        code: MALFORMED_ANSWER.into(),
+        message: why.to_string(),
     };
+    outcome.rows = 0;
+    outcome.suppressed_groups = 0;
+}
+
+/// The view from a merger that has seen every answer, under the partial policy.
+pub(crate) fn finish(
+    merger: Merger,
+    outcomes: Vec<SourceOutcome>,
+    partial: Partial,
+) -> Result<View, ViewError> {
+    let (outcomes, missing) = enforce(partial, outcomes)?;
+    let merged = merger.finish();
     Ok(View {
         complete: missing == 0,
         outcomes,
-        as_of_oldest,
-        table,
+        as_of_oldest: merged.as_of_oldest,
+        table: merged.table,
+        overflows: merged.overflows,
     })
 }

@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use psp_core::Chain;
-use psp_core::query::{Aggregate, AggregateFunction, Decimal, Filter, Query, Shape, Table, Value};
+use psp_core::query::{
+    Aggregate, AggregateFunction, Decimal, Filter, Merged, Merger, Query, Shape, Table, Value,
+};
 
-use crate::config::Partial;
 use crate::fanout::{FanOutLimits, Fleet, Gathered, Source, SourceStatus};
-use crate::view::view;
 
 /// How two entities' records of one balance compare when they agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +45,22 @@ pub struct Reconciliation {
 
 /// (left entity, right entity, period, currency): one intercompany balance.
 type PairKey = (String, String, Value, Value);
+
+/// What one entity records of one balance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Side {
+    /// Nothing.
+    #[default]
+    Absent,
+    /// This amount.
+    Amount(Decimal),
+    /// Something, but its amount is not known: it left the 64-bit range when the entity's
+    /// archives were merged, or is not a number.
+    Unknown,
+}
+
 /// What the left and the right entity each record of it.
-type Sides = (Option<Decimal>, Option<Decimal>);
+type Sides = (Side, Side);
 
 /// The verdict on one balance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,10 +92,31 @@ pub struct Entry {
     pub left_amount: Value,
     /// What right records about left (null when nothing).
     pub right_amount: Value,
-    /// left - (what the convention expects from right); null unless both sides record it.
+    /// left - (what the convention expects from right); null unless both sides record it (or
+    /// when it leaves the 64-bit range).
     pub difference: Value,
     /// The verdict.
     pub status: MatchStatus,
+    /// A side's amount is unknown because it left the 64-bit range: status `Unknown`.
+    pub overflowed: bool,
+}
+
+/// One entity's merged answer to [`Reconciliation::query`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Book {
+    /// Its balances: (counterparty, period, currency, amount) rows.
+    pub table: Table,
+    /// Rows of `table` whose amount left the 64-bit range.
+    pub overflowed: BTreeSet<usize>,
+}
+
+impl From<Table> for Book {
+    fn from(table: Table) -> Self {
+        Book {
+            table,
+            overflowed: BTreeSet::new(),
+        }
+    }
 }
 
 impl Reconciliation {
@@ -108,21 +143,37 @@ impl Reconciliation {
         books: &BTreeMap<String, Table>,
         unanswered: &BTreeSet<String>,
     ) -> Vec<Entry> {
+        let books: BTreeMap<String, Book> = books
+            .iter()
+            .map(|(e, t)| (e.clone(), Book::from(t.clone())))
+            .collect();
+        self.reconcile_books(&books, unanswered)
+    }
+
+    /// [`Reconciliation::reconcile`] over merged books, which may mark amounts that left the
+    /// 64-bit range: those balances are `Unknown` and say why. All arithmetic here is checked
+    /// (amounts come from the network).
+    pub fn reconcile_books(
+        &self,
+        books: &BTreeMap<String, Book>,
+        unanswered: &BTreeSet<String>,
+    ) -> Vec<Entry> {
         let known = |e: &str| books.contains_key(e) || unanswered.contains(e);
         // (left, right, period, currency) -> (left's amount, right's amount)
         let mut pairs: BTreeMap<PairKey, Sides> = BTreeMap::new();
-        for (entity, table) in books {
-            for row in &table.rows {
+        for (entity, book) in books {
+            for (r, row) in book.table.rows.iter().enumerate() {
                 let [Value::Text(counterparty), period, currency, amount] = &row[..] else {
                     continue;
                 };
                 if counterparty == entity || !known(counterparty) {
                     continue;
                 }
-                let amount = match amount {
-                    Value::Decimal(d) => Some(*d),
-                    Value::Int(i) => Decimal::new(*i, 0),
-                    _ => None,
+                let side = match amount {
+                    _ if book.overflowed.contains(&r) => Side::Unknown,
+                    Value::Decimal(d) => Side::Amount(*d),
+                    Value::Int(i) => Decimal::new(*i, 0).map_or(Side::Unknown, Side::Amount),
+                    _ => Side::Unknown,
                 };
                 let (left, right, is_left) = if entity < counterparty {
                     (entity.clone(), counterparty.clone(), true)
@@ -133,62 +184,76 @@ impl Reconciliation {
                     .entry((left, right, period.clone(), currency.clone()))
                     .or_default();
                 if is_left {
-                    slot.0 = amount
+                    slot.0 = side
                 } else {
-                    slot.1 = amount
+                    slot.1 = side
                 }
             }
         }
         pairs
             .into_iter()
             .map(|((left, right, period, currency), (l, r))| {
+                let amount = |s: Side| match s {
+                    Side::Amount(d) => Value::Decimal(d),
+                    _ => Value::Null,
+                };
+                let overflowed = l == Side::Unknown || r == Side::Unknown;
                 let (status, difference) = match (l, r) {
-                    (Some(l), Some(r)) => {
-                        // Opposite books agree when l + r = 0; equal books when l - r = 0.
-                        let counter = match self.convention {
-                            Convention::Opposite => r,
-                            Convention::Equal => {
-                                Decimal::new(-r.units(), r.scale()).expect("same scale")
-                            }
-                        };
-                        // left + expected-with-sign: for opposite books, l + r should be zero.
-                        let diff = l.checked_add(&counter);
-                        let within = diff.is_some_and(|d| {
-                            let magnitude = Decimal::new(d.units().saturating_abs(), d.scale())
-                                .expect("same scale");
-                            Value::Decimal(magnitude) <= Value::Decimal(self.tolerance)
-                        });
-                        (
-                            if within {
-                                MatchStatus::Matched
-                            } else {
-                                MatchStatus::Mismatched
-                            },
-                            diff.map_or(Value::Null, Value::Decimal),
-                        )
-                    }
-                    (Some(_), None) if unanswered.contains(&right) => {
+                    (Side::Unknown, _) | (_, Side::Unknown) => (MatchStatus::Unknown, Value::Null),
+                    (Side::Amount(l), Side::Amount(r)) => self.compare(l, r),
+                    (Side::Amount(_), Side::Absent) if unanswered.contains(&right) => {
                         (MatchStatus::Unknown, Value::Null)
                     }
-                    (None, Some(_)) if unanswered.contains(&left) => {
+                    (Side::Absent, Side::Amount(_)) if unanswered.contains(&left) => {
                         (MatchStatus::Unknown, Value::Null)
                     }
-                    (Some(_), None) => (MatchStatus::LeftOnly, Value::Null),
-                    (None, Some(_)) => (MatchStatus::RightOnly, Value::Null),
-                    (None, None) => (MatchStatus::Unknown, Value::Null),
+                    (Side::Amount(_), Side::Absent) => (MatchStatus::LeftOnly, Value::Null),
+                    (Side::Absent, Side::Amount(_)) => (MatchStatus::RightOnly, Value::Null),
+                    (Side::Absent, Side::Absent) => (MatchStatus::Unknown, Value::Null),
                 };
                 Entry {
                     left,
                     right,
                     period,
                     currency,
-                    left_amount: l.map_or(Value::Null, Value::Decimal),
-                    right_amount: r.map_or(Value::Null, Value::Decimal),
+                    left_amount: amount(l),
+                    right_amount: amount(r),
                     difference,
                     status,
+                    overflowed,
                 }
             })
             .collect()
+    }
+
+    /// The verdict on two recorded amounts, and their difference: `l + r` for opposite books,
+    /// `l - r` for equal ones, computed in 128 bits so no amount can overflow it; the difference
+    /// is null when it does not fit a 64-bit decimal (it is then surely a mismatch).
+    fn compare(&self, l: Decimal, r: Decimal) -> (MatchStatus, Value) {
+        let widen = |d: Decimal, scale: u8| {
+            i128::from(d.units()) * 10i128.pow(u32::from(scale.saturating_sub(d.scale())))
+        };
+        let scale = l.scale().max(r.scale());
+        let difference = match self.convention {
+            Convention::Opposite => widen(l, scale) + widen(r, scale),
+            Convention::Equal => widen(l, scale) - widen(r, scale),
+        };
+        // Compared with the tolerance at whichever scale is finer.
+        let common = scale.max(self.tolerance.scale());
+        let within = difference
+            .abs()
+            .checked_mul(10i128.pow(u32::from(common - scale)))
+            .is_some_and(|d| d <= widen(self.tolerance, common).abs());
+        let status = if within {
+            MatchStatus::Matched
+        } else {
+            MatchStatus::Mismatched
+        };
+        let value = i64::try_from(difference)
+            .ok()
+            .and_then(|units| Decimal::new(units, scale))
+            .map_or(Value::Null, Value::Decimal);
+        (status, value)
     }
 }
 
@@ -218,6 +283,9 @@ pub struct KpiValue {
     pub missing: Vec<String>,
     /// The oldest data time among the contributors.
     pub as_of_oldest: i64,
+    /// The figure's exact value left the 64-bit range: `value` is null although sources
+    /// answered.
+    pub overflowed: bool,
 }
 
 impl Kpi {
@@ -237,33 +305,35 @@ impl Kpi {
 
     /// The figure from what one fan-out of its query gathered.
     pub fn value(&self, gathered: Gathered) -> KpiValue {
-        let (sources_ok, missing): (Vec<_>, Vec<_>) = gathered
-            .outcomes
-            .iter()
-            .partition(|o| o.status == SourceStatus::Ok);
-        let (sources, missing): (Vec<String>, Vec<String>) = (
-            sources_ok.iter().map(|o| o.archive.clone()).collect(),
-            missing.iter().map(|o| o.archive.clone()).collect(),
-        );
-        let (value, as_of_oldest) = match view(&self.query, gathered, Partial::BestEffort) {
-            Ok(v) => (
-                v.table
-                    .rows
-                    .first()
-                    .and_then(|r| r.first())
-                    .cloned()
-                    .unwrap_or(Value::Null),
-                v.as_of_oldest,
-            ),
-            Err(_) => (Value::Null, 0),
-        };
+        let mut outcomes = gathered.outcomes;
+        let mut merger = Merger::new(&self.query, usize::MAX);
+        for (index, (outcome, result)) in outcomes.iter_mut().zip(gathered.results).enumerate() {
+            if let Some(result) = result {
+                crate::view::fold(&mut merger, index, outcome, result);
+            }
+        }
+        self.figure(merger.finish(), &outcomes)
+    }
+
+    /// The figure from its merged answer and every source's outcome.
+    pub fn figure(&self, merged: Merged, outcomes: &[crate::fanout::SourceOutcome]) -> KpiValue {
+        let (sources_ok, missing): (Vec<_>, Vec<_>) =
+            outcomes.iter().partition(|o| o.status == SourceStatus::Ok);
+        let overflowed = merged.overflows.iter().any(|c| c.row == 0 && c.column == 0);
         KpiValue {
             name: self.name.clone(),
-            value,
+            value: merged
+                .table
+                .rows
+                .first()
+                .and_then(|r| r.first())
+                .cloned()
+                .unwrap_or(Value::Null),
             unit: self.unit.clone(),
-            sources,
-            missing,
-            as_of_oldest,
+            sources: sources_ok.iter().map(|o| o.archive.clone()).collect(),
+            missing: missing.iter().map(|o| o.archive.clone()).collect(),
+            as_of_oldest: merged.as_of_oldest,
+            overflowed,
         }
     }
 }

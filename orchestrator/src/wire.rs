@@ -9,7 +9,7 @@ use psp_core::query::wire::{
     read_filter_alone, read_query, read_value, type_from_wire, type_to_wire, write_filter,
     write_query, write_value,
 };
-use psp_core::query::{Column, Decimal, Table, Value};
+use psp_core::query::{CellRef, Column, Decimal, Table, Value};
 use psp_rpc::client::CommandAnswer;
 use psp_rpc::limits::CallError;
 use psp_schema::orchestrator_capnp::{
@@ -94,6 +94,11 @@ pub fn write_outcome(o: &SourceOutcome, mut b: source_outcome::Builder<'_>) {
         SourceStatus::Error(why) => status.set_error(why),
         SourceStatus::Quarantined(why) => status.set_quarantined(why),
         SourceStatus::Cancelled => status.set_cancelled(()),
+        SourceStatus::Rejected { code, message } => {
+            let mut d = status.init_rejected();
+            d.set_code(code);
+            d.set_message(message);
+        }
     }
 }
 
@@ -114,6 +119,13 @@ pub fn read_outcome(o: source_outcome::Reader<'_>) -> capnp::Result<SourceOutcom
         status::Error(why) => SourceStatus::Error(text(why)?),
         status::Cancelled(()) => SourceStatus::Cancelled,
         status::Quarantined(why) => SourceStatus::Quarantined(text(why)?),
+        status::Rejected(d) => {
+            let d = d?;
+            SourceStatus::Rejected {
+                code: text(d.get_code())?,
+                message: text(d.get_message())?,
+            }
+        }
     };
     Ok(SourceOutcome {
         archive: text(o.get_archive())?,
@@ -135,7 +147,7 @@ pub fn write_report(r: &Report, mut b: view::Builder<'_>) {
     }
     let body = b.init_body();
     match &r.body {
-        Body::Table(t) => write_table(t, body.init_table()),
+        Body::Table(t) => write_table(t, &r.overflows, body.init_table()),
         Body::Reconciliation(entries) => {
             let mut list = body
                 .init_reconciliation()
@@ -152,6 +164,7 @@ pub fn write_report(r: &Report, mut b: view::Builder<'_>) {
                 write_value(e.left_amount.as_ref(), b.reborrow().init_left_amount());
                 write_value(e.right_amount.as_ref(), b.reborrow().init_right_amount());
                 write_value(e.difference.as_ref(), b.reborrow().init_difference());
+                b.set_overflowed(e.overflowed);
                 b.set_status(match e.status {
                     MatchStatus::Matched => wire::MatchStatus::Matched,
                     MatchStatus::Mismatched => wire::MatchStatus::Mismatched,
@@ -168,6 +181,7 @@ pub fn write_report(r: &Report, mut b: view::Builder<'_>) {
                 b.set_name(&k.name);
                 b.set_unit(&k.unit);
                 b.set_as_of_oldest(k.as_of_oldest);
+                b.set_overflowed(k.overflowed);
                 write_value(k.value.as_ref(), b.reborrow().init_value());
                 set_texts(
                     b.reborrow().init_sources(k.sources.len() as u32),
@@ -179,7 +193,13 @@ pub fn write_report(r: &Report, mut b: view::Builder<'_>) {
     }
 }
 
-fn write_table(t: &Table, mut b: wire::table::Builder<'_>) {
+fn write_table(t: &Table, overflows: &[CellRef], mut b: wire::table::Builder<'_>) {
+    let mut cells = b.reborrow().init_overflows(overflows.len() as u32);
+    for (i, c) in overflows.iter().enumerate() {
+        let mut cell = cells.reborrow().get(i as u32);
+        cell.set_row(u32::try_from(c.row).unwrap_or(u32::MAX));
+        cell.set_column(u32::try_from(c.column).unwrap_or(u32::MAX));
+    }
     let mut columns = b.reborrow().init_columns(t.columns.len() as u32);
     for (i, c) in t.columns.iter().enumerate() {
         let mut column = columns.reborrow().get(i as u32);
@@ -202,9 +222,18 @@ pub fn read_report(v: view::Reader<'_>) -> capnp::Result<Report> {
         .iter()
         .map(read_outcome)
         .collect::<capnp::Result<_>>()?;
+    let mut overflows = Vec::new();
     let body = match v.get_body().which()? {
         view::body::Table(t) => {
             let t = t?;
+            overflows = t
+                .get_overflows()?
+                .iter()
+                .map(|c| CellRef {
+                    row: c.get_row() as usize,
+                    column: c.get_column() as usize,
+                })
+                .collect();
             let columns = t
                 .get_columns()?
                 .iter()
@@ -234,6 +263,7 @@ pub fn read_report(v: view::Reader<'_>) -> capnp::Result<Report> {
                         left_amount: value(e.get_left_amount())?,
                         right_amount: value(e.get_right_amount())?,
                         difference: value(e.get_difference())?,
+                        overflowed: e.get_overflowed(),
                         status: match e.get_status()? {
                             wire::MatchStatus::Matched => MatchStatus::Matched,
                             wire::MatchStatus::Mismatched => MatchStatus::Mismatched,
@@ -256,6 +286,7 @@ pub fn read_report(v: view::Reader<'_>) -> capnp::Result<Report> {
                         sources: texts(k.get_sources())?,
                         missing: texts(k.get_missing())?,
                         as_of_oldest: k.get_as_of_oldest(),
+                        overflowed: k.get_overflowed(),
                     })
                 })
                 .collect::<capnp::Result<_>>()?,
@@ -266,6 +297,7 @@ pub fn read_report(v: view::Reader<'_>) -> capnp::Result<Report> {
         outcomes,
         as_of_oldest: v.get_as_of_oldest(),
         body,
+        overflows,
     })
 }
 

@@ -18,6 +18,7 @@ fn limits() -> FanOutLimits {
         deadline: Duration::from_secs(4),
         max_concurrency: 8,
         max_rows_per_source: 10_000,
+        ..FanOutLimits::default()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use orchestrator::fanout::{FanOutLimits, Fleet, Source, SourceStatus};
-use psp_core::query::{Aggregate, AggregateFunction, Query, QueryResult, Value};
+use psp_core::query::{Aggregate, AggregateFunction, Merger, Query, QueryResult, Value};
 use support::{chain, world};
 
 mod support;
@@ -17,6 +17,7 @@ fn limits() -> FanOutLimits {
         deadline: Duration::from_secs(2),
         max_concurrency: 8,
         max_rows_per_source: 10_000,
+        ..FanOutLimits::default()
     }
 }
 
@@ -53,10 +54,11 @@ async fn a_rollup_merges_exactly_what_each_source_answered() {
         .iter()
         .map(|r| r.finalize(&noi()).unwrap().rows[0][0].clone())
         .collect();
-    let merged = QueryResult::merge(answers)
-        .unwrap()
-        .finalize(&noi())
-        .unwrap();
+    let mut merger = Merger::new(&noi(), 10_000);
+    for (i, answer) in answers.into_iter().enumerate() {
+        merger.add(i, answer).unwrap();
+    }
+    let merged = merger.finish().table;
     let Value::Decimal(total) = &merged.rows[0][0] else {
         panic!("decimal NOI")
     };

@@ -95,6 +95,7 @@ async fn a_config_reconciliation_through_the_console_equals_the_librarys() {
                 deadline: Duration::from_secs(4),
                 max_concurrency: 8,
                 max_rows_per_source: 10_000,
+                ..FanOutLimits::default()
             };
             let gathered = fleet.query(subs, &chain, spec.query(), limits).await;
             let books: BTreeMap<String, _> = gathered

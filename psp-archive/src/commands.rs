@@ -35,7 +35,7 @@ pub(crate) fn apply(
     check_idempotency_key(command.idempotency_key)?;
     let digest = *command.digest().as_bytes();
     let mut writer = archive.lock_writer();
-    let ledger_key = (*command.issuer, command.idempotency_key.to_vec());
+    let ledger_key = (*command.namespace, command.idempotency_key.to_vec());
     if let Some(previous) = writer.applied.get(&ledger_key) {
         if previous.digest != digest {
             return Err(CommandError::KeyReused);
@@ -228,7 +228,7 @@ fn log_entry_bytes(
         let mut entry = m.init_root::<log_entry::Builder<'_>>();
         entry.set_at(at);
         if let Some(p) = provenance {
-            entry.set_issuer(p.command.issuer.as_bytes());
+            entry.set_issuer(p.command.namespace.as_bytes());
             entry.set_idempotency_key(p.command.idempotency_key);
             entry.set_digest(&p.digest);
             entry.set_message(&p.message);

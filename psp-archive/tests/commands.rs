@@ -56,7 +56,7 @@ fn command<'a>(
     arguments: &'a [u8],
 ) -> CommandRequest<'a> {
     CommandRequest {
-        issuer,
+        namespace: issuer,
         name,
         collection,
         idempotency_key: key,

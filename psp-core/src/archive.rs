@@ -33,7 +33,7 @@ pub trait Archive: Send + Sync + 'static {
     /// with an index should offer just those. Stop early when `accumulator.is_satisfied()`.
     fn scan(&self, plan: &Plan, accumulator: &mut Accumulator<'_>) -> Result<i64, QueryError>;
 
-    /// Applies a command at most once per (issuer, idempotency key): a repeat of the same command
+    /// Applies a command at most once per (namespace, idempotency key): a repeat of the same command
     /// returns the first outcome as [`CommandStatus::Replayed`]; the same key with a different
     /// command is [`CommandError::KeyReused`].
     fn apply(&self, command: &CommandRequest<'_>) -> Result<CommandOutcome, CommandError>;
@@ -110,9 +110,11 @@ impl CollectionDescription {
 /// A command as the Totebox hands it to the archive, after the capability allowed it.
 #[derive(Debug, Clone, Copy)]
 pub struct CommandRequest<'a> {
-    /// Whose idempotency namespace the key lives in: the key that issued the capability's last
-    /// link (the operator), so two operators' keys never collide.
-    pub issuer: &'a PublicKey,
+    /// The idempotency namespace the key lives in
+    /// ([`VerifiedChain::idempotency_namespace`](crate::capability::VerifiedChain::idempotency_namespace)):
+    /// the operator whose console bound the command, never a key the presenting machine chose,
+    /// so two operators' keys never collide and a delegate cannot replay a command as new.
+    pub namespace: &'a PublicKey,
     /// The command's name.
     pub name: &'a str,
     /// The collection it targets (empty for archive-wide commands).

@@ -130,6 +130,9 @@ pub enum Operation {
         name: String,
         /// The one command allowed, if bound.
         digest: Option<CommandDigest>,
+        /// Only meaningful unbound: the holder may pass the command on only bound to one digest
+        /// (the next link must name it), so nobody it delegates to chooses what is applied.
+        holder_binds: bool,
     },
 }
 
@@ -139,20 +142,49 @@ impl Operation {
         Self::Command {
             name: name.to_owned(),
             digest: None,
+            holder_binds: false,
         }
     }
 
-    /// Whether `self` allows no more than `parent` does.
+    /// A grant of the named command with any arguments that its holder may delegate only bound
+    /// to one command at a time (what a fleet owner grants an operator).
+    pub fn command_bound_by_holder(name: &str) -> Self {
+        Self::Command {
+            name: name.to_owned(),
+            digest: None,
+            holder_binds: true,
+        }
+    }
+
+    /// A grant of exactly one command: `name` with the arguments and idempotency key `digest`
+    /// commits to (what a console delegates per command).
+    pub fn bound_command(name: &str, digest: CommandDigest) -> Self {
+        Self::Command {
+            name: name.to_owned(),
+            digest: Some(digest),
+            holder_binds: false,
+        }
+    }
+
+    /// Whether `self` allows no more than `parent` does. Under a parent that makes its holder
+    /// bind, an unbound command never is.
     fn is_within(&self, parent: &Operation) -> bool {
         match (self, parent) {
             (Self::Describe, Self::Describe) | (Self::Query, Self::Query) => true,
             (
-                Self::Command { name, digest },
+                Self::Command { name, digest, .. },
                 Self::Command {
                     name: parent_name,
                     digest: parent_digest,
+                    holder_binds,
                 },
-            ) => name == parent_name && (parent_digest.is_none() || digest == parent_digest),
+            ) => {
+                name == parent_name
+                    && match parent_digest {
+                        Some(bound) => digest.as_ref() == Some(bound),
+                        None => digest.is_some() || !holder_binds,
+                    }
+            }
             _ => false,
         }
     }
@@ -162,7 +194,7 @@ impl Operation {
         match (self, action) {
             (Self::Describe, Action::Describe) | (Self::Query, Action::Query) => true,
             (
-                Self::Command { name, digest },
+                Self::Command { name, digest, .. },
                 Action::Command {
                     name: wanted,
                     digest: wanted_digest,
@@ -170,6 +202,23 @@ impl Operation {
             ) => name == wanted && digest.as_ref().is_none_or(|d| d == *wanted_digest),
             _ => false,
         }
+    }
+
+    /// Whether every grant of command `name` among `all` (one link's operations) is bound to
+    /// exactly `digest`, and there is at least one: that link binds the command.
+    pub fn binds_in(all: &[Operation], name: &str, digest: &CommandDigest) -> bool {
+        let mut same_name = all.iter().filter_map(|op| match op {
+            Operation::Command {
+                name: n, digest: d, ..
+            } if n == name => Some(d),
+            _ => None,
+        });
+        let mut any = false;
+        let all_bound = same_name.all(|d| {
+            any = true;
+            d.as_ref() == Some(digest)
+        });
+        any && all_bound
     }
 }
 
@@ -248,11 +297,29 @@ impl Scope {
         }
     }
 
+    /// Whether this scope binds command `name` to exactly `digest` (every grant of that command
+    /// names the digest): the test for "the first link that binds the command".
+    pub fn binds_command(&self, name: &str, digest: &CommandDigest) -> bool {
+        Operation::binds_in(&self.operations, name, digest)
+    }
+
     /// Checks that `self` grants nothing `parent` does not; the error says what widened.
     pub fn is_within(&self, parent: &Scope) -> Result<(), String> {
         for op in &self.operations {
             if !parent.operations.iter().any(|p| op.is_within(p)) {
-                return Err(format!("operation {op:?} is not granted by the parent"));
+                return Err(match op {
+                    Operation::Command {
+                        name, digest: None, ..
+                    } if parent.operations.iter().any(|p| {
+                        matches!(p, Operation::Command { name: n, digest: None, holder_binds: true } if n == name)
+                    }) =>
+                    {
+                        format!(
+                            "command {name:?} must be bound to one command (the parent makes its holder bind it)"
+                        )
+                    }
+                    _ => format!("operation {op:?} is not granted by the parent"),
+                });
             }
         }
         let grants = match (&self.collections, &parent.collections) {

@@ -288,10 +288,7 @@ fn cases(k: &Keys) -> Vec<(&'static str, &'static str, Attempt)> {
 
     let mut links = standard();
     let mut leaf = decode(&links[1].body);
-    leaf.scope.operations = vec![Operation::Command {
-        name: "append".into(),
-        digest: Some(*DIGEST_A),
-    }];
+    leaf.scope.operations = vec![Operation::bound_command("append", *DIGEST_A)];
     leaf.parent = Some(links[0].signature);
     links[1] = SignedLink::sign(&k.console, &leaf);
     let mut a = attempt(k, links);

@@ -28,8 +28,9 @@ const KEY_MIN: i64 = -3;
 const KEY_MAX: i64 = 24;
 const OUTSIDE_KEYS: [i64; 2] = [-1000, 1000];
 
-/// Grantable operations: describe, query, append (any), append (bound to digest 1), seal (any).
-const GRANT_OPS: u8 = 5;
+/// Grantable operations: describe, query, append (any), append (bound to digest 1), seal (any),
+/// append (any, but its holder may pass it on only bound).
+const GRANT_OPS: u8 = 6;
 /// Requested actions: describe, query, append d1, append d2, seal d1.
 const ACTIONS: u8 = 5;
 
@@ -45,8 +46,23 @@ fn model_op_admits(grant: u8, action: u8) -> bool {
         [false, false, true, true, false],
         [false, false, true, false, false],
         [false, false, false, false, true],
+        [false, false, true, true, false],
     ];
     TABLE[grant as usize][action as usize]
+}
+
+/// Model of "a child's operation is within one of its parent's": beyond what each admits, an
+/// unbound append is never within an append whose holder must bind it.
+fn model_op_within(child: u8, parent: u8) -> bool {
+    const TABLE: [[bool; GRANT_OPS as usize]; GRANT_OPS as usize] = [
+        [true, false, false, false, false, false],
+        [false, true, false, false, false, false],
+        [false, false, true, false, false, false],
+        [false, false, true, true, false, true],
+        [false, false, false, false, true, false],
+        [false, false, true, false, false, false],
+    ];
+    TABLE[child as usize][parent as usize]
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,6 +160,10 @@ impl ModelLink {
         let atoms: Vec<RowAtom> = keys.chain([RowAtom::ForeignField]).collect();
         (0..ARCHIVES).all(|a| !self.archive(a) || parent.archive(a))
             && (0..ACTIONS).all(|x| !self.op(x) || parent.op(x))
+            && self
+                .ops
+                .iter()
+                .all(|&c| parent.ops.iter().any(|&p| model_op_within(c, p)))
             && (0..COLLECTIONS).all(|c| {
                 !self.collection(c)
                     || (parent.collection(c)
@@ -424,11 +444,9 @@ fn real_scope(link: &ModelLink) -> Scope {
             0 => Operation::Describe,
             1 => Operation::Query,
             2 => Operation::command("append"),
-            3 => Operation::Command {
-                name: "append".into(),
-                digest: Some(digest(1)),
-            },
-            _ => Operation::command("seal"),
+            3 => Operation::bound_command("append", digest(1)),
+            4 => Operation::command("seal"),
+            _ => Operation::command_bound_by_holder("append"),
         })
         .collect();
     let collections = match &link.collections {

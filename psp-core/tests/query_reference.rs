@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use psp_core::RowSelector;
 use psp_core::query::wire::{read_result, write_result};
 use psp_core::query::{
-    Aggregate, AggregateFunction, CollectionSchema, CompareOp, Decimal, Exposure, Filter, Plan,
-    Query, QueryResult, Shape, Table, Value, ValueType,
+    Aggregate, AggregateFunction, CollectionSchema, CompareOp, Decimal, Exposure, Filter, Merged,
+    Merger, Plan, Query, QueryResult, Shape, Table, Value, ValueType,
 };
 
 /// Fields: 0 id, 1 entity, 2 region, 3 amount (decimal), 4 qty, 5 score (float), 6 flag, 7 at.
@@ -328,6 +328,15 @@ fn evaluate(query: &Query, records: &[Vec<Value>]) -> QueryResult {
 }
 
 /// Through the wire and back, as an aggregator receives it.
+/// Every part merged, in the order given.
+fn merge_all(query: &Query, parts: impl IntoIterator<Item = QueryResult>) -> Merged {
+    let mut merger = Merger::new(query, usize::MAX);
+    for (i, part) in parts.into_iter().enumerate() {
+        merger.add(i, part).unwrap();
+    }
+    merger.finish()
+}
+
 fn over_the_wire(result: &QueryResult) -> QueryResult {
     let mut message = capnp::message::Builder::new_default();
     write_result(result, message.init_root());
@@ -374,11 +383,17 @@ proptest! {
         for (i, r) in records.iter().enumerate() {
             split[owners[i] % parts].push(r.clone());
         }
-        let merged = QueryResult::merge(split.iter().map(|part| over_the_wire(&evaluate(&query, part)))).unwrap();
-        let single = evaluate(&query, &records);
-        let (merged_table, single_table) = (merged.finalize(&query).unwrap(), single.finalize(&query).unwrap());
-        prop_assert_eq!(&merged_table, &single_table, "query {:?}", query);
+        let answers: Vec<QueryResult> = split.iter().map(|part| over_the_wire(&evaluate(&query, part))).collect();
+        let merged = merge_all(&query, answers.clone());
+        let single = evaluate(&query, &records).finalize(&query).unwrap();
+        prop_assert_eq!(&merged.table, &single, "query {:?}", query);
         prop_assert_eq!(merged.scanned_records, records.len() as u64);
+        // Arrival order never shows: the same answers in reverse give the same table.
+        let mut merger = Merger::new(&query, usize::MAX);
+        for (i, answer) in answers.into_iter().enumerate().rev() {
+            merger.add(i, answer).unwrap();
+        }
+        prop_assert_eq!(&merger.finish().table, &merged.table);
     }
 }
 
@@ -396,10 +411,13 @@ fn float_sums_merge_within_rounding() {
             r
         })
         .collect();
-    let parts = records.chunks(333).map(|c| evaluate(&query, c));
-    let merged = QueryResult::merge(parts).unwrap().finalize(&query).unwrap();
+    let parts: Vec<QueryResult> = records.chunks(333).map(|c| evaluate(&query, c)).collect();
+    let merged = merge_all(&query, parts.clone()).table;
     let single = evaluate(&query, &records).finalize(&query).unwrap();
     assert!(rows_equal(&merged, &single.rows));
+    // Float sums are rounded once, so the order they arrive in does not change a bit.
+    let reversed = merge_all(&query, parts.into_iter().rev()).table;
+    assert_eq!(merged, reversed);
 }
 
 #[test]

@@ -58,6 +58,16 @@ pub enum ConnectError {
         /// Our machine key.
         ours: PublicKey,
     },
+    /// The Totebox broke the diode while the session was being set up (a `Bootstrap` or `Call`
+    /// upstream, a capability where none belongs, an oversized frame): the connection was cut
+    /// and the Totebox should be quarantined, not redialed at once.
+    #[error("{address} broke the diode: it sent {reason}; the connection was cut")]
+    DiodeViolation {
+        /// Where.
+        address: SocketAddr,
+        /// What it sent.
+        reason: String,
+    },
     /// TLS or PSP failed otherwise.
     #[error("session with {address} failed: {reason}")]
     Protocol {
@@ -145,13 +155,24 @@ pub struct CommandAnswer {
     pub as_of: i64,
 }
 
+/// The task running one connection's RPC system. Dropping it stops the task, which closes the
+/// socket: a connection whose setup failed, timed out or was abandoned never outlives the attempt.
+#[derive(Debug)]
+struct RpcTask(tokio::task::JoinHandle<()>);
+
+impl Drop for RpcTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A connection to one Totebox. Must be created and used on a `LocalSet`.
 pub struct ToteboxClient {
     totebox: totebox::Client,
     peer: PublicKey,
     identity: Identity,
     limits: Limits,
-    rpc: tokio::task::JoinHandle<()>,
+    rpc: RpcTask,
     guard: DiodeGuard,
 }
 
@@ -164,10 +185,14 @@ impl std::fmt::Debug for ToteboxClient {
     }
 }
 
-impl Drop for ToteboxClient {
-    fn drop(&mut self) {
-        self.rpc.abort();
-    }
+/// The code of an answer that does not read as what was asked: the source's fault.
+pub const MALFORMED_ANSWER: &str = "source.malformed-answer";
+/// The code of an answer larger than the caller accepts from one source.
+pub const ANSWER_TOO_LARGE: &str = "source.answer-too-large";
+
+/// A Totebox's answer that could not be read.
+fn malformed(e: impl std::fmt::Display) -> CallError {
+    CallError::new(MALFORMED_ANSWER, e.to_string())
 }
 
 /// A failed call explained: a diode violation if the guard cut the connection.
@@ -205,11 +230,12 @@ impl ToteboxClient {
         limits: Limits,
     ) -> Result<Self, ConnectError> {
         let deadline = limits.handshake_timeout;
+        // Every frame from the Totebox passes the diode guard before capnp-rpc reads it.
+        let guard = DiodeGuard::new(totebox_key, limits.max_message_words);
         let attempt = async {
             let stream = dial(address, identity, totebox_key).await?;
             let (reader, writer) = tokio::io::split(stream);
-            // Every frame from the Totebox passes the diode guard before capnp-rpc reads it.
-            let guard = DiodeGuard::new(totebox_key, limits.max_message_words);
+            let guard = guard.clone();
             let (reader, writer) = guard.wrap(reader.compat(), writer.compat_write());
             let network = twoparty::VatNetwork::new(
                 reader,
@@ -220,48 +246,53 @@ impl ToteboxClient {
             // No bootstrap capability: this side exports nothing for the Totebox to call.
             let mut rpc = RpcSystem::new(Box::new(network), None);
             let totebox: totebox::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-            let rpc = tokio::task::spawn_local(async move {
+            // Held by this future: if the confirmation fails, hangs past the deadline or the
+            // attempt is dropped, the task stops and the socket closes with it.
+            let rpc = RpcTask(tokio::task::spawn_local(async move {
                 if let Err(e) = rpc.await {
                     tracing::debug!("Totebox connection ended: {e}");
                 }
-            });
-            let response = totebox
-                .identify_request()
-                .send()
-                .promise
-                .await
-                .map_err(|e| {
-                    let reason = e.to_string();
-                    if reason.contains("AccessDenied") {
-                        ConnectError::NotPaired {
-                            ours: identity.public(),
-                        }
-                    } else {
-                        ConnectError::Protocol { address, reason }
-                    }
-                })?;
-            let r = response.get().map_err(|e| ConnectError::Protocol {
-                address,
-                reason: e.to_string(),
-            })?;
-            let identified = Identity {
-                archive: r
-                    .get_archive()
-                    .and_then(|t| Ok(t.to_string()?))
-                    .map_err(|e| ConnectError::Protocol {
-                        address,
-                        reason: e.to_string(),
-                    })?,
-                format_version: r.get_format_version(),
-                now: r.get_now(),
+            }));
+            // Any failure from here on may be the guard cutting a Totebox that broke the diode.
+            let failed = |guard: &DiodeGuard, reason: String| match guard.violation() {
+                Some(reason) => ConnectError::DiodeViolation { address, reason },
+                None => ConnectError::Protocol { address, reason },
             };
+            let response = match totebox.identify_request().send().promise.await {
+                Ok(response) => response,
+                Err(e) => {
+                    let reason = e.to_string();
+                    return Err(
+                        if reason.contains("AccessDenied") && guard.violation().is_none() {
+                            ConnectError::NotPaired {
+                                ours: identity.public(),
+                            }
+                        } else {
+                            failed(&guard, reason)
+                        },
+                    );
+                }
+            };
+            let identified = response
+                .get()
+                .and_then(|r| {
+                    Ok(Identity {
+                        archive: r.get_archive()?.to_string()?,
+                        format_version: r.get_format_version(),
+                        now: r.get_now(),
+                    })
+                })
+                .map_err(|e| failed(&guard, format!("a malformed identify answer: {e}")))?;
             Ok::<_, ConnectError>((totebox, rpc, identified, guard))
         };
         let (totebox, rpc, identified, guard) = tokio::time::timeout(deadline, attempt)
             .await
-            .map_err(|_| ConnectError::Timeout {
-                address,
-                after: deadline,
+            .map_err(|_| match guard.violation() {
+                Some(reason) => ConnectError::DiodeViolation { address, reason },
+                None => ConnectError::Timeout {
+                    address,
+                    after: deadline,
+                },
             })??;
         Ok(Self {
             totebox,
@@ -291,7 +322,7 @@ impl ToteboxClient {
 
     /// Whether the connection is still up (its RPC system still running).
     pub fn is_connected(&self) -> bool {
-        !self.rpc.is_finished()
+        !self.rpc.0.is_finished()
     }
 
     fn open_pipelined(&self, chain: &Chain) -> session::Client {
@@ -302,13 +333,25 @@ impl ToteboxClient {
 
     /// `open(chain)` then `query(q)`, pipelined into one round trip.
     pub async fn query(&self, chain: &Chain, query: &Query) -> Result<QueryResult, CallError> {
+        self.query_bounded(chain, query, usize::MAX).await
+    }
+
+    /// [`ToteboxClient::query`], refusing an answer larger than `max_bytes` (counted in the
+    /// message's words, before it is decoded) with `source.answer-too-large`, so an aggregator
+    /// holds at most its budget of any one source's answer.
+    pub async fn query_bounded(
+        &self,
+        chain: &Chain,
+        query: &Query,
+        max_bytes: usize,
+    ) -> Result<QueryResult, CallError> {
         let session = self.open_pipelined(chain);
         Session {
             session,
             limits: self.limits,
             guard: self.guard.clone(),
         }
-        .query(query)
+        .query_bounded(query, max_bytes)
         .await
     }
 
@@ -358,6 +401,17 @@ pub struct Session {
 impl Session {
     /// Runs a query.
     pub async fn query(&self, query: &Query) -> Result<QueryResult, CallError> {
+        self.query_bounded(query, usize::MAX).await
+    }
+
+    /// Runs a query, refusing an answer over `max_bytes` (see
+    /// [`ToteboxClient::query_bounded`]). An answer that cannot be read is the Totebox's fault,
+    /// never the caller's: `source.malformed-answer`.
+    pub async fn query_bounded(
+        &self,
+        query: &Query,
+        max_bytes: usize,
+    ) -> Result<QueryResult, CallError> {
         let mut request = self.session.query_request();
         write_query(query, request.get().init_query());
         let response = within(self.limits.call_timeout, "query", request.send().promise)
@@ -366,8 +420,21 @@ impl Session {
         let reader = response
             .get()
             .and_then(|r| r.get_result())
-            .map_err(|e| CallError::from_capnp(&e))?;
-        read_result(reader).map_err(|e| CallError::new(e.code(), e.to_string()))
+            .map_err(malformed)?;
+        let bytes = reader
+            .total_size()
+            .map_err(malformed)?
+            .word_count
+            .saturating_mul(8);
+        if bytes > max_bytes as u64 {
+            return Err(CallError::new(
+                ANSWER_TOO_LARGE,
+                format!(
+                    "answered {bytes} bytes; this request accepts at most {max_bytes} from one source"
+                ),
+            ));
+        }
+        read_result(reader).map_err(malformed)
     }
 
     /// Applies a command.
@@ -386,18 +453,18 @@ impl Session {
         let outcome = response
             .get()
             .and_then(|r| r.get_outcome())
-            .map_err(|e| CallError::from_capnp(&e))?;
+            .map_err(malformed)?;
         let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, CallError> {
-            t.and_then(|t| Ok(t.to_string()?))
-                .map_err(|e| CallError::from_capnp(&e))
+            t.and_then(|t| Ok(t.to_string()?)).map_err(malformed)
+        };
+        let applied = match outcome.get_status().map_err(malformed)? {
+            psp_schema::totebox_capnp::CommandStatus::Applied => true,
+            psp_schema::totebox_capnp::CommandStatus::Replayed => false,
         };
         Ok(CommandAnswer {
-            applied: outcome.get_status() == Ok(psp_schema::totebox_capnp::CommandStatus::Applied),
+            applied,
             message: text(outcome.get_message())?,
-            detail: outcome
-                .get_detail()
-                .map_err(|e| CallError::from_capnp(&e))?
-                .to_vec(),
+            detail: outcome.get_detail().map_err(malformed)?.to_vec(),
             as_of: outcome.get_as_of(),
         })
     }

@@ -310,10 +310,11 @@ impl session::Server for SessionServer {
             rows,
         })?;
         let archive = self.service.archive.clone();
-        let issuer = self.chain.last().issuer;
+        // Namespaced by a key upstream of the peer, never by one the peer signs with.
+        let namespace = *self.chain.idempotency_namespace(&name, &digest);
         let outcome = blocking(move || {
             archive.apply(&CommandRequest {
-                issuer: &issuer,
+                namespace: &namespace,
                 name: &name,
                 collection: &collection,
                 idempotency_key: &key,

@@ -11,7 +11,7 @@ use capnp::traits::HasTypeId;
 use capnp_rpc::rpc_capnp::message;
 use psp_core::query::{Aggregate, Query};
 use psp_core::{IdentityKey, Verifier};
-use psp_rpc::client::ToteboxClient;
+use psp_rpc::client::{ConnectError, ToteboxClient};
 use psp_rpc::limits::Limits;
 use psp_rpc::tls::{self, PairedKeys};
 use psp_schema::totebox_capnp::totebox;
@@ -28,6 +28,10 @@ enum Attack {
     Call,
     /// Answers `identify` (which never carries capabilities) with one.
     CapabilityAnsweringIdentify,
+    /// Asks for our bootstrap instead of answering `identify`: an attack during connect.
+    BootstrapInsteadOfIdentify,
+    /// Calls upstream instead of answering `identify`.
+    CallInsteadOfIdentify,
     /// Answers `open` with a capability it claims we host.
     CapabilityItDoesNotHost,
     /// Answers our pipelined `query` with a capability.
@@ -92,6 +96,20 @@ async fn rogue(
             call.get_method_id(),
         );
         match (interface == totebox::Client::TYPE_ID, method) {
+            (true, 0) if matches!(attack, Attack::BootstrapInsteadOfIdentify) => {
+                send(&mut writer, |m| m.init_bootstrap().set_question_id(0)).await
+            }
+            (true, 0) if matches!(attack, Attack::CallInsteadOfIdentify) => {
+                send(&mut writer, |m| {
+                    let mut c = m.init_call();
+                    c.set_question_id(0);
+                    c.set_interface_id(totebox::Client::TYPE_ID);
+                    c.set_method_id(0);
+                    c.reborrow().init_target().set_imported_cap(0);
+                    c.init_params();
+                })
+                .await
+            }
             (true, 0) => {
                 let with_capability = matches!(attack, Attack::CapabilityAnsweringIdentify);
                 send(&mut writer, |m| {
@@ -129,7 +147,10 @@ async fn rogue(
                     })
                     .await
                 }
-                Attack::CapabilityAnsweringIdentify => {} // attacked at identify
+                // Attacked at identify.
+                Attack::CapabilityAnsweringIdentify
+                | Attack::BootstrapInsteadOfIdentify
+                | Attack::CallInsteadOfIdentify => {}
                 Attack::CapabilityItDoesNotHost => {
                     send(&mut writer, |m| {
                         let mut ret = m.init_return();
@@ -202,6 +223,8 @@ async fn every_attempt_to_send_upstream_cuts_only_that_connection() {
             Attack::CapabilityAnsweringIdentify,
             "not our Bootstrap or open",
         ),
+        (Attack::BootstrapInsteadOfIdentify, "Bootstrap"),
+        (Attack::CallInsteadOfIdentify, "a Call"),
         (Attack::CapabilityItDoesNotHost, "does not host"),
         (
             Attack::CapabilityAnsweringQuery,
@@ -237,13 +260,21 @@ async fn every_attempt_to_send_upstream_cuts_only_that_connection() {
                     Limits::default(),
                 )
                 .await;
-                if let Attack::CapabilityAnsweringIdentify = attack {
-                    // Attacked while confirming the session: the connection never comes up.
-                    let error = connected.unwrap_err().to_string();
-                    assert!(
-                        error.contains("diode violation") && error.contains(says),
-                        "{attack:?}: {error}"
-                    );
+                if let Attack::CapabilityAnsweringIdentify
+                | Attack::BootstrapInsteadOfIdentify
+                | Attack::CallInsteadOfIdentify = attack
+                {
+                    // Attacked while confirming the session: the connection never comes up, and
+                    // the error says it was the diode (so the caller quarantines, not redials).
+                    match connected {
+                        Err(ConnectError::DiodeViolation { reason, .. }) => {
+                            assert!(reason.contains(says), "{attack:?}: {reason}")
+                        }
+                        Err(other) => {
+                            panic!("{attack:?}: not reported as a diode violation: {other}")
+                        }
+                        Ok(_) => panic!("{attack:?}: the session came up"),
+                    }
                     rogue.abort();
                     healthy
                         .query(&chain(&m, &m.orchestrator, "tower-a", 60), &query)

@@ -295,6 +295,7 @@ fn read_scope(reader: scope::Reader<'_>, link: usize) -> Result<Scope, ReadError
                 };
                 Operation::Command {
                     name: grant.get_name()?.to_str()?.to_owned(),
+                    holder_binds: grant.get_holder_binds() && digest.is_none(),
                     digest,
                 }
             }
@@ -384,11 +385,16 @@ fn write_scope(scope: &Scope, mut builder: scope::Builder<'_>) {
         match op {
             Operation::Describe => entry.set_describe(()),
             Operation::Query => entry.set_query(()),
-            Operation::Command { name, digest } => {
+            Operation::Command {
+                name,
+                digest,
+                holder_binds,
+            } => {
                 let mut command = entry.init_command();
                 command.set_name(name);
-                if let Some(digest) = digest {
-                    command.set_digest(digest.as_bytes());
+                match digest {
+                    Some(digest) => command.set_digest(digest.as_bytes()),
+                    None => command.set_holder_binds(*holder_binds),
                 }
             }
         }

@@ -21,7 +21,7 @@ use super::chain::{LinkBytes, SIGNING_DOMAIN};
 use super::{CapabilityError, CapabilityId};
 use crate::archive_set::{ArchiveDigest, ArchiveSet};
 use crate::identity::PublicKey;
-use crate::scope::{Access, CollectionAccess, Scope};
+use crate::scope::{Access, CollectionAccess, CommandDigest, Operation, Scope};
 use crate::window::{UnixSeconds, Window};
 
 /// Limits a verifier enforces. The defaults are the protocol's recommended values.
@@ -79,6 +79,8 @@ pub struct VerifiedLink {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedChain {
     links: Vec<VerifiedLink>,
+    /// Each link's operations, root first: which link first binds a command.
+    operations: Vec<Vec<Operation>>,
     archives: ArchiveSet,
     scope: Scope,
 }
@@ -109,6 +111,31 @@ impl VerifiedChain {
     /// What the chain allows (the last link's scope, the narrowest).
     pub fn scope(&self) -> &Scope {
         &self.scope
+    }
+
+    /// The idempotency namespace of the command `name` with `digest` under this chain: the key
+    /// in whose name the Totebox records it as applied.
+    ///
+    /// It is the issuer of the first link that binds the command's digest, or, when no link
+    /// binds it before the presenter's custody begins, the issuer of the first link held by the
+    /// presenter (the last holder). Either way it is a key upstream of the presenting machine:
+    /// links the presenter adds (to itself, through keys it makes up, with fresh ids) can never
+    /// move a command into a fresh namespace, and a console that retries a command under a new
+    /// request link (a new id, through another orchestrator replica or a deeper tree) keeps its
+    /// own. An id-keyed ledger would lose the second property, so the issuer is the key.
+    pub fn idempotency_namespace(&self, name: &str, digest: &CommandDigest) -> &PublicKey {
+        let presenter = &self.last().holder;
+        let custody = self
+            .links
+            .iter()
+            .position(|l| l.holder == *presenter)
+            .unwrap_or(self.links.len() - 1);
+        let binding = self
+            .operations
+            .iter()
+            .position(|ops| Operation::binds_in(ops, name, digest))
+            .unwrap_or(usize::MAX);
+        &self.links[binding.min(custody)].issuer
     }
 
     /// Checks a request against the chain's scope; returns the collection's grant, if any.
@@ -296,6 +323,7 @@ impl Verifier {
 
         let mut signed = Vec::with_capacity(SIGNING_DOMAIN.len() + links[0].body.len());
         let mut verified: Vec<VerifiedLink> = Vec::with_capacity(links.len());
+        let mut operations = Vec::with_capacity(links.len());
         let mut previous: Option<(CapabilityBody, &[u8])> = None;
         for (i, link) in links.iter().enumerate() {
             let signature: &[u8; 64] = link
@@ -338,11 +366,13 @@ impl Verifier {
                 holder: body.holder,
                 window: body.window,
             });
+            operations.push(body.scope.operations.clone());
             previous = Some((body, link.signature));
         }
         let (last, _) = previous.expect("the chain is not empty");
         Ok(VerifiedChain {
             links: verified,
+            operations,
             archives: last.archives,
             scope: last.scope,
         })

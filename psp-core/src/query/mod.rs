@@ -5,13 +5,15 @@
 //! collection's schema and the capability's grant ([`Plan::new`], which enforces the exposure
 //! policy and names the first field it refuses), run the plan over the records
 //! ([`Accumulator`]), and let out only what the policy allows ([`Accumulator::finish`] suppresses
-//! groups under the minimum size). An aggregator combines results with [`QueryResult::merge`]
-//! and produces the final table with [`QueryResult::finalize`].
+//! groups under the minimum size). An aggregator checks each answer against the query it sent
+//! ([`conform`]) and folds it into a [`Merger`] as it arrives; one answer alone becomes a table
+//! with [`QueryResult::finalize`].
 //!
 //! Aggregate results travel as mergeable partial states (sum and count, never an average), so
 //! merging the results of archives A and B gives exactly the result of one archive holding A's
-//! and B's records, for integers and decimals. Float sums depend on the order of addition, so a
-//! merged float sum can differ from a single archive's in the last bits.
+//! and B's records, for integers and decimals, in any order of arrival. Each archive adds its own
+//! floats in record order, so a merged float sum can differ from a single archive's in the last
+//! bits; the merge itself rounds float sums once, so it does not depend on arrival order.
 //!
 //! ```
 //! use psp_core::query::*;
@@ -32,8 +34,10 @@
 //! assert_eq!(table.rows, vec![vec![Value::from("east"), Value::Int(150)]]);
 //! ```
 
+pub mod conform;
 mod error;
 mod eval;
+mod merge;
 mod model;
 mod plan;
 mod result;
@@ -41,8 +45,10 @@ mod schema;
 mod value;
 pub mod wire;
 
+pub use conform::Nonconforming;
 pub use error::QueryError;
 pub use eval::{Accumulator, Record};
+pub use merge::{CellRef, Merged, Merger};
 pub use model::{Aggregate, AggregateFunction, CompareOp, Filter, OrderKey, Query, Shape};
 pub use plan::{DEFAULT_MAX_ROWS, Plan};
 pub use result::{Column, Group, Partial, QueryResult, ResultBody, Table};

@@ -1,10 +1,8 @@
 //! Query results, mergeable partial aggregates, and the merge algebra.
 
-use std::collections::BTreeMap;
-
 use super::QueryError;
-use super::model::{AggregateFunction, Query, Shape};
-use super::value::{MAX_SCALE, Value, ValueRef, ValueType};
+use super::model::{AggregateFunction, Query};
+use super::value::{Value, ValueRef, ValueType};
 
 fn sum_overflow() -> QueryError {
     QueryError::Overflow("a sum exceeds the 64-bit range".into())
@@ -67,7 +65,7 @@ impl Partial {
         let value = match value {
             None => {
                 if let Partial::Count(n) = self {
-                    *n += 1;
+                    *n = n.saturating_add(1);
                 }
                 return Ok(());
             }
@@ -75,7 +73,7 @@ impl Partial {
             Some(v) => v,
         };
         match self {
-            Partial::Count(n) => *n += 1,
+            Partial::Count(n) => *n = n.saturating_add(1),
             Partial::Sum { sum, count } | Partial::Avg { sum, count } => {
                 // Add in place for the common types; anything else goes the general way.
                 match (&mut *sum, &value) {
@@ -87,7 +85,7 @@ impl Partial {
                     }
                     _ => *sum = sum.as_ref().checked_add(&value)?,
                 }
-                *count += 1;
+                *count = count.saturating_add(1);
             }
             Partial::Min(current) => {
                 if current.is_null() || value.total_cmp(&current.as_ref()).is_lt() {
@@ -101,60 +99,6 @@ impl Partial {
             }
         }
         Ok(())
-    }
-
-    /// Combines another archive's state of the same aggregate into this one.
-    pub fn merge(&mut self, other: &Partial) -> Result<(), QueryError> {
-        match (self, other) {
-            (Partial::Count(a), Partial::Count(b)) => *a += b,
-            (Partial::Sum { sum, count }, Partial::Sum { sum: s, count: c })
-            | (Partial::Avg { sum, count }, Partial::Avg { sum: s, count: c }) => {
-                *sum = sum.as_ref().checked_add(&s.as_ref())?;
-                *count += c;
-            }
-            (Partial::Min(a), Partial::Min(b)) => {
-                if a.is_null() || (!b.is_null() && b < a) {
-                    *a = b.clone();
-                }
-            }
-            (Partial::Max(a), Partial::Max(b)) => {
-                if a.is_null() || (!b.is_null() && b > a) {
-                    *a = b.clone();
-                }
-            }
-            (a, b) => {
-                return Err(QueryError::Invalid(format!(
-                    "cannot merge partial aggregates of different kinds ({a:?} and {b:?})"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// The final answer: the count, sum, min, max, or sum / count for an average.
-    pub fn finalize(&self) -> Result<Value, QueryError> {
-        Ok(match self {
-            Partial::Count(n) => Value::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
-            Partial::Sum { sum, .. } | Partial::Min(sum) | Partial::Max(sum) => sum.clone(),
-            Partial::Avg { count: 0, .. } => Value::Null,
-            Partial::Avg { sum, count } => match sum {
-                Value::Int(s) => Value::Float(*s as f64 / *count as f64),
-                Value::Float(s) => Value::Float(s / *count as f64),
-                Value::Decimal(d) => {
-                    // Four more digits than the inputs, rounded half away from zero.
-                    let scale = (d.scale() + 4).min(MAX_SCALE.max(d.scale()));
-                    Value::Decimal(d.div_round(*count, scale).ok_or_else(|| {
-                        QueryError::Overflow("an average left the decimal range".into())
-                    })?)
-                }
-                other => {
-                    return Err(QueryError::TypeMismatch(format!(
-                        "cannot average {}",
-                        other.value_type().name()
-                    )));
-                }
-            },
-        })
     }
 }
 
@@ -202,105 +146,6 @@ pub struct Table {
     pub rows: Vec<Vec<Value>>,
 }
 
-impl QueryResult {
-    /// Combines the results of one query from many archives into the result one archive holding
-    /// all their records would give (exactly, for integer and decimal aggregates; groups that
-    /// some source suppressed are missing that source's records, as `suppressed_groups` says).
-    pub fn merge(parts: impl IntoIterator<Item = QueryResult>) -> Result<QueryResult, QueryError> {
-        let mut parts = parts.into_iter();
-        let Some(mut merged) = parts.next() else {
-            return Err(QueryError::Invalid("nothing to merge".into()));
-        };
-        let mut groups: Option<BTreeMap<Vec<Value>, Group>> = None;
-        if let ResultBody::Groups(first) = &mut merged.body {
-            groups = Some(
-                std::mem::take(first)
-                    .into_iter()
-                    .map(|g| (g.key.clone(), g))
-                    .collect(),
-            );
-        }
-        for part in parts {
-            if part.columns != merged.columns {
-                return Err(QueryError::Invalid(
-                    "cannot merge results with different columns".into(),
-                ));
-            }
-            merged.as_of = merged.as_of.min(part.as_of);
-            merged.suppressed_groups += part.suppressed_groups;
-            merged.scanned_records += part.scanned_records;
-            match (&mut merged.body, part.body, &mut groups) {
-                (ResultBody::Rows(rows), ResultBody::Rows(more), _) => rows.extend(more),
-                (ResultBody::Groups(_), ResultBody::Groups(more), Some(groups)) => {
-                    for group in more {
-                        match groups.get_mut(&group.key) {
-                            Some(existing) => {
-                                existing.records += group.records;
-                                for (a, b) in existing.aggregates.iter_mut().zip(&group.aggregates)
-                                {
-                                    a.merge(b)?;
-                                }
-                            }
-                            None => {
-                                groups.insert(group.key.clone(), group);
-                            }
-                        }
-                    }
-                }
-                _ => {
-                    return Err(QueryError::Invalid(
-                        "cannot merge row results with group results".into(),
-                    ));
-                }
-            }
-        }
-        if let Some(groups) = groups {
-            merged.body = ResultBody::Groups(groups.into_values().collect());
-        }
-        Ok(merged)
-    }
-
-    /// The final table for `query`: aggregates finalized, then ordered and limited.
-    ///
-    /// A query without group-by over no records answers one row (count 0, other aggregates
-    /// null), as SQL does, unless a source suppressed that group.
-    pub fn finalize(&self, query: &Query) -> Result<Table, QueryError> {
-        let mut rows: Vec<Vec<Value>> = match &self.body {
-            ResultBody::Rows(rows) => rows.clone(),
-            ResultBody::Groups(groups) => {
-                let mut rows = Vec::with_capacity(groups.len().max(1));
-                for g in groups {
-                    let mut row = g.key.clone();
-                    for partial in &g.aggregates {
-                        row.push(partial.finalize()?);
-                    }
-                    rows.push(row);
-                }
-                if let Shape::Aggregate {
-                    group_by,
-                    aggregates,
-                } = &query.shape
-                    && group_by.is_empty()
-                    && rows.is_empty()
-                    && self.suppressed_groups == 0
-                {
-                    let empty: Result<Vec<Value>, QueryError> = aggregates
-                        .iter()
-                        .map(|a| Partial::empty(a.function).finalize())
-                        .collect();
-                    rows.push(empty?);
-                }
-                rows
-            }
-        };
-        sort_and_limit(&mut rows, &self.columns, query)?;
-        Ok(Table {
-            columns: self.columns.clone(),
-            rows,
-        })
-    }
-}
-
 /// Orders rows by the query's order keys (nulls first ascending, last descending) and applies
 /// its limit.
 pub(crate) fn sort_and_limit(
@@ -308,13 +153,26 @@ pub(crate) fn sort_and_limit(
     columns: &[Column],
     query: &Query,
 ) -> Result<(), QueryError> {
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    sort_and_limit_by(rows, |r: &Vec<Value>| r.as_slice(), &names, query)
+}
+
+/// [`sort_and_limit`] over any rows: `row` gives each one's values, `names` the column names.
+/// Stable, so rows the order keys do not tell apart keep their order; a row too short for a key
+/// sorts first rather than failing.
+pub(crate) fn sort_and_limit_by<T>(
+    rows: &mut Vec<T>,
+    row: impl Fn(&T) -> &[Value],
+    names: &[&str],
+    query: &Query,
+) -> Result<(), QueryError> {
     let keys: Vec<(usize, bool)> = query
         .order_by
         .iter()
         .map(|k| {
-            columns
+            names
                 .iter()
-                .position(|c| c.name == k.column)
+                .position(|c| *c == k.column)
                 .map(|i| (i, k.descending))
                 .ok_or_else(|| {
                     QueryError::Invalid(format!("order by {:?}: not a result column", k.column))
@@ -323,9 +181,13 @@ pub(crate) fn sort_and_limit(
         .collect::<Result<_, _>>()?;
     if !keys.is_empty() {
         rows.sort_by(|a, b| {
+            let (a, b) = (row(a), row(b));
             keys.iter()
                 .map(|&(i, descending)| {
-                    let ordering = a[i].cmp(&b[i]);
+                    let ordering = match (a.get(i), b.get(i)) {
+                        (Some(x), Some(y)) => x.cmp(y),
+                        (x, y) => x.is_some().cmp(&y.is_some()),
+                    };
                     if descending {
                         ordering.reverse()
                     } else {

@@ -1,0 +1,370 @@
+//! The fleet thread: one pooled connection per Totebox, shared by every request and tenant.
+//!
+//! Each connection has a [`Gate`] that shares its calls fairly among tenants. A connection whose
+//! setup or use the diode guard cut is dropped and its Totebox quarantined; a connection that
+//! failed any other way is dropped too (its socket closes with it), so failed connects never
+//! accumulate.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use psp_core::{Chain, IdentityKey, PublicKey};
+use psp_rpc::client::{ANSWER_TOO_LARGE, ConnectError, ToteboxClient};
+use psp_rpc::limits::{CallError, Limits};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::fanout::{
+    Answer, Arrival, FanOutLimits, Health, HealthReport, QUARANTINE, Source, SourceOutcome,
+    SourceStatus, Watch, Work, rows_of,
+};
+use crate::gate::{Gate, TenantId};
+
+/// One fan-out, as the fleet thread receives it.
+pub(crate) struct Request {
+    pub(crate) tenant: TenantId,
+    pub(crate) sources: Vec<Source>,
+    /// The chain, serialized (a `Chain` is not `Send`-friendly to share; bytes are).
+    pub(crate) chain: Vec<u8>,
+    pub(crate) work: Work,
+    pub(crate) limits: FanOutLimits,
+    pub(crate) arrivals: mpsc::Sender<Arrival>,
+    pub(crate) watch: Watch,
+}
+
+/// Starts the fleet thread, serving `incoming` requests until every sender is gone.
+pub(crate) fn spawn(
+    identity: IdentityKey,
+    limits: Limits,
+    mut incoming: mpsc::UnboundedReceiver<Request>,
+    health: Arc<Mutex<HashMap<String, HealthReport>>>,
+) {
+    std::thread::Builder::new()
+        .name("psp-fleet".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a fleet runtime");
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                let pool = Rc::new(Pool {
+                    identity,
+                    limits,
+                    calls_per_connection: (limits.max_calls_in_flight * 3 / 4).max(1),
+                    connections: Default::default(),
+                    health,
+                });
+                while let Some(request) = incoming.recv().await {
+                    tokio::task::spawn_local(pool.clone().serve(request));
+                }
+            });
+        })
+        .expect("spawn the fleet thread");
+}
+
+/// The pool, on the fleet thread.
+struct Pool {
+    identity: IdentityKey,
+    limits: Limits,
+    calls_per_connection: usize,
+    connections: RefCell<HashMap<String, Slot>>,
+    health: Arc<Mutex<HashMap<String, HealthReport>>>,
+}
+
+struct Slot {
+    client: Option<Rc<ToteboxClient>>,
+    /// Where `client` is connected, and to which key: a reloaded config may move an archive.
+    endpoint: Option<(SocketAddr, PublicKey)>,
+    quarantined_until: Option<Instant>,
+    why: String,
+    /// The tenants' shares of this Totebox's calls.
+    gate: Rc<Gate>,
+}
+
+use std::net::SocketAddr;
+
+impl Pool {
+    fn slot<'a>(&self, connections: &'a mut HashMap<String, Slot>, archive: &str) -> &'a mut Slot {
+        connections
+            .entry(archive.to_owned())
+            .or_insert_with(|| Slot {
+                client: None,
+                endpoint: None,
+                quarantined_until: None,
+                why: String::new(),
+                gate: Gate::new(self.calls_per_connection),
+            })
+    }
+
+    fn gate(&self, source: &Source) -> Rc<Gate> {
+        let mut connections = self.connections.borrow_mut();
+        self.slot(&mut connections, &source.archive).gate.clone()
+    }
+
+    /// The pooled connection to `source`, connecting if needed.
+    async fn connection(&self, source: &Source) -> Result<Rc<ToteboxClient>, SourceStatus> {
+        {
+            let mut connections = self.connections.borrow_mut();
+            let slot = self.slot(&mut connections, &source.archive);
+            if let Some(until) = slot.quarantined_until {
+                if Instant::now() < until {
+                    return Err(SourceStatus::Quarantined(slot.why.clone()));
+                }
+                slot.quarantined_until = None;
+            }
+            if let Some(client) = &slot.client {
+                let same_endpoint = slot.endpoint == Some((source.address, source.key));
+                if same_endpoint && client.is_connected() && client.diode_violation().is_none() {
+                    return Ok(client.clone());
+                }
+                // Dropping our reference closes it once calls still holding it end.
+                slot.client = None;
+            }
+        }
+        // A failed attempt leaves nothing open behind it: the client closes what it opened.
+        let client =
+            ToteboxClient::connect(source.address, &self.identity, source.key, self.limits)
+                .await
+                .map_err(|e| match e {
+                    ConnectError::DiodeViolation { reason, .. } => {
+                        let why = format!("broke the diode while connecting: it sent {reason}");
+                        self.quarantine(source, why.clone());
+                        SourceStatus::Quarantined(why)
+                    }
+                    ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
+                        SourceStatus::Unreachable(e.to_string())
+                    }
+                    other => SourceStatus::Error(other.to_string()),
+                })?;
+        let client = Rc::new(client);
+        let mut connections = self.connections.borrow_mut();
+        let slot = self.slot(&mut connections, &source.archive);
+        slot.client = Some(client.clone());
+        slot.endpoint = Some((source.address, source.key));
+        Ok(client)
+    }
+
+    /// Records a diode violation: drop the connection and quarantine the source.
+    fn quarantine(&self, source: &Source, why: String) {
+        tracing::error!(target: "psp::security", archive = %source.archive, "quarantined a Totebox: {why}");
+        let mut connections = self.connections.borrow_mut();
+        let slot = self.slot(&mut connections, &source.archive);
+        slot.client = None;
+        slot.quarantined_until = Some(Instant::now() + QUARANTINE);
+        slot.why = why;
+    }
+
+    async fn ask(
+        &self,
+        tenant: &TenantId,
+        source: &Source,
+        chain: &Chain,
+        work: &Work,
+        limits: &FanOutLimits,
+        deadline: Instant,
+    ) -> (SourceStatus, Option<Answer>, Duration) {
+        let started = Instant::now();
+        let until = deadline.min(started + limits.source_timeout);
+        let attempt = async {
+            let client = self.connection(source).await?;
+            // The tenant's fair share of this connection; the wait counts against the timeout.
+            let gate = self.gate(source);
+            let _permit = gate.enter(tenant).await;
+            let answer = match work {
+                Work::Query(query) => client
+                    .query_bounded(chain, query, limits.max_answer_bytes)
+                    .await
+                    .map(Answer::Result),
+                Work::Command(command) => client.command(chain, command).await.map(Answer::Command),
+            };
+            match answer {
+                Ok(answer) => Ok(answer),
+                Err(e) => {
+                    if let Some(why) = client.diode_violation() {
+                        self.quarantine(source, why.clone());
+                        return Err(SourceStatus::Quarantined(why));
+                    }
+                    Err(status_of(e))
+                }
+            }
+        };
+        let (status, answer) = match tokio::time::timeout_at(until, attempt).await {
+            Err(_) => (SourceStatus::TimedOut, None),
+            Ok(Err(status)) => (status, None),
+            Ok(Ok(Answer::Result(result))) if rows_of(&result) > limits.max_rows_per_source => (
+                SourceStatus::Rejected {
+                    code: ANSWER_TOO_LARGE.into(),
+                    message: format!(
+                        "answered {} rows or groups; at most {} are accepted from one source",
+                        rows_of(&result),
+                        limits.max_rows_per_source
+                    ),
+                },
+                None,
+            ),
+            Ok(Ok(answer)) => (SourceStatus::Ok, Some(answer)),
+        };
+        let latency = started.elapsed();
+        self.record_health(source, &status, latency);
+        (status, answer, latency)
+    }
+
+    fn record_health(&self, source: &Source, status: &SourceStatus, latency: Duration) {
+        let health = match status {
+            SourceStatus::Ok | SourceStatus::Denied { .. } | SourceStatus::Rejected { .. } => {
+                Health::Up
+            }
+            SourceStatus::Quarantined(_) => Health::Quarantined,
+            _ => Health::Down,
+        };
+        let mut seen = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let report = seen.entry(source.archive.clone()).or_default();
+        report.health = health;
+        if health == Health::Up {
+            report.latency = latency;
+            report.last_seen = now_micros();
+        }
+    }
+
+    /// Runs one fan-out, sending each source's end as it happens.
+    async fn serve(self: Rc<Self>, request: Request) {
+        let Request {
+            tenant,
+            sources,
+            chain,
+            work,
+            limits,
+            arrivals,
+            watch,
+        } = request;
+        let deadline = Instant::now() + limits.deadline;
+        let ended = RefCell::new(vec![false; sources.len()]);
+        let chain = match Chain::from_bytes(&chain) {
+            Ok(chain) => chain,
+            Err(e) => {
+                for (index, s) in sources.iter().enumerate() {
+                    let status = SourceStatus::Error(e.to_string());
+                    let outcome =
+                        SourceOutcome::without_answer(s.archive.clone(), status, Duration::ZERO);
+                    if arrivals
+                        .send(Arrival {
+                            index,
+                            outcome,
+                            answer: None,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                return;
+            }
+        };
+        let (pool, chain, work, limits, tenant) = (&self, &chain, &work, &limits, &tenant);
+        let answered = &watch.answered;
+        let asks = futures::stream::iter(sources.iter().enumerate())
+            .map(|(index, source)| async move {
+                if Instant::now() >= deadline {
+                    return (index, SourceStatus::TimedOut, None, Duration::ZERO);
+                }
+                let (status, answer, latency) = pool
+                    .ask(tenant, source, chain, work, limits, deadline)
+                    .await;
+                answered.fetch_add(1, Ordering::Relaxed);
+                (index, status, answer, latency)
+            })
+            .buffer_unordered(limits.max_concurrency.max(1))
+            .for_each(|(index, status, answer, latency)| {
+                ended.borrow_mut()[index] = true;
+                let arrival = arrival(&sources[index], index, status, answer, latency);
+                let arrivals = &arrivals;
+                async move {
+                    let _ = arrivals.send(arrival).await;
+                }
+            });
+        // Whoever asked may stop waiting (a cancelled or dropped FleetQuery): then stop too, which
+        // drops the calls in flight, and capnp-rpc tells each Totebox to finish them.
+        let unanswered = tokio::select! {
+            () = asks => SourceStatus::TimedOut,
+            () = watch.cancel.cancelled() => SourceStatus::Cancelled,
+            () = arrivals.closed() => return,
+        };
+        // A cancel keeps what arrived; the rest end now, each with its outcome.
+        let ended = ended.into_inner();
+        for (index, source) in sources.iter().enumerate() {
+            if !ended[index] {
+                let outcome = SourceOutcome::without_answer(
+                    source.archive.clone(),
+                    unanswered.clone(),
+                    Duration::ZERO,
+                );
+                if arrivals
+                    .send(Arrival {
+                        index,
+                        outcome,
+                        answer: None,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One source's end as an arrival, its outcome filled in from its answer.
+fn arrival(
+    source: &Source,
+    index: usize,
+    status: SourceStatus,
+    answer: Option<Answer>,
+    latency: Duration,
+) -> Arrival {
+    let mut outcome = SourceOutcome::without_answer(source.archive.clone(), status, latency);
+    match &answer {
+        Some(Answer::Result(r)) => {
+            outcome.as_of = r.as_of;
+            outcome.suppressed_groups = r.suppressed_groups;
+            outcome.rows = rows_of(r) as u64;
+        }
+        Some(Answer::Command(c)) => outcome.as_of = c.as_of,
+        None => {}
+    }
+    Arrival {
+        index,
+        outcome,
+        answer,
+    }
+}
+
+/// A Totebox's refusal or failure, as an outcome.
+fn status_of(error: CallError) -> SourceStatus {
+    let prefix = error.code.split('.').next().unwrap_or("");
+    match prefix {
+        "source" => SourceStatus::Rejected {
+            code: error.code,
+            message: error.message,
+        },
+        "capability" | "policy" | "query" | "limit" | "command" => SourceStatus::Denied {
+            code: error.code,
+            message: error.message,
+        },
+        _ if error.code == "transport.timeout" => SourceStatus::TimedOut,
+        _ => SourceStatus::Error(error.to_string()),
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
