@@ -86,10 +86,22 @@ def _archives(body) -> set[bytes] | None:
     return set(digests)
 
 
+def command_digest(name: str, collection: str, idempotency_key: bytes, arguments: bytes) -> bytes:
+    """The digest that binds a link to one command (``Command`` in ``totebox.capnp``)."""
+    digest = hashlib.sha256(b"PSP-CMD-v1\x00")
+    for part in (name.encode(), collection.encode(), idempotency_key):
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    digest.update(arguments)
+    return digest.digest()
+
+
 def _operation(op) -> tuple:
+    """("describe",), ("query",) or ("command", name, digest, holderBinds)."""
     which = op.which()
     if which == "command":
-        return ("command", op.command.name, bytes(op.command.digest))
+        digest = bytes(op.command.digest)
+        return ("command", op.command.name, digest, op.command.holderBinds and not digest)
     return (which,)
 
 
@@ -99,7 +111,13 @@ def _operation_within(child: tuple, parents: list[tuple]) -> bool:
             continue
         if child[0] != "command":
             return True
-        if child[1] == parent[1] and (parent[2] == b"" or child[2] == parent[2]):
+        if child[1] != parent[1]:
+            continue
+        if parent[2]:
+            if child[2] == parent[2]:
+                return True
+        elif child[2] or not parent[3]:
+            # Under a parent whose holder must bind the command, only a bound one is within.
             return True
     return False
 
@@ -193,12 +211,16 @@ def delegate(
     lifetime: int,
     archives: list[str] | None = None,
     operations: list[tuple] | None = None,
+    collections: dict[str, list[str] | None] | None = None,
 ) -> list[Link]:
     """A new chain: ``links`` plus a link from ``signer`` (the last holder) to ``holder``.
 
-    ``archives`` (ids) and ``operations`` (``("query",)``, ``("command", name)``) replace the
-    parent's when given; nothing checks here that they narrow it: the Totebox does, which is how a
-    test shows a widening link refused. The window starts now and never outlives the parent's.
+    ``archives`` (ids), ``operations`` (``("query",)``, ``("command", name)`` or
+    ``("command", name, digest)`` for a link bound to one command) and ``collections`` (name ->
+    the fields referenced, or None for the parent's fields; each keeps the parent's rows) replace
+    the parent's when given. Nothing checks here that they narrow it: the Totebox does, which is
+    how a test shows a widening link refused. The window starts now and never outlives the
+    parent's.
     """
     parent = links[-1]
     now = int(time.time())
@@ -213,11 +235,16 @@ def delegate(
     else:
         body.archives.members = b"".join(sorted({archive_digest(a) for a in archives}))
     body.scope = parent.body.scope
+    if collections is not None:
+        _narrow_collections(body.scope, parent.body.scope, collections)
     if operations is not None:
         ops = body.scope.init("operations", len(operations))
         for i, op in enumerate(operations):
             if op[0] == "command":
-                ops[i].init("command").name = op[1]
+                command = ops[i].init("command")
+                command.name = op[1]
+                if len(op) > 2 and op[2]:
+                    command.digest = op[2]
             else:
                 setattr(ops[i], op[0], None)
     body.notBefore = max(now - 5, parent.body.notBefore)
@@ -226,3 +253,31 @@ def delegate(
     signature = signer.sign(psp_schema.SIGNING_DOMAIN + body_bytes)
     with psp_schema.capability.CapabilityBody.from_bytes(body_bytes) as decoded:
         return links + [Link(body_bytes, signature, decoded.as_builder())]
+
+
+def _narrow_collections(scope, parent_scope, wanted: dict[str, list[str] | None]) -> None:
+    """Only the ``wanted`` collections the parent reaches, each with only the wanted fields the
+    parent allows and the parent's rows."""
+    parent_all = parent_scope.collections.which() == "allCollections"
+    granted = {} if parent_all else {g.name: g for g in parent_scope.collections.only}
+    names = [n for n in sorted(wanted) if parent_all or n in granted]
+    grants = scope.collections.init("only", len(names))
+    for grant, name in zip(grants, names):
+        grant.name = name
+        parent_grant = None if parent_all else granted[name]
+        parent_fields = None
+        if parent_grant is not None and parent_grant.fields.which() == "only":
+            parent_fields = set(parent_grant.fields.only)
+        fields = wanted[name]
+        if fields is None and parent_fields is None:
+            grant.fields.allFields = None
+        else:
+            keep = sorted(f for f in (fields if fields is not None else parent_fields)
+                          if parent_fields is None or f in parent_fields)
+            only = grant.fields.init("only", len(keep))
+            for i, f in enumerate(keep):
+                only[i] = f
+        if parent_grant is None:
+            grant.rows.allRows = None
+        else:
+            grant.rows = parent_grant.rows

@@ -34,6 +34,7 @@ import psp_schema
 
 SERVER_NAME = "psp.invalid"  # pinning replaces names: the Rust side uses this fixed name too
 DEADLINE_SECONDS = 30
+CLOCK_SKEW_SECONDS = 30  # the Toteboxes' default allowance: a request link outlives its deadline by this
 
 
 class PinMismatch(Exception):
@@ -50,6 +51,7 @@ class Console:
         self._pump = pump
         self.key = key
         self.orchestrator_key = orchestrator_key
+        self._listing: list[dict] | None = None
 
     @classmethod
     async def connect(cls, address: str, orchestrator_key: str, key_file: str, timeout: float = 10):
@@ -81,17 +83,40 @@ class Console:
         self._pump.cancel()
 
     # Requests -----------------------------------------------------------------------------
+    #
+    # Every request method takes the operator's grant (a ``.cap`` path, chain bytes or links) and
+    # delegates, for that request alone, a link to the orchestrator that names only what the
+    # request needs: its archives, collections and referenced fields, one operation (a command
+    # bound to its digest), until the deadline plus clock skew. A compromised orchestrator then
+    # holds nothing but what each request needed. A chain already held by the orchestrator is
+    # sent as it is.
 
-    def request_chain(self, chain_file: str) -> bytes:
-        """The chain to send: ``chain_file`` delegated by this operator to the orchestrator for
-        one request (until its deadline plus clock skew)."""
-        links = psp_capability.read_chain(Path(chain_file).read_bytes())
+    async def request_chain(self, grant, needs: dict) -> bytes:
+        """The chain to send for one request. ``needs`` has ``archives`` (ids),
+        ``collections`` (name -> referenced fields, or None for the grant's fields) and
+        ``operation`` (``("query",)`` or ``("command", name, digest)``)."""
+        links = _links(grant)
         if bytes(links[-1].body.holder) == self.orchestrator_key:
             return psp_capability.write_chain(links)
         delegated = psp_capability.delegate(
-            links, self.key, self.orchestrator_key, lifetime=DEADLINE_SECONDS + 30
+            links,
+            self.key,
+            self.orchestrator_key,
+            lifetime=DEADLINE_SECONDS + CLOCK_SKEW_SECONDS,
+            archives=needs["archives"],
+            operations=[needs["operation"]],
+            collections=needs["collections"],
         )
         return psp_capability.write_chain(delegated)
+
+    async def _selected(self, archives=None, labels=None, **_) -> list[str]:
+        """The archive ids a selection names (from the tenant's listing, for labels or all)."""
+        if archives:
+            return list(archives)
+        if self._listing is None:
+            self._listing = await self.fleet()
+        return [a["id"] for a in self._listing
+                if all(a["labels"].get(k) == v for k, v in (labels or {}).items())]
 
     @staticmethod
     def _fill(request, chain: bytes, archives=None, labels=None, strict=False):
@@ -126,9 +151,14 @@ class Console:
             for a in response.archives
         ]
 
-    async def query(self, chain: bytes, query: dict, **selection) -> dict:
+    async def query(self, grant, query: dict, **selection) -> dict:
         """A fleet query; ``query`` is a ``Query`` as a dict. Pipelined: ``query(...)`` and
         ``fleetQuery.view()`` go out together, one round trip."""
+        collections: dict = {}
+        _read(query, collections)
+        needs = {"archives": await self._selected(**selection), "collections": collections,
+                 "operation": ("query",)}
+        chain = await self.request_chain(grant, needs)
         request = self.orchestrator.query_request()
         self._fill(request.request, chain, **selection)
         request.query = query
@@ -139,16 +169,26 @@ class Console:
         """A viewport the orchestrator's config defines."""
         return (await self.orchestrator.viewport(name)).viewport
 
-    async def view(self, chain: bytes, viewport, **selection) -> dict:
+    async def view(self, grant, viewport, **selection) -> dict:
         """Computes a viewport (pipelined like ``query``)."""
+        needs = {"archives": await self._selected(**selection),
+                 "collections": _viewport_collections(viewport.to_dict()),
+                 "operation": ("query",)}
+        chain = await self.request_chain(grant, needs)
         request = self.orchestrator.view_request()
         self._fill(request.request, chain, **selection)
         request.viewport = viewport
         return _view(await request.send().fleetQuery.view())
 
-    async def command(self, chain: bytes, name: str, key: bytes, arguments: bytes = b"",
+    async def command(self, grant, name: str, key: bytes, arguments: bytes = b"",
                       collection: str = "", **selection) -> list[dict]:
-        """Sends a command; one outcome per archive."""
+        """Sends a command; one outcome per archive. The request link is bound to this one
+        command's digest, so the orchestrator can apply it and nothing else."""
+        digest = psp_capability.command_digest(name, collection, key, arguments)
+        needs = {"archives": await self._selected(**selection),
+                 "collections": {collection: None} if collection else {},
+                 "operation": ("command", name, digest)}
+        chain = await self.request_chain(grant, needs)
         request = self.orchestrator.command_request()
         self._fill(request.request, chain, **selection)
         command = request.command
@@ -159,11 +199,67 @@ class Console:
             {
                 "archive": r.source.archive,
                 "status": r.source.status.which(),
+                "code": r.source.status.denied.code if r.source.status.which() == "denied" else None,
                 "outcome": str(r.outcome.status) if r.source.status.which() == "ok" else None,
                 "message": r.outcome.message,
             }
             for r in response.outcomes
         ]
+
+
+def _links(grant) -> list:
+    """The links of a grant given as links, chain bytes or a ``.cap`` path."""
+    if isinstance(grant, list):
+        return grant
+    if isinstance(grant, (bytes, bytearray)):
+        return psp_capability.read_chain(bytes(grant))
+    return psp_capability.read_chain(Path(grant).read_bytes())
+
+
+def _filter_fields(f: dict, out: set) -> None:
+    for kind, body in f.items():
+        if kind in ("compare", "in"):
+            out.add(body["field"])
+        elif kind == "isNull":
+            out.add(body)
+        elif kind in ("and", "or"):
+            for part in body:
+                _filter_fields(part, out)
+        elif kind == "not":
+            _filter_fields(body, out)
+
+
+def _read(query: dict, collections: dict) -> None:
+    """Adds the fields ``query`` references (projected, filtered, grouped, aggregated, ordered)
+    to its collection's entry in ``collections``."""
+    fields = collections.setdefault(query["collection"], set())
+    _filter_fields(query.get("filter") or {}, fields)
+    shape = query.get("shape") or {}
+    outputs = set()
+    fields.update(shape.get("rows") or [])
+    aggregate = shape.get("aggregate") or {}
+    fields.update(aggregate.get("groupBy") or [])
+    for a in aggregate.get("aggregates") or []:
+        if a.get("field"):
+            fields.add(a["field"])
+        outputs.add(a.get("name") or f"{a['function']}({a.get('field') or '*'})")
+    fields.update(k["column"] for k in query.get("orderBy") or [] if k["column"] not in outputs)
+
+
+def _viewport_collections(viewport: dict) -> dict:
+    """Every collection a viewport (as a dict) reads, with the fields it references."""
+    collections: dict = {}
+    if "rollup" in viewport:
+        _read(viewport["rollup"]["query"], collections)
+    elif "reconciliation" in viewport:
+        r = viewport["reconciliation"]
+        fields = collections.setdefault(r["collection"], set())
+        fields.update(r[k] for k in ("counterpartyField", "periodField", "currencyField", "amountField"))
+        _filter_fields(r.get("filter") or {}, fields)
+    else:
+        for kpi in viewport["summary"]["kpis"]:
+            _read(kpi["query"], collections)
+    return collections
 
 
 def _tls_context(key) -> ssl.SSLContext:
@@ -225,7 +321,8 @@ def _view(response) -> dict:
             {
                 "archive": o.archive,
                 "status": o.status.which(),
-                "code": o.status.denied.code if o.status.which() == "denied" else None,
+                "code": (o.status.denied.code if o.status.which() == "denied"
+                         else o.status.rejected.code if o.status.which() == "rejected" else None),
             }
             for o in view.outcomes
         ],
@@ -254,11 +351,10 @@ async def tour(args):
     try:
         for archive in await console.fleet():
             print(f"{archive['id']:10} {archive['health']:8} {archive['labels']}")
-        chain = console.request_chain(args.chain)
         noi = {"collection": "statements",
                "shape": {"aggregate": {"aggregates": [{"function": "sum", "field": "noi", "name": "noi"}]}}}
-        print(await console.query(chain, noi))
-        print(await console.view(chain, await console.viewport(args.viewport)))
+        print(await console.query(args.chain, noi))
+        print(await console.view(args.chain, await console.viewport(args.viewport)))
     finally:
         console.close()
 

@@ -138,7 +138,7 @@ def test_the_python_console_lists_queries_views_and_commands(fleet):
             assert [a["id"] for a in archives] == fleet.ids
             assert all(a["key"].startswith("ed25519:") for a in archives)
 
-            chain = console.request_chain(str(fleet.folder / "operator.cap"))
+            chain = str(fleet.folder / "operator.cap")
             view = await console.query(chain, NOI, labels={"entity": "property"})
             assert view["complete"], view
             assert [o["status"] for o in view["outcomes"]] == ["ok"] * 3
@@ -157,6 +157,55 @@ def test_the_python_console_lists_queries_views_and_commands(fleet):
             again = await console.command(chain, "snapshot", key, _snapshot_arguments("from-python"), archives=["sub-01"])
             assert [(r["archive"], r["outcome"]) for r in first] == [("sub-01", "applied")], first
             assert [(r["archive"], r["outcome"]) for r in again] == [("sub-01", "replayed")], again
+        finally:
+            console.close()
+
+    run(session())
+
+
+def test_python_request_links_name_only_what_each_request_needs(fleet):
+    """The link the Python console delegates per request: the selected archives, the collection
+    and its referenced fields, one operation (a command bound to its digest), a short window.
+    The owner's grant makes the operator bind commands, so an unbound link would be refused."""
+    grant = str(fleet.folder / "operator.cap")
+    granted = psp_capability.read_chain((fleet.folder / "operator.cap").read_bytes())
+    assert [psp_capability._operation(op) for op in granted[-1].body.scope.operations][-1] == (
+        "command", "snapshot", b"", True)
+
+    async def session():
+        console = await connected(fleet)
+        try:
+            query_needs = {"archives": ["prop-01", "prop-02"], "collections": {}, "operation": ("query",)}
+            console_module = __import__("psp_console")
+            console_module._read(NOI, query_needs["collections"])
+            link = psp_capability.read_chain(await console.request_chain(grant, query_needs))[-1].body
+            assert bytes(link.holder) == psp_identity.parse_printable(fleet.orchestrator)
+            assert psp_capability._archives(link) == {psp_capability.archive_digest(a) for a in ["prop-01", "prop-02"]}
+            [only] = link.scope.collections.only
+            assert only.name == "statements" and sorted(only.fields.only) == ["noi"]
+            assert [psp_capability._operation(op) for op in link.scope.operations] == [("query",)]
+            assert link.notAfter - link.notBefore <= 65
+
+            key, arguments = b"python-bound-snapshot-0001", _snapshot_arguments("bound")
+            digest = psp_capability.command_digest("snapshot", "", key, arguments)
+            command_needs = {"archives": ["sub-01"], "collections": {}, "operation": ("command", "snapshot", digest)}
+            link = psp_capability.read_chain(await console.request_chain(grant, command_needs))[-1].body
+            assert [psp_capability._operation(op) for op in link.scope.operations] == [
+                ("command", "snapshot", digest, False)]
+            # Python computes the same digest the Totebox does: the bound command is applied.
+            [result] = await console.command(grant, "snapshot", key, arguments, archives=["sub-01"])
+            assert (result["archive"], result["outcome"]) == ("sub-01", "applied"), result
+
+            # An unbound link under this grant is refused by the Totebox, whoever signs it.
+            operator = psp_identity.load_key(fleet.folder / "operator.pem")
+            unbound = psp_capability.delegate(granted, operator, psp_identity.parse_printable(fleet.orchestrator), 60,
+                                              archives=["sub-01"], operations=[("command", "snapshot")])
+            with pytest.raises(psp_capability.Refused):
+                psp_capability.verify(unbound, [psp_identity.parse_printable(fleet.owner)])
+            [refused] = await console.command(psp_capability.write_chain(unbound), "snapshot",
+                                              b"python-unbound-snapshot-01", _snapshot_arguments("unbound"),
+                                              archives=["sub-01"])
+            assert (refused["status"], refused["code"]) == ("denied", "capability.widened-scope"), refused
         finally:
             console.close()
 

@@ -35,21 +35,42 @@ fn write_chain(chain: &Chain, out: &Path) -> Result<(), String> {
     std::fs::write(out, chain.to_bytes()).map_err(|e| format!("writing {}: {e}", out.display()))
 }
 
-/// Mints a root capability with `key` for `holder` into `out`.
+/// Makes every unbound command of `ops` one its holder may pass on only bound to a single
+/// command (see `holderBinds` in `schema/capability.capnp`).
+pub fn bound_by_holder(ops: Vec<Operation>) -> Vec<Operation> {
+    ops.into_iter()
+        .map(|op| match op {
+            Operation::Command {
+                name, digest: None, ..
+            } => Operation::command_bound_by_holder(&name),
+            other => other,
+        })
+        .collect()
+}
+
+/// Mints a root capability with `key` for `holder` into `out`. Unless `unbound_commands`, the
+/// holder may pass its commands on only bound to one command each: whoever it delegates to (an
+/// orchestrator) can never choose which command to apply, or apply one twice.
 pub fn grant(
     key: &Path,
     holder: &str,
     archive_ids: Option<&str>,
     ops: &str,
     lifetime: u32,
+    unbound_commands: bool,
     out: &Path,
 ) -> Result<Chain, String> {
     let issuer = IdentityKey::load(key).map_err(|e| e.to_string())?;
     let holder: PublicKey = holder.parse().map_err(|e| format!("--holder: {e}"))?;
+    let operations = operations(ops)?;
     let grant = Grant {
         holder,
         archives: archives(archive_ids),
-        scope: Scope::everything(operations(ops)?),
+        scope: Scope::everything(if unbound_commands {
+            operations
+        } else {
+            bound_by_holder(operations)
+        }),
         window: Window::lasting(psp_core::window::now(), lifetime),
     };
     let chain = Chain::mint(&issuer, grant).map_err(|e| e.to_string())?;
@@ -89,7 +110,27 @@ pub fn delegate(
             some => archives(some),
         },
         scope: match ops {
-            None => last.scope.clone(),
+            // The parent's operations, less the commands its holder may pass on only bound to
+            // one command (a console binds those per request; a file cannot).
+            None => Scope {
+                collections: last.scope.collections.clone(),
+                operations: last
+                    .scope
+                    .operations
+                    .iter()
+                    .filter(|op| {
+                        !matches!(
+                            op,
+                            Operation::Command {
+                                digest: None,
+                                holder_binds: true,
+                                ..
+                            }
+                        )
+                    })
+                    .cloned()
+                    .collect(),
+            },
             Some(ops) => Scope {
                 collections: last.scope.collections.clone(),
                 operations: operations(ops)?,

@@ -18,6 +18,7 @@ use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use crate::config::Partial;
 use crate::fanout::{Health, SourceOutcome};
 use crate::report::Report;
+use crate::request_link::{self, Needs};
 use crate::selection::Selector;
 use crate::viewports::{NamedViewport, Viewport};
 use crate::wire::{
@@ -44,12 +45,23 @@ pub struct ArchiveStatus {
 /// How a request fans out; `None` takes the orchestrator's configured default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
-    /// The whole request ends by then.
+    /// The whole request ends by then (its request link too, plus clock skew).
     pub deadline: Option<Duration>,
     /// One source's time to answer.
     pub source_timeout: Option<Duration>,
     /// Strict or best-effort.
     pub partial: Option<Partial>,
+}
+
+/// The deadline a request asks for when its options name none (the orchestrator shortens it to
+/// its own configured deadline).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
+impl Options {
+    /// The deadline asked for, or [`DEFAULT_DEADLINE`].
+    pub fn deadline_or_default(&self) -> Duration {
+        self.deadline.unwrap_or(DEFAULT_DEADLINE)
+    }
 }
 
 /// A fan-out running at the orchestrator: poll its progress, cancel it, or wait for its report.
@@ -107,10 +119,21 @@ async fn within<T>(
 }
 
 /// A connection to the orchestrator, as one operator.
+///
+/// Every request method takes the operator's grant (a chain whose last holder is the operator)
+/// and delegates, for that request alone, a link to the orchestrator that names only what the
+/// request needs and ends with it (see [`crate::request_link`]); a command's link is bound to
+/// the command's digest, so the orchestrator can apply that command and no other, once. A chain
+/// already held by the orchestrator is sent as it is.
 pub struct Console {
     orchestrator: orchestrator::Client,
     limits: Limits,
     rpc: tokio::task::JoinHandle<()>,
+    identity: IdentityKey,
+    orchestrator_key: PublicKey,
+    /// The tenant's archives as the orchestrator listed them when the session was confirmed:
+    /// how a selection by label or "all" becomes the archive ids a request link names.
+    archives: Vec<ArchiveStatus>,
 }
 
 impl Drop for Console {
@@ -154,12 +177,15 @@ impl Console {
             let rpc = tokio::task::spawn_local(async move {
                 let _ = rpc.await;
             });
-            let console = Console {
+            let mut console = Console {
                 orchestrator,
                 limits,
                 rpc,
+                identity: identity.clone(),
+                orchestrator_key,
+                archives: Vec::new(),
             };
-            console.fleet().await.map_err(|e| {
+            console.archives = console.fleet().await.map_err(|e| {
                 if e.message.contains("AccessDenied") {
                     CallError::new(
                         "tenant.not-an-operator",
@@ -218,60 +244,112 @@ impl Console {
         read().map_err(failed)
     }
 
-    /// Starts a fleet query; its report comes from the returned [`InFlight`].
+    /// The archive ids `selector` names, as this console last saw the tenant's archives.
+    pub fn selected(&self, selector: &Selector) -> Vec<String> {
+        match selector {
+            Selector::Ids(ids) => ids.clone(),
+            Selector::All => self.archives.iter().map(|a| a.id.clone()).collect(),
+            Selector::Labels(labels) => self
+                .archives
+                .iter()
+                .filter(|a| labels.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+                .map(|a| a.id.clone())
+                .collect(),
+        }
+    }
+
+    /// The chain to send for one request: `grant` delegated to the orchestrator with only what
+    /// `needs` names, until `deadline` plus clock skew; or `grant` as it is when the
+    /// orchestrator already holds it.
+    pub fn request_chain(
+        &self,
+        grant: &Chain,
+        needs: &Needs,
+        deadline: Duration,
+    ) -> Result<Chain, CallError> {
+        let holder = grant.last().holder;
+        if holder == self.orchestrator_key {
+            return Ok(grant.clone());
+        }
+        if holder != self.identity.public() {
+            return Err(CallError::new(
+                "capability.wrong-holder",
+                format!(
+                    "the capability is held by {holder}, neither this operator ({}) nor the orchestrator",
+                    self.identity.public()
+                ),
+            ));
+        }
+        request_link::delegate(
+            grant,
+            &self.identity,
+            self.orchestrator_key,
+            needs,
+            deadline,
+            psp_core::window::now(),
+        )
+        .map_err(|e| CallError::new("capability.delegation", e.to_string()))
+    }
+
+    /// Starts a fleet query under `grant`; its report comes from the returned [`InFlight`].
     pub fn start_query(
         &self,
         selector: &Selector,
-        chain: &Chain,
+        grant: &Chain,
         query: &Query,
         options: Options,
-    ) -> InFlight {
+    ) -> Result<InFlight, CallError> {
+        let needs = Needs::query(query, self.selected(selector));
+        let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
         let mut request = self.orchestrator.query_request();
         {
             let mut params = request.get();
             write_query(query, params.reborrow().init_query());
-            fill_request(params.init_request(), selector, chain, options);
+            fill_request(params.init_request(), selector, &chain, options);
         }
-        self.in_flight(request.send().pipeline.get_fleet_query())
+        Ok(self.in_flight(request.send().pipeline.get_fleet_query()))
     }
 
     /// Runs a fleet query and waits for its report: `query(...).fleetQuery.view()`, pipelined.
     pub async fn query(
         &self,
         selector: &Selector,
-        chain: &Chain,
+        grant: &Chain,
         query: &Query,
     ) -> Result<Report, CallError> {
-        self.start_query(selector, chain, query, Options::default())
+        self.start_query(selector, grant, query, Options::default())?
             .report()
             .await
     }
 
-    /// Starts computing a viewport; its report comes from the returned [`InFlight`].
+    /// Starts computing a viewport under `grant`; its report comes from the returned
+    /// [`InFlight`].
     pub fn start_view(
         &self,
         selector: &Selector,
-        chain: &Chain,
+        grant: &Chain,
         viewport: &NamedViewport,
         options: Options,
-    ) -> InFlight {
+    ) -> Result<InFlight, CallError> {
+        let needs = Needs::viewport(&viewport.viewport, self.selected(selector));
+        let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
         let mut request = self.orchestrator.view_request();
         {
             let mut params = request.get();
-            fill_request(params.reborrow().init_request(), selector, chain, options);
+            fill_request(params.reborrow().init_request(), selector, &chain, options);
             write_viewport(viewport, params.init_viewport());
         }
-        self.in_flight(request.send().pipeline.get_fleet_query())
+        Ok(self.in_flight(request.send().pipeline.get_fleet_query()))
     }
 
     /// Computes a viewport and waits for its report.
     pub async fn view(
         &self,
         selector: &Selector,
-        chain: &Chain,
+        grant: &Chain,
         viewport: &NamedViewport,
     ) -> Result<Report, CallError> {
-        self.start_view(selector, chain, viewport, Options::default())
+        self.start_view(selector, grant, viewport, Options::default())?
             .report()
             .await
     }
@@ -281,7 +359,7 @@ impl Console {
     pub async fn rollup(
         &self,
         selector: &Selector,
-        chain: &Chain,
+        grant: &Chain,
         query: &Query,
         labels: &[&str],
     ) -> Result<Report, CallError> {
@@ -292,7 +370,7 @@ impl Console {
                 labels: labels.iter().map(|l| l.to_string()).collect(),
             },
         };
-        self.view(selector, chain, &viewport).await
+        self.view(selector, grant, &viewport).await
     }
 
     /// A viewport defined in the orchestrator's config, by name.
@@ -310,18 +388,21 @@ impl Console {
     }
 
     /// Sends a command to every selected archive; one outcome per archive, with the archive's
-    /// answer where it answered. Retrying with the same idempotency key never applies it twice.
+    /// answer where it answered. The request link is bound to this command's digest, and a
+    /// retry with the same idempotency key (under a new link) never applies it twice.
     pub async fn command(
         &self,
         selector: &Selector,
-        chain: &Chain,
+        grant: &Chain,
         command: &CommandSpec,
         options: Options,
     ) -> Result<Vec<(SourceOutcome, Option<CommandAnswer>)>, CallError> {
+        let needs = Needs::command(command, self.selected(selector));
+        let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
         let mut request = self.orchestrator.command_request();
         {
             let mut params = request.get();
-            fill_request(params.reborrow().init_request(), selector, chain, options);
+            fill_request(params.reborrow().init_request(), selector, &chain, options);
             let mut c = params.init_command();
             c.set_name(&command.name);
             c.set_collection(&command.collection);

@@ -153,32 +153,24 @@ pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> 
         server.local_addr()
     ));
 
-    // The owner grants the operator read access to every archive for an hour; for these
-    // requests the operator delegates 40 s of it (the 10 s deadline plus clock skew) to the
-    // orchestrator.
+    // The owner grants the operator read access to every archive for an hour. For each request
+    // the console delegates to the orchestrator only what that request reads (its archives,
+    // collections and fields), until the 10 s deadline plus clock skew.
     let now = psp_core::window::now();
-    let scope = Scope::everything(vec![Operation::Query, Operation::Describe]);
     let operator_cap = Chain::mint(
         &owner,
         Grant {
             holder: operator.public(),
             archives: ArchiveSet::of_ids(ids.iter().copied()),
-            scope: scope.clone(),
+            scope: Scope::everything(vec![Operation::Query, Operation::Describe]),
             window: Window::lasting(now, 3_600),
         },
     )
     .map_err(|e| e.to_string())?;
-    let request = operator_cap
-        .delegate(
-            &operator,
-            Grant {
-                holder: orchestrator.public(),
-                archives: ArchiveSet::of_ids(ids.iter().copied()),
-                scope,
-                window: Window::lasting(now, 40),
-            },
-        )
-        .map_err(|e| e.to_string())?;
+    let options = Options {
+        deadline: Some(Duration::from_secs(10)),
+        ..Options::default()
+    };
 
     let console = Console::connect(
         server.local_addr(),
@@ -210,7 +202,8 @@ pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> 
         let viewport = console.viewport(name).await.map_err(|e| e.to_string())?;
         let asked = Instant::now();
         let report = console
-            .start_view(&selector, &request, &viewport, Options::default())
+            .start_view(&selector, &operator_cap, &viewport, options)
+            .map_err(|e| format!("viewport {name}: {e}"))?
             .report()
             .await
             .map_err(|e| format!("viewport {name}: {e}"))?;

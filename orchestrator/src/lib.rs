@@ -22,8 +22,9 @@
 //!   viewport (or a plain query) end to end.
 //! * [`spec`]: queries and viewports as text, for the command line and the config.
 //! * [`service`] and [`console`]: the console-facing `Orchestrator` interface over pinned-key
-//!   TLS, scoped per tenant with [`quota`]s, and a Rust console for it; [`wire`] converts
-//!   between the two and `schema/orchestrator.capnp`.
+//!   TLS, scoped per tenant with [`quota`]s, and a Rust console for it, which delegates each
+//!   request a link narrowed to what it needs ([`request_link`]; a command's is bound to its
+//!   digest); [`wire`] converts between the two and `schema/orchestrator.capnp`.
 //! * [`cli`], [`server`], [`operate`] and [`render`]: the `orchestrator` command: capability
 //!   files (`grant`, `delegate`), the reloadable server (`serve`), and the console subcommands
 //!   (`fleet`, `query`, `view`, `command`) with their table and JSON output.
@@ -42,6 +43,7 @@ mod pool;
 pub mod quota;
 pub mod render;
 pub mod report;
+pub mod request_link;
 pub mod selection;
 pub mod server;
 pub mod service;

@@ -61,6 +61,10 @@ enum Action {
         /// Seconds it stays valid.
         #[arg(long, default_value_t = 86_400)]
         lifetime: u32,
+        /// Let the holder delegate its commands unbound (by default it may pass each command
+        /// on only bound to one command, so an orchestrator never chooses what to apply).
+        #[arg(long)]
+        unbound_commands: bool,
         /// The capability file to write.
         #[arg(long)]
         out: PathBuf,
@@ -320,6 +324,7 @@ fn main() -> ExitCode {
             archives,
             operations,
             lifetime,
+            unbound_commands,
             out,
         } => orchestrator::cli::grant(
             &key,
@@ -327,6 +332,7 @@ fn main() -> ExitCode {
             archives.as_deref(),
             &operations,
             lifetime,
+            unbound_commands,
             &out,
         )
         .map(|c| println!("wrote {} (capability {})", out.display(), c.last().id)),
@@ -387,9 +393,11 @@ fn main() -> ExitCode {
             .to_query()?;
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
-            let chain = target.request_chain(&request.chain, request.deadline())?;
+            let grant = target.grant(&request.chain)?;
             let console = target.connect().await?;
-            let in_flight = console.start_query(&selector, &chain, &query, request.options());
+            let in_flight = console
+                .start_query(&selector, &grant, &query, request.options())
+                .map_err(|e| e.to_string())?;
             let report = operate::wait(&in_flight).await.map_err(|e| e.to_string())?;
             print_report(&report, connection.json, false);
             Ok(())
@@ -403,7 +411,7 @@ fn main() -> ExitCode {
         } => operate::run(async {
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
-            let chain = target.request_chain(&request.chain, request.deadline())?;
+            let grant = target.grant(&request.chain)?;
             let console = target.connect().await?;
             let viewport = match (name, file) {
                 (Some(name), _) => console.viewport(&name).await.map_err(|e| e.to_string())?,
@@ -417,7 +425,9 @@ fn main() -> ExitCode {
                 }
                 (None, None) => return Err("give --name or --file".into()),
             };
-            let in_flight = console.start_view(&selector, &chain, &viewport, request.options());
+            let in_flight = console
+                .start_view(&selector, &grant, &viewport, request.options())
+                .map_err(|e| e.to_string())?;
             let report = operate::wait(&in_flight).await.map_err(|e| e.to_string())?;
             print_report(&report, connection.json, exceptions);
             Ok(())
@@ -452,10 +462,10 @@ fn main() -> ExitCode {
             };
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
-            let chain = target.request_chain(&request.chain, request.deadline())?;
+            let grant = target.grant(&request.chain)?;
             let console = target.connect().await?;
             let results = console
-                .command(&selector, &chain, &command, request.options())
+                .command(&selector, &grant, &command, request.options())
                 .await
                 .map_err(|e| e.to_string())?;
             if connection.json {

@@ -1,27 +1,24 @@
 //! The console subcommands (`fleet`, `query`, `view`, `command`): connect as an operator, send
 //! one request, print its answer as a table or as JSON.
 //!
-//! The capability given with `--chain` may be held by the operator (the CLI then delegates a
-//! link to the orchestrator that ends with the request: its deadline plus clock skew, and no
-//! wider than the chain) or already by the orchestrator (sent as it is).
+//! The capability given with `--chain` may be held by the operator (the console then delegates,
+//! per request, a link to the orchestrator naming only what the request needs and ending with
+//! its deadline plus clock skew; a command's link is bound to that one command) or already by the
+//! orchestrator (sent as it is).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use psp_core::{Chain, Grant, IdentityKey, PublicKey, Window};
+use psp_core::{Chain, IdentityKey, PublicKey};
 use psp_rpc::limits::{CallError, Limits};
 
 use crate::console::{Console, InFlight};
 use crate::report::Report;
 use crate::selection::Selector;
 
-/// The deadline a console subcommand asks for when `--deadline-ms` is not given (the
-/// orchestrator shortens it to its own configured deadline).
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
-/// How far the Toteboxes' clocks may differ from ours (their default `clock_skew_seconds`).
-const CLOCK_SKEW: Duration = Duration::from_secs(30);
+pub use crate::console::DEFAULT_DEADLINE;
 /// A fan-out running longer than this gets a progress line (on a terminal).
 const PROGRESS_AFTER: Duration = Duration::from_secs(1);
 
@@ -61,42 +58,21 @@ impl Target {
             .map_err(|e| e.to_string())
     }
 
-    /// The chain to send for one request with `deadline`: `chain` as it is when the
-    /// orchestrator holds it, or delegated to the orchestrator by this operator when the operator
-    /// holds it, valid until the deadline plus clock skew (so a leaked request link is
-    /// worthless within a minute).
-    pub fn request_chain(&self, chain: &Path, deadline: Duration) -> Result<Chain, String> {
+    /// Reads the capability file given with `--chain`: held by this operator (the console
+    /// delegates a narrowed link from it per request) or already by the orchestrator.
+    pub fn grant(&self, chain: &Path) -> Result<Chain, String> {
         let bytes =
             std::fs::read(chain).map_err(|e| format!("reading {}: {e}", chain.display()))?;
-        let parent = Chain::from_bytes(&bytes).map_err(|e| format!("{}: {e}", chain.display()))?;
-        let last = parent.last().clone();
-        if last.holder == self.orchestrator {
-            return Ok(parent);
-        }
-        if last.holder != self.identity.public() {
+        let grant = Chain::from_bytes(&bytes).map_err(|e| format!("{}: {e}", chain.display()))?;
+        let holder = grant.last().holder;
+        if holder != self.orchestrator && holder != self.identity.public() {
             return Err(format!(
-                "{} is held by {}, which is neither your key ({}) nor the orchestrator's",
+                "{} is held by {holder}, which is neither your key ({}) nor the orchestrator's",
                 chain.display(),
-                last.holder,
                 self.identity.public()
             ));
         }
-        let now = psp_core::window::now();
-        let lifetime = (deadline + CLOCK_SKEW).as_secs().min(u64::from(u32::MAX)) as u32;
-        let window = Window::lasting(now, lifetime)
-            .intersect(&last.window)
-            .ok_or_else(|| format!("{} is not valid now", chain.display()))?;
-        parent
-            .delegate(
-                &self.identity,
-                Grant {
-                    holder: self.orchestrator,
-                    archives: last.archives.clone(),
-                    scope: last.scope.clone(),
-                    window,
-                },
-            )
-            .map_err(|e| e.to_string())
+        Ok(grant)
     }
 }
 
@@ -196,15 +172,15 @@ pub fn command_arguments(
 
 #[cfg(test)]
 mod tests {
-    use psp_core::{ArchiveSet, Operation, Scope};
+    use psp_core::{ArchiveSet, Grant, Operation, Scope, Window};
 
     use super::*;
 
-    fn setup() -> (tempfile::TempDir, Target, IdentityKey) {
+    #[test]
+    fn a_chain_held_by_someone_else_is_not_sent() {
         let dir = tempfile::tempdir().unwrap();
         let owner = IdentityKey::from_seed([1; 32]);
         let operator = IdentityKey::from_seed([2; 32]);
-        let orchestrator = IdentityKey::from_seed([3; 32]).public();
         let chain = Chain::mint(
             &owner,
             Grant {
@@ -216,39 +192,14 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("operator.cap"), chain.to_bytes()).unwrap();
-        let target = Target {
+        let mut target = Target {
             address: "127.0.0.1:1".parse().unwrap(),
-            orchestrator,
+            orchestrator: IdentityKey::from_seed([3; 32]).public(),
             identity: operator,
         };
-        (dir, target, owner)
-    }
-
-    #[test]
-    fn a_request_link_ends_with_the_request() {
-        let (dir, target, _) = setup();
-        let now = psp_core::window::now();
-        let chain = target
-            .request_chain(&dir.path().join("operator.cap"), Duration::from_secs(5))
-            .unwrap();
-        let last = chain.last();
-        assert_eq!(last.holder, target.orchestrator);
-        assert_eq!(last.issuer, target.identity.public());
-        assert!(
-            last.window.not_after() <= now + 5 + 30 + 1,
-            "{:?}",
-            last.window
-        );
-        assert_eq!(last.archives, ArchiveSet::of_ids(["prop-01"]));
-    }
-
-    #[test]
-    fn a_chain_held_by_someone_else_is_not_sent() {
-        let (dir, mut target, _) = setup();
+        assert!(target.grant(&dir.path().join("operator.cap")).is_ok());
         target.identity = IdentityKey::from_seed([9; 32]);
-        let error = target
-            .request_chain(&dir.path().join("operator.cap"), DEFAULT_DEADLINE)
-            .unwrap_err();
+        let error = target.grant(&dir.path().join("operator.cap")).unwrap_err();
         assert!(error.contains("neither your key"), "{error}");
     }
 }

@@ -81,7 +81,9 @@ async fn a_reload_changes_new_requests_and_drops_none_in_flight() {
             let globex_console = console(server.local_addr(), &w, &globex()).await;
             assert_eq!(ids(&acme).await, ["prop-01", "prop-02"]);
 
-            let in_flight = acme.start_query(&Selector::All, &chain, &count(), Options::default());
+            let in_flight = acme
+                .start_query(&Selector::All, &chain, &count(), Options::default())
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
             // acme now has prop-02 and prop-03; globex is gone.
             write_config(&w, &["prop-02", "prop-03"], false, 600);

@@ -62,8 +62,9 @@ async fn cancel_returns_what_arrived_and_marks_the_rest_cancelled() {
         .run_until(async {
             let console = console(server.local_addr(), &w, &w.operator).await;
             let asked = tokio::time::Instant::now();
-            let in_flight =
-                console.start_query(&Selector::All, &chain, &count(), Options::default());
+            let in_flight = console
+                .start_query(&Selector::All, &chain, &count(), Options::default())
+                .unwrap();
             // Wait until the two quick sources have answered.
             loop {
                 let (answered, total) = in_flight.progress().await.unwrap();
@@ -233,8 +234,9 @@ async fn a_graceful_shutdown_lets_a_running_request_finish_and_refuses_new_ones(
     LocalSet::new()
         .run_until(async {
             let console = console(address, &w, &w.operator).await;
-            let in_flight =
-                console.start_query(&Selector::All, &chain, &count(), Options::default());
+            let in_flight = console
+                .start_query(&Selector::All, &chain, &count(), Options::default())
+                .unwrap();
             // The view is waiting at the orchestrator before the shutdown starts.
             tokio::time::sleep(Duration::from_millis(300)).await;
             let stopping = tokio::spawn(server.shutdown(Duration::from_secs(10)));

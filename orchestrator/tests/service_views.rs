@@ -191,6 +191,7 @@ async fn a_summary_gives_each_figure_its_sources_and_says_which_are_missing() {
             };
             let error = console
                 .start_view(&Selector::All, &chain, &viewport, strict)
+                .unwrap()
                 .report()
                 .await
                 .unwrap_err();

@@ -1,0 +1,180 @@
+//! The link a console delegates to the orchestrator for one request: only what that request
+//! needs, for only as long as it runs.
+//!
+//! A console holds its operator's grant and, per request, signs one more link held by the
+//! orchestrator. Whatever that link allows, a compromised orchestrator can do until it expires,
+//! so it names exactly:
+//!
+//! * the archives the request selected (never the rest of the grant's archive set);
+//! * the collections the request reads, each with only the fields it references (projected,
+//!   filtered, grouped, ordered or aggregated) and the grant's own rows;
+//! * the one operation: `query`, or the command bound to its digest (its name, collection,
+//!   idempotency key and arguments), so the link applies that command and nothing else, once;
+//! * a window ending at the request's deadline plus clock skew.
+//!
+//! What the grant does not allow is left out rather than refused here: the Toteboxes refuse the
+//! request with the rule that failed, which is the answer the operator needs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use psp_core::capability::DelegationError;
+use psp_core::query::Query;
+use psp_core::{
+    ArchiveDigest, ArchiveSet, Chain, CollectionGrant, Collections, CommandDigest, FieldSet, Grant,
+    IdentityKey, Operation, PublicKey, Scope, UnixSeconds, Window,
+};
+use psp_rpc::client::CommandSpec;
+
+use crate::viewports::Viewport;
+
+/// How far the Toteboxes' clocks may differ from the console's (their default
+/// `clock_skew_seconds`): a request link stays valid this long past the request's deadline.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// What one request needs from the operator's grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Needs {
+    /// The archives the request selects, by id.
+    pub archives: Vec<String>,
+    /// Each collection the request touches, with the fields it references; `None` keeps the
+    /// grant's fields (a command is bound to its digest, so narrowing its fields adds nothing).
+    pub collections: BTreeMap<String, Option<BTreeSet<String>>>,
+    /// The one operation.
+    pub operation: Operation,
+}
+
+impl Needs {
+    /// A query over `archives`.
+    pub fn query(query: &Query, archives: Vec<String>) -> Needs {
+        let mut needs = Needs {
+            archives,
+            collections: BTreeMap::new(),
+            operation: Operation::Query,
+        };
+        needs.read(query);
+        needs
+    }
+
+    /// A viewport over `archives`: every query it runs.
+    pub fn viewport(viewport: &Viewport, archives: Vec<String>) -> Needs {
+        let mut needs = Needs {
+            archives,
+            collections: BTreeMap::new(),
+            operation: Operation::Query,
+        };
+        match viewport {
+            Viewport::Rollup { query, .. } => needs.read(query),
+            Viewport::Reconciliation(spec) => needs.read(&spec.query()),
+            Viewport::Summary(kpis) => kpis.iter().for_each(|k| needs.read(&k.query)),
+        }
+        needs
+    }
+
+    /// One command over `archives`, bound to its digest.
+    pub fn command(command: &CommandSpec, archives: Vec<String>) -> Needs {
+        let digest = CommandDigest::of(
+            &command.name,
+            &command.collection,
+            &command.idempotency_key,
+            &command.arguments,
+        );
+        let mut collections = BTreeMap::new();
+        if !command.collection.is_empty() {
+            collections.insert(command.collection.clone(), None);
+        }
+        Needs {
+            archives,
+            collections,
+            operation: Operation::bound_command(&command.name, digest),
+        }
+    }
+
+    fn read(&mut self, query: &Query) {
+        let fields = self
+            .collections
+            .entry(query.collection.clone())
+            .or_insert_with(|| Some(BTreeSet::new()));
+        if let Some(fields) = fields {
+            fields.extend(query.referenced_fields().into_iter().map(str::to_owned));
+        }
+    }
+}
+
+/// Delegates `grant` (whose last holder is `operator`) to `orchestrator` for one request that
+/// needs `needs` and ends within `deadline` of `now`: the link described in the module docs.
+pub fn delegate(
+    grant: &Chain,
+    operator: &IdentityKey,
+    orchestrator: PublicKey,
+    needs: &Needs,
+    deadline: Duration,
+    now: UnixSeconds,
+) -> Result<Chain, DelegationError> {
+    let parent = grant.last();
+    let archives = ArchiveSet::of_digests(
+        needs
+            .archives
+            .iter()
+            .map(|id| ArchiveDigest::of(id))
+            .filter(|d| parent.archives.contains(d)),
+    );
+    let mut collections = BTreeMap::new();
+    for (name, fields) in &needs.collections {
+        // A collection the grant does not reach is left out: the Toteboxes say so.
+        let Some(granted) = parent.scope.collection(name) else {
+            continue;
+        };
+        let fields = match fields {
+            None => granted.fields.clone(),
+            Some(fields) => FieldSet::Only(
+                fields
+                    .iter()
+                    .filter(|f| granted.fields.contains(f))
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        collections.insert(
+            name.clone(),
+            CollectionGrant {
+                fields,
+                rows: granted.rows.clone(),
+            },
+        );
+    }
+    let lifetime = (deadline + CLOCK_SKEW)
+        .as_secs()
+        .clamp(1, u64::from(u32::MAX)) as u32;
+    let window = Window::lasting(now, lifetime)
+        .intersect(&parent.window)
+        .ok_or_else(|| {
+            DelegationError::Widens(format!(
+                "the grant is not valid now (it runs {} to {})",
+                parent.window.not_before(),
+                parent.window.not_after()
+            ))
+        })?;
+    let candidate = Scope {
+        collections: Collections::Only(collections),
+        operations: vec![needs.operation.clone()],
+    };
+    // An operation the grant does not allow is left out too: the Toteboxes refuse it by rule.
+    let scope = if candidate.is_within(&parent.scope).is_ok() {
+        candidate
+    } else {
+        Scope {
+            operations: Vec::new(),
+            ..candidate
+        }
+    };
+    grant.delegate(
+        operator,
+        Grant {
+            holder: orchestrator,
+            archives,
+            scope,
+            window,
+        },
+    )
+}
