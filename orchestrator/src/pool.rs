@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::{LocalBoxFuture, Shared, WeakShared};
+use futures::{FutureExt, StreamExt};
 use psp_core::{Chain, IdentityKey, PublicKey};
 use psp_rpc::client::{ANSWER_TOO_LARGE, ConnectError, ToteboxClient};
 use psp_rpc::limits::{CallError, Limits};
@@ -77,8 +78,15 @@ struct Pool {
     health: Arc<Mutex<HashMap<String, HealthReport>>>,
 }
 
+/// A connection being dialed, shared by every request that needs it meanwhile.
+type Dial = LocalBoxFuture<'static, Result<Rc<ToteboxClient>, SourceStatus>>;
+
 struct Slot {
     client: Option<Rc<ToteboxClient>>,
+    /// The dial in progress, if any: concurrent requests wait for it instead of each opening a
+    /// connection of their own. Held weakly: when every request waiting for it gives up, the
+    /// attempt is dropped (and its socket closed) rather than parked here.
+    dialing: Option<(WeakShared<Dial>, (SocketAddr, PublicKey))>,
     /// Where `client` is connected, and to which key: a reloaded config may move an archive.
     endpoint: Option<(SocketAddr, PublicKey)>,
     quarantined_until: Option<Instant>,
@@ -95,6 +103,7 @@ impl Pool {
             .entry(archive.to_owned())
             .or_insert_with(|| Slot {
                 client: None,
+                dialing: None,
                 endpoint: None,
                 quarantined_until: None,
                 why: String::new(),
@@ -107,9 +116,13 @@ impl Pool {
         self.slot(&mut connections, &source.archive).gate.clone()
     }
 
-    /// The pooled connection to `source`, connecting if needed.
-    async fn connection(&self, source: &Source) -> Result<Rc<ToteboxClient>, SourceStatus> {
-        {
+    /// The pooled connection to `source`, connecting if needed (one dial at a time per source).
+    async fn connection(
+        self: &Rc<Self>,
+        source: &Source,
+    ) -> Result<Rc<ToteboxClient>, SourceStatus> {
+        let endpoint = (source.address, source.key);
+        let dialing = {
             let mut connections = self.connections.borrow_mut();
             let slot = self.slot(&mut connections, &source.archive);
             if let Some(until) = slot.quarantined_until {
@@ -119,34 +132,60 @@ impl Pool {
                 slot.quarantined_until = None;
             }
             if let Some(client) = &slot.client {
-                let same_endpoint = slot.endpoint == Some((source.address, source.key));
+                let same_endpoint = slot.endpoint == Some(endpoint);
                 if same_endpoint && client.is_connected() && client.diode_violation().is_none() {
                     return Ok(client.clone());
                 }
                 // Dropping our reference closes it once calls still holding it end.
                 slot.client = None;
             }
-        }
+            let joined = slot
+                .dialing
+                .as_ref()
+                .filter(|(_, to)| *to == endpoint)
+                .and_then(|(dial, _)| dial.upgrade());
+            match joined {
+                Some(dial) => dial,
+                None => {
+                    let dial: Shared<Dial> =
+                        self.clone().dial(source.clone()).boxed_local().shared();
+                    slot.dialing = dial.downgrade().map(|weak| (weak, endpoint));
+                    dial
+                }
+            }
+        };
+        dialing.await
+    }
+
+    /// Dials `source` and, if it comes up, pools the connection.
+    async fn dial(self: Rc<Self>, source: Source) -> Result<Rc<ToteboxClient>, SourceStatus> {
         // A failed attempt leaves nothing open behind it: the client closes what it opened.
-        let client =
-            ToteboxClient::connect(source.address, &self.identity, source.key, self.limits)
-                .await
-                .map_err(|e| match e {
-                    ConnectError::DiodeViolation { reason, .. } => {
-                        let why = format!("broke the diode while connecting: it sent {reason}");
-                        self.quarantine(source, why.clone());
-                        SourceStatus::Quarantined(why)
-                    }
-                    ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
-                        SourceStatus::Unreachable(e.to_string())
-                    }
-                    other => SourceStatus::Error(other.to_string()),
-                })?;
+        let connected =
+            ToteboxClient::connect(source.address, &self.identity, source.key, self.limits).await;
+        let endpoint = (source.address, source.key);
+        {
+            let mut connections = self.connections.borrow_mut();
+            let slot = self.slot(&mut connections, &source.archive);
+            if slot.dialing.as_ref().is_some_and(|(_, to)| *to == endpoint) {
+                slot.dialing = None;
+            }
+        }
+        let client = connected.map_err(|e| match e {
+            ConnectError::DiodeViolation { reason, .. } => {
+                let why = format!("broke the diode while connecting: it sent {reason}");
+                self.quarantine(&source, why.clone());
+                SourceStatus::Quarantined(why)
+            }
+            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
+                SourceStatus::Unreachable(e.to_string())
+            }
+            other => SourceStatus::Error(other.to_string()),
+        })?;
         let client = Rc::new(client);
         let mut connections = self.connections.borrow_mut();
         let slot = self.slot(&mut connections, &source.archive);
         slot.client = Some(client.clone());
-        slot.endpoint = Some((source.address, source.key));
+        slot.endpoint = Some(endpoint);
         Ok(client)
     }
 
@@ -161,7 +200,7 @@ impl Pool {
     }
 
     async fn ask(
-        &self,
+        self: &Rc<Self>,
         tenant: &TenantId,
         source: &Source,
         chain: &Chain,

@@ -3,7 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod hostile;
 pub mod processes;
+pub mod slow;
 
 use std::path::Path;
 
@@ -239,4 +241,24 @@ pub fn ledger_record(entry: i64, counterparty: &str, amount_cents: i64) -> Vec<u
         psp_core::query::wire::write_value(v.as_ref(), values.reborrow().get(i as u32));
     }
     capnp::serialize::write_message_to_words(&message)
+}
+
+/// The owner's grant of `operations` on `archives` to `operator`, for an hour: what an operator
+/// holds and a console delegates from, per request.
+pub fn grant(
+    w: &World,
+    operator: &IdentityKey,
+    archives: &[&str],
+    operations: Vec<Operation>,
+) -> Chain {
+    Chain::mint(
+        &w.owner,
+        Grant {
+            holder: operator.public(),
+            archives: ArchiveSet::of_ids(archives.iter().copied()),
+            scope: Scope::everything(operations),
+            window: Window::lasting(psp_core::window::now() - 5, 3_600),
+        },
+    )
+    .unwrap()
 }

@@ -1,0 +1,103 @@
+//! End to end with an `orchestrator serve` process: a Totebox that completes TLS and then never
+//! confirms the session (hangs, closes, refuses `identify`) costs the
+//! orchestrator nothing that lasts. After 100 failed connects its file descriptors are back
+//! where they were, and it still serves consoles.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use orchestrator::console::Console;
+use orchestrator::fanout::SourceStatus;
+use orchestrator::selection::Selector;
+use psp_core::query::{Aggregate, Query};
+use psp_core::{IdentityKey, Operation};
+use psp_rpc::limits::Limits;
+use support::hostile::{Misbehaviour, Rogue};
+use support::processes::Fleet;
+use tokio::task::LocalSet;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_connects_leave_no_file_descriptor_behind() {
+    let fleet = Fleet::start(1, 0);
+    let rogue = Rogue::start(
+        fleet.orchestrator.public(),
+        vec![
+            Misbehaviour::Hang,
+            Misbehaviour::Close,
+            Misbehaviour::RefuseIdentify,
+        ],
+    )
+    .await;
+    let operator = IdentityKey::generate().unwrap();
+    let config = fleet.path("orchestrator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 200\ndeadline_ms = 500\n{}{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"rogue\", \"prop-01\"]\nquotas = {{ concurrent_queries = 100, requests_per_minute = 100000 }}\n",
+            fleet.fleet_toml(),
+            rogue.fleet_toml("rogue", "entity = \"property\""),
+            operator.public()
+        ),
+    )
+    .unwrap();
+    let orchestrator = fleet.serve(&config);
+    let grant = {
+        let w = support::World {
+            dir: tempfile::tempdir().unwrap(),
+            toteboxes: Vec::new(),
+            sources: Vec::new(),
+            owner: fleet.owner.clone(),
+            operator: operator.clone(),
+            orchestrator: fleet.orchestrator.clone(),
+        };
+        support::grant(&w, &operator, &["rogue", "prop-01"], vec![Operation::Query])
+    };
+    let count = Query::aggregate("statements", [], [Aggregate::count()]);
+    LocalSet::new()
+        .run_until(async {
+            let console = Console::connect(
+                orchestrator.address.parse().unwrap(),
+                &operator,
+                orchestrator.key.parse().unwrap(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            // Warm: the honest Totebox's pooled connection and everything else a request opens.
+            let first = console.query(&Selector::All, &grant, &count).await.unwrap();
+            assert_eq!(first.outcomes[0].status, SourceStatus::Ok);
+            let baseline = orchestrator.process.open_files();
+
+            // One after another, so each is a connect of its own (concurrent requests would
+            // share one dial).
+            for attempt in 0..100 {
+                let report = console.query(&Selector::All, &grant, &count).await.unwrap();
+                assert_eq!(
+                    report.outcomes[0].status,
+                    SourceStatus::Ok,
+                    "attempt {attempt}"
+                );
+                assert!(
+                    !matches!(report.outcomes[1].status, SourceStatus::Ok),
+                    "{:?}",
+                    report.outcomes[1]
+                );
+            }
+            assert!(rogue.accepted.load(std::sync::atomic::Ordering::SeqCst) >= 100);
+
+            // Every failed session is closed: the count returns to the baseline (allowing the
+            // last few closes a moment to happen), and stays there.
+            let until = Instant::now() + Duration::from_secs(5);
+            let mut now = orchestrator.process.open_files();
+            while now > baseline && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                now = orchestrator.process.open_files();
+            }
+            assert_eq!(now, baseline, "file descriptors after 100 failed connects");
+            // And the orchestrator still serves.
+            let last = console.query(&Selector::All, &grant, &count).await.unwrap();
+            assert_eq!(last.outcomes[0].status, SourceStatus::Ok);
+        })
+        .await;
+}

@@ -1,0 +1,408 @@
+//! One hostile Totebox in a real fleet, listed first, answering every query with a lie: other
+//! columns, rows for groups, wrong kinds and types, sums at the edge of 64 bits, values no reader
+//! accepts, answers past its share of the request's memory. Whatever it sends changes only its
+//! own outcome: the honest sources' answers merge exactly as if it were absent, the request never
+//! fails, and its answer is never taken for the console's fault.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orchestrator::config::Config;
+use orchestrator::console::Console;
+use orchestrator::fanout::SourceStatus;
+use orchestrator::report::{Body, Report};
+use orchestrator::selection::Selector;
+use orchestrator::viewports::{Kpi, NamedViewport, Viewport};
+use psp_core::query::wire::write_result;
+use psp_core::query::{
+    Aggregate, AggregateFunction, Column, Decimal, Group, Partial, Query, QueryResult, ResultBody,
+    Value, ValueType,
+};
+use psp_core::{Chain, Operation};
+use psp_rpc::limits::Limits;
+use support::hostile::{HostileTotebox, Script};
+use support::{World, world};
+use tokio::task::LocalSet;
+
+fn noi() -> Query {
+    Query::aggregate(
+        "statements",
+        [],
+        [
+            Aggregate::of(AggregateFunction::Sum, "noi").named("noi"),
+            Aggregate::count().named("n"),
+        ],
+    )
+}
+
+/// The hostile Totebox first, then the honest ones; one tenant over all of them.
+fn config(w: &World, hostile: &HostileTotebox, extra: &str) -> Config {
+    let mut text = format!(
+        "identity = \"unused.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 3000\ndeadline_ms = 6000\n{extra}\n"
+    );
+    text.push_str(&hostile.fleet_toml("entity = \"property\", region = \"north\""));
+    for (i, s) in w.sources.iter().enumerate() {
+        let region = ["north", "south", "east"][i % 3];
+        text.push_str(&format!(
+            "[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ entity = \"property\", region = \"{region}\" }}\n",
+            s.archive, s.address, s.key
+        ));
+    }
+    text.push_str(&format!(
+        "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\nselectors = [{{ entity = \"property\" }}]\n",
+        w.operator.public()
+    ));
+    Config::parse(&text).unwrap()
+}
+
+/// A script that answers with `result`, whatever was asked.
+fn answering(result: QueryResult) -> Script {
+    Arc::new(move |_, builder| write_result(&result, builder))
+}
+
+fn columns(list: &[(&str, ValueType)]) -> Vec<Column> {
+    list.iter()
+        .map(|(n, t)| Column {
+            name: (*n).into(),
+            value_type: *t,
+        })
+        .collect()
+}
+
+fn groups(columns_: Vec<Column>, groups: Vec<Group>) -> QueryResult {
+    QueryResult {
+        as_of: 1,
+        columns: columns_,
+        body: ResultBody::Groups(groups),
+        suppressed_groups: 0,
+        scanned_records: 1,
+    }
+}
+
+fn noi_group(sum: Value, count: u64, records: u64) -> Group {
+    Group {
+        key: Vec::new(),
+        records,
+        aggregates: vec![Partial::Sum { sum, count }, Partial::Count(records)],
+    }
+}
+
+fn right_columns() -> Vec<Column> {
+    columns(&[("noi", ValueType::Decimal), ("n", ValueType::Int)])
+}
+
+struct Case {
+    name: &'static str,
+    script: Script,
+    /// The hostile source's expected status word and code.
+    expect: (&'static str, &'static str),
+}
+
+fn cases() -> Vec<Case> {
+    let money = |units: i64| Value::Decimal(Decimal::new(units, 2).unwrap());
+    vec![
+        Case {
+            name: "other columns",
+            script: answering(groups(
+                columns(&[("stolen", ValueType::Text)]),
+                vec![Group {
+                    key: vec![],
+                    records: 1,
+                    aggregates: vec![Partial::Count(1)],
+                }],
+            )),
+            expect: ("rejected", "source.malformed-answer"),
+        },
+        Case {
+            name: "rows to an aggregate query",
+            script: answering(QueryResult {
+                body: ResultBody::Rows(vec![vec![money(1), Value::Int(1)]]),
+                ..groups(right_columns(), vec![])
+            }),
+            expect: ("rejected", "source.malformed-answer"),
+        },
+        Case {
+            name: "text in a sum",
+            script: answering(groups(
+                right_columns(),
+                vec![noi_group(Value::from("<script>"), 1, 1)],
+            )),
+            expect: ("rejected", "source.malformed-answer"),
+        },
+        Case {
+            name: "a count where a sum belongs",
+            script: answering(groups(
+                right_columns(),
+                vec![Group {
+                    key: vec![],
+                    records: 1,
+                    aggregates: vec![Partial::Count(1), Partial::Count(1)],
+                }],
+            )),
+            expect: ("rejected", "source.malformed-answer"),
+        },
+        Case {
+            name: "a group key for a query without group-by",
+            script: answering(groups(
+                right_columns(),
+                vec![Group {
+                    key: vec![Value::from("x")],
+                    ..noi_group(money(1), 1, 1)
+                }],
+            )),
+            expect: ("rejected", "source.malformed-answer"),
+        },
+        Case {
+            name: "a value no reader accepts (decimal scale 200)",
+            script: Arc::new(move |_, mut b| {
+                write_result(
+                    &groups(right_columns(), vec![noi_group(money(1), 1, 1)]),
+                    b.reborrow(),
+                );
+                let body = b.get_body();
+                if let Ok(psp_schema::query_capnp::query_result::body::Groups(Ok(list))) =
+                    body.which()
+                {
+                    let aggregate = list.get(0).get_aggregates().unwrap().get(0);
+                    if let Ok(psp_schema::query_capnp::partial_aggregate::Sum(Ok(sum))) =
+                        aggregate.which()
+                    {
+                        sum.get_sum().unwrap().init_decimal().set_scale(200);
+                    }
+                }
+            }),
+            expect: ("rejected", "source.malformed-answer"),
+        },
+    ]
+}
+
+fn status_of(report: &Report, archive: &str) -> (String, String) {
+    let o = report
+        .outcomes
+        .iter()
+        .find(|o| o.archive == archive)
+        .unwrap();
+    match &o.status {
+        SourceStatus::Ok => ("ok".into(), String::new()),
+        SourceStatus::Rejected { code, .. } => ("rejected".into(), code.clone()),
+        SourceStatus::Denied { code, .. } => ("denied".into(), code.clone()),
+        other => (format!("{other:?}"), String::new()),
+    }
+}
+
+async fn connect(w: &World, address: std::net::SocketAddr) -> Console {
+    Console::connect(
+        address,
+        &w.operator,
+        w.orchestrator.public(),
+        Limits::default(),
+    )
+    .await
+    .unwrap()
+}
+
+fn grant(w: &World, hostile: &str) -> Chain {
+    let mut ids: Vec<&str> = w.sources.iter().map(|s| s.archive.as_str()).collect();
+    ids.push(hostile);
+    support::grant(w, &w.operator, &ids, vec![Operation::Query])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_totebox_changes_only_its_own_outcome() {
+    let w = world(3).await;
+    let honest: Vec<String> = w.sources.iter().map(|s| s.archive.clone()).collect();
+    let (baseline_server, _) = {
+        let placeholder = HostileTotebox::start(
+            "prop-00",
+            w.orchestrator.public(),
+            answering(groups(right_columns(), vec![])),
+        )
+        .await;
+        support::serve(&w, &config(&w, &placeholder, "")).await
+    };
+    // What the honest sources alone answer: the view every case must reproduce.
+    let (honest_table, honest_rollup, honest_summary) = LocalSet::new()
+        .run_until(async {
+            let console = connect(&w, baseline_server.local_addr()).await;
+            let only_honest = Selector::Ids(honest.clone());
+            let grant = grant(&w, "prop-00");
+            let table = console.query(&only_honest, &grant, &noi()).await.unwrap();
+            let rollup = console.view(&only_honest, &grant, &rollup()).await.unwrap();
+            let summary = console
+                .view(&only_honest, &grant, &summary())
+                .await
+                .unwrap();
+            (table, rollup, summary)
+        })
+        .await;
+    assert!(honest_table.complete && honest_table.table().unwrap().rows[0][0] != Value::Null);
+
+    for case in cases() {
+        let hostile = HostileTotebox::start("prop-00", w.orchestrator.public(), case.script).await;
+        let (server, _) = support::serve(&w, &config(&w, &hostile, "")).await;
+        LocalSet::new()
+            .run_until(async {
+                let console = connect(&w, server.local_addr()).await;
+                let grant = grant(&w, "prop-00");
+                let report = console.query(&Selector::All, &grant, &noi()).await;
+                let report =
+                    report.unwrap_or_else(|e| panic!("{}: the request failed: {e}", case.name));
+                assert_eq!(
+                    status_of(&report, "prop-00"),
+                    (case.expect.0.to_owned(), case.expect.1.to_owned()),
+                    "{}",
+                    case.name
+                );
+                for id in &honest {
+                    assert_eq!(status_of(&report, id).0, "ok", "{}: {id}", case.name);
+                }
+                assert_eq!(
+                    report.body, honest_table.body,
+                    "{}: the honest answer changed",
+                    case.name
+                );
+                assert!(report.overflows.is_empty());
+
+                // The same through a rollup by region and an executive summary.
+                let rollup = console
+                    .view(&Selector::All, &grant, &rollup())
+                    .await
+                    .unwrap();
+                assert_eq!(rollup.body, honest_rollup.body, "{}: rollup", case.name);
+                assert_eq!(
+                    status_of(&rollup, "prop-00").1,
+                    case.expect.1,
+                    "{}",
+                    case.name
+                );
+                let summary = console
+                    .view(&Selector::All, &grant, &summary())
+                    .await
+                    .unwrap();
+                let (Body::Summary(got), Body::Summary(want)) =
+                    (&summary.body, &honest_summary.body)
+                else {
+                    panic!("a summary")
+                };
+                for (g, w) in got.iter().zip(want) {
+                    assert_eq!((&g.name, &g.value), (&w.name, &w.value), "{}", case.name);
+                }
+            })
+            .await;
+        server.shutdown(Duration::from_secs(1)).await;
+    }
+    baseline_server.shutdown(Duration::from_secs(1)).await;
+}
+
+fn rollup() -> NamedViewport {
+    NamedViewport {
+        name: "noi-by-region".into(),
+        viewport: Viewport::Rollup {
+            query: noi(),
+            labels: vec!["region".into()],
+        },
+    }
+}
+
+fn summary() -> NamedViewport {
+    let kpi = |name: &str, aggregate: Aggregate| Kpi {
+        name: name.into(),
+        query: Query::aggregate("statements", [], [aggregate]),
+        unit: String::new(),
+    };
+    NamedViewport {
+        name: "summary".into(),
+        viewport: Viewport::Summary(vec![
+            kpi("noi", Aggregate::of(AggregateFunction::Sum, "noi")),
+            kpi("statements", Aggregate::count()),
+        ]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sum_at_the_edge_of_64_bits_marks_its_cell_and_fails_nothing() {
+    let w = world(2).await;
+    // It claims the largest NOI a decimal can hold: the merged total cannot be represented.
+    let edge = answering(groups(
+        right_columns(),
+        vec![noi_group(
+            Value::Decimal(Decimal::new(i64::MAX, 2).unwrap()),
+            1,
+            1,
+        )],
+    ));
+    let hostile = HostileTotebox::start("prop-00", w.orchestrator.public(), edge).await;
+    let (server, _) = support::serve(&w, &config(&w, &hostile, "")).await;
+    LocalSet::new()
+        .run_until(async {
+            let console = connect(&w, server.local_addr()).await;
+            let report = console
+                .query(&Selector::All, &grant(&w, "prop-00"), &noi())
+                .await
+                .unwrap();
+            assert!(
+                report.complete,
+                "every source answered: {:?}",
+                report.outcomes
+            );
+            let table = report.table().unwrap();
+            assert_eq!(table.rows[0][0], Value::Null, "the total cannot be shown");
+            assert_eq!(
+                report.overflows,
+                vec![psp_core::query::CellRef { row: 0, column: 0 }]
+            );
+            // The count beside it is exact: 24 statements from each honest property, 1 claimed.
+            assert_eq!(table.rows[0][1], Value::Int(2 * 24 + 1));
+            let text = orchestrator::render::report(&report, false);
+            assert!(text.contains("overflow"), "{text}");
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_past_its_share_of_the_request_budget_is_set_aside() {
+    let w = world(3).await;
+    // 256 KiB for 4 sources: 64 KiB each. The hostile one answers about 1 MiB of groups.
+    let many_groups: Script = Arc::new(|_, b| {
+        let big = QueryResult {
+            as_of: 1,
+            columns: columns(&[("period", ValueType::Text), ("n", ValueType::Int)]),
+            body: ResultBody::Groups(
+                (0..20_000)
+                    .map(|i| Group {
+                        key: vec![Value::Text(format!("{i:08}-padding-padding"))],
+                        records: 1,
+                        aggregates: vec![Partial::Count(1)],
+                    })
+                    .collect(),
+            ),
+            suppressed_groups: 0,
+            scanned_records: 1,
+        };
+        write_result(&big, b);
+    });
+    let hostile = HostileTotebox::start("prop-00", w.orchestrator.public(), many_groups).await;
+    let (server, _) = support::serve(&w, &config(&w, &hostile, "max_request_bytes = 262144")).await;
+    LocalSet::new()
+        .run_until(async {
+            let console = connect(&w, server.local_addr()).await;
+            let by_period =
+                Query::aggregate("statements", ["period"], [Aggregate::count().named("n")]);
+            let report = console
+                .query(&Selector::All, &grant(&w, "prop-00"), &by_period)
+                .await
+                .unwrap();
+            assert_eq!(
+                status_of(&report, "prop-00"),
+                ("rejected".into(), "source.answer-too-large".into())
+            );
+            let table = report.table().unwrap();
+            assert_eq!(table.rows.len(), 24, "the honest periods only");
+            assert!(table.rows.iter().all(|r| r[1] == Value::Int(3)));
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
