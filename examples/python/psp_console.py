@@ -35,6 +35,7 @@ import psp_schema
 SERVER_NAME = "psp.invalid"  # pinning replaces names: the Rust side uses this fixed name too
 DEADLINE_SECONDS = 30
 CLOCK_SKEW_SECONDS = 30  # the Toteboxes' default allowance: a request link outlives its deadline by this
+MAX_LISTED_ARCHIVES = 1536  # archives a request link lists at most (48 KiB of a link's 64 KiB)
 
 
 class PinMismatch(Exception):
@@ -98,12 +99,15 @@ class Console:
         links = _links(grant)
         if bytes(links[-1].body.holder) == self.orchestrator_key:
             return psp_capability.write_chain(links)
+        # Past this many, listing the archives would pass the size a Totebox accepts for one
+        # link (32 bytes each): keep the grant's archive set and narrow the rest.
+        archives = needs["archives"] if len(needs["archives"]) <= MAX_LISTED_ARCHIVES else None
         delegated = psp_capability.delegate(
             links,
             self.key,
             self.orchestrator_key,
             lifetime=DEADLINE_SECONDS + CLOCK_SKEW_SECONDS,
-            archives=needs["archives"],
+            archives=archives,
             operations=[needs["operation"]],
             collections=needs["collections"],
         )

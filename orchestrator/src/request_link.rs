@@ -5,7 +5,8 @@
 //! orchestrator. Whatever that link allows, a compromised orchestrator can do until it expires,
 //! so it names exactly:
 //!
-//! * the archives the request selected (never the rest of the grant's archive set);
+//! * the archives the request selected (never the rest of the grant's archive set, up to
+//!   [`MAX_LISTED_ARCHIVES`] of them);
 //! * the collections the request reads, each with only the fields it references (projected,
 //!   filtered, grouped, ordered or aggregated) and the grant's own rows;
 //! * the one operation: `query`, or the command bound to its digest (its name, collection,
@@ -31,6 +32,12 @@ use crate::viewports::Viewport;
 /// How far the Toteboxes' clocks may differ from the console's (their default
 /// `clock_skew_seconds`): a request link stays valid this long past the request's deadline.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
+
+/// Most archives a request link lists by digest (48 KiB of a link's 64 KiB). A request that
+/// selects more keeps its grant's archive set: the orchestrator still asks only the selected
+/// archives, but a compromised one could reach the rest of the grant's set with that link until
+/// it expires. (Archive sets that commit to their members by a Merkle root remove this limit.)
+pub const MAX_LISTED_ARCHIVES: usize = 1_536;
 
 /// What one request needs from the operator's grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,13 +119,19 @@ pub fn delegate(
     now: UnixSeconds,
 ) -> Result<Chain, DelegationError> {
     let parent = grant.last();
-    let archives = ArchiveSet::of_digests(
-        needs
-            .archives
-            .iter()
-            .map(|id| ArchiveDigest::of(id))
-            .filter(|d| parent.archives.contains(d)),
-    );
+    let archives = if needs.archives.len() > MAX_LISTED_ARCHIVES {
+        // Listing them would pass the size a Totebox accepts for one link (32 bytes each):
+        // keep the grant's set, and narrow everything else.
+        parent.archives.clone()
+    } else {
+        ArchiveSet::of_digests(
+            needs
+                .archives
+                .iter()
+                .map(|id| ArchiveDigest::of(id))
+                .filter(|d| parent.archives.contains(d)),
+        )
+    };
     let mut collections = BTreeMap::new();
     for (name, fields) in &needs.collections {
         // A collection the grant does not reach is left out: the Toteboxes say so.
@@ -177,4 +190,135 @@ pub fn delegate(
             window,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use psp_core::query::{Aggregate, AggregateFunction, CompareOp, Filter};
+    use psp_core::{KeyRange, KeySelector, RowSelector};
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn keys() -> (IdentityKey, IdentityKey, IdentityKey) {
+        (
+            IdentityKey::from_seed([1; 32]),
+            IdentityKey::from_seed([2; 32]),
+            IdentityKey::from_seed([3; 32]),
+        )
+    }
+
+    fn grant(scope: Scope) -> Chain {
+        let (owner, operator, _) = keys();
+        Chain::mint(
+            &owner,
+            Grant {
+                holder: operator.public(),
+                archives: ArchiveSet::of_ids(["a", "b", "c"]),
+                scope,
+                window: Window::lasting(NOW - 10, 86_400),
+            },
+        )
+        .unwrap()
+    }
+
+    fn link(grant: &Chain, needs: &Needs) -> psp_core::capability::CapabilityBody {
+        let (_, operator, orchestrator) = keys();
+        delegate(
+            grant,
+            &operator,
+            orchestrator.public(),
+            needs,
+            Duration::from_secs(10),
+            NOW,
+        )
+        .unwrap()
+        .last()
+        .clone()
+    }
+
+    #[test]
+    fn a_query_link_names_its_archives_collection_fields_operation_and_deadline() {
+        let grant = grant(Scope::everything(vec![
+            Operation::Query,
+            Operation::command("append"),
+        ]));
+        let query = Query::aggregate(
+            "statements",
+            ["period"],
+            [Aggregate::of(AggregateFunction::Sum, "noi").named("noi")],
+        )
+        .filter(Filter::compare("period", CompareOp::Ge, "2025-11"))
+        .order_by("noi", true);
+        let body = link(&grant, &Needs::query(&query, vec!["a".into(), "z".into()]));
+        // "z" is not in the grant: left out, not an error.
+        assert_eq!(body.archives, ArchiveSet::of_ids(["a"]));
+        assert_eq!(body.scope.operations, vec![Operation::Query]);
+        let Collections::Only(grants) = &body.scope.collections else {
+            panic!("only the collection read")
+        };
+        assert_eq!(grants.keys().collect::<Vec<_>>(), ["statements"]);
+        assert_eq!(grants["statements"].fields, FieldSet::of(["noi", "period"]));
+        assert_eq!(body.window.not_after(), NOW + 10 + 30);
+    }
+
+    #[test]
+    fn a_command_link_is_bound_to_that_command_and_keeps_the_grants_rows() {
+        let rows = RowSelector::Keys(KeySelector::new(
+            "entry",
+            [],
+            [KeyRange::new(1, 1_000).unwrap()],
+        ));
+        let mut only = BTreeMap::new();
+        only.insert(
+            "ledger".to_owned(),
+            CollectionGrant {
+                fields: FieldSet::All,
+                rows: rows.clone(),
+            },
+        );
+        let grant = grant(Scope {
+            collections: Collections::Only(only),
+            operations: vec![Operation::command_bound_by_holder("append")],
+        });
+        let command = CommandSpec {
+            name: "append".into(),
+            collection: "ledger".into(),
+            idempotency_key: b"append-2026-12-0001".to_vec(),
+            arguments: b"args".to_vec(),
+        };
+        let body = link(&grant, &Needs::command(&command, vec!["b".into()]));
+        let digest = CommandDigest::of("append", "ledger", b"append-2026-12-0001", b"args");
+        assert_eq!(
+            body.scope.operations,
+            vec![Operation::bound_command("append", digest)]
+        );
+        let Collections::Only(grants) = &body.scope.collections else {
+            panic!()
+        };
+        assert_eq!(grants["ledger"].rows, rows);
+    }
+
+    #[test]
+    fn what_the_grant_does_not_allow_is_left_for_the_toteboxes_to_refuse() {
+        let grant = grant(Scope::everything(vec![Operation::Query]));
+        let command = CommandSpec {
+            name: "seal".into(),
+            collection: String::new(),
+            idempotency_key: b"seal-2026-10-ledger-01".to_vec(),
+            arguments: Vec::new(),
+        };
+        let body = link(&grant, &Needs::command(&command, vec!["a".into()]));
+        assert!(body.scope.operations.is_empty());
+    }
+
+    #[test]
+    fn a_very_large_selection_keeps_the_grants_archive_set() {
+        let grant = grant(Scope::everything(vec![Operation::Query]));
+        let many: Vec<String> = (0..=MAX_LISTED_ARCHIVES).map(|i| format!("a{i}")).collect();
+        let query = Query::aggregate("statements", [], [Aggregate::count()]);
+        let body = link(&grant, &Needs::query(&query, many));
+        assert_eq!(body.archives, ArchiveSet::of_ids(["a", "b", "c"]));
+    }
 }

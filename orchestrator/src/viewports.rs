@@ -412,3 +412,86 @@ pub struct NamedViewport {
     /// What it computes.
     pub viewport: Viewport,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(convention: Convention) -> Reconciliation {
+        Reconciliation {
+            collection: "ledger".into(),
+            counterparty_field: "counterparty".into(),
+            period_field: "period".into(),
+            currency_field: "currency".into(),
+            amount_field: "amount".into(),
+            entity_label: String::new(),
+            filter: Filter::All,
+            convention,
+            tolerance: Decimal::new(1, 2).unwrap(),
+        }
+    }
+
+    fn book(counterparty: &str, units: i64) -> Table {
+        Table {
+            columns: Vec::new(),
+            rows: vec![vec![
+                Value::from(counterparty),
+                Value::from("2026-10"),
+                Value::from("USD"),
+                Value::Decimal(Decimal::new(units, 2).unwrap()),
+            ]],
+        }
+    }
+
+    #[test]
+    fn amounts_at_the_edge_of_64_bits_never_panic_and_differences_stay_exact() {
+        for convention in [Convention::Opposite, Convention::Equal] {
+            for (a, b) in [(i64::MIN, i64::MIN), (i64::MAX, i64::MIN), (i64::MIN, 5)] {
+                let books = BTreeMap::from([
+                    ("sub-a".to_owned(), book("sub-b", a)),
+                    ("sub-b".to_owned(), book("sub-a", b)),
+                ]);
+                let [entry] = &spec(convention).reconcile(&books, &BTreeSet::new())[..] else {
+                    panic!("one balance")
+                };
+                let expected = match convention {
+                    Convention::Opposite => i128::from(a) + i128::from(b),
+                    Convention::Equal => i128::from(a) - i128::from(b),
+                };
+                match &entry.difference {
+                    Value::Decimal(d) => assert_eq!(i128::from(d.units()), expected),
+                    Value::Null => assert!(i64::try_from(expected).is_err()),
+                    other => panic!("{other:?}"),
+                }
+                let matched = expected.abs() <= 1;
+                assert_eq!(entry.status == MatchStatus::Matched, matched, "{a} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_amount_that_overflowed_makes_its_balance_unknown() {
+        let books = BTreeMap::from([
+            (
+                "sub-a".to_owned(),
+                Book {
+                    table: Table {
+                        columns: Vec::new(),
+                        rows: vec![vec![
+                            Value::from("sub-b"),
+                            Value::from("2026-10"),
+                            Value::from("USD"),
+                            Value::Null,
+                        ]],
+                    },
+                    overflowed: BTreeSet::from([0]),
+                },
+            ),
+            ("sub-b".to_owned(), Book::from(book("sub-a", -100))),
+        ]);
+        let entries = spec(Convention::Opposite).reconcile_books(&books, &BTreeSet::new());
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].status, MatchStatus::Unknown);
+        assert!(entries[0].overflowed);
+    }
+}

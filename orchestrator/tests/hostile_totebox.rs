@@ -366,24 +366,7 @@ async fn a_sum_at_the_edge_of_64_bits_marks_its_cell_and_fails_nothing() {
 async fn a_source_past_its_share_of_the_request_budget_is_set_aside() {
     let w = world(3).await;
     // 256 KiB for 4 sources: 64 KiB each. The hostile one answers about 1 MiB of groups.
-    let many_groups: Script = Arc::new(|_, b| {
-        let big = QueryResult {
-            as_of: 1,
-            columns: columns(&[("period", ValueType::Text), ("n", ValueType::Int)]),
-            body: ResultBody::Groups(
-                (0..20_000)
-                    .map(|i| Group {
-                        key: vec![Value::Text(format!("{i:08}-padding-padding"))],
-                        records: 1,
-                        aggregates: vec![Partial::Count(1)],
-                    })
-                    .collect(),
-            ),
-            suppressed_groups: 0,
-            scanned_records: 1,
-        };
-        write_result(&big, b);
-    });
+    let many_groups = support::hostile::flood("flood".into(), 20_000);
     let hostile = HostileTotebox::start("prop-00", w.orchestrator.public(), many_groups).await;
     let (server, _) = support::serve(&w, &config(&w, &hostile, "max_request_bytes = 262144")).await;
     LocalSet::new()

@@ -305,15 +305,64 @@ proptest! {
 
     #[test]
     fn anything_at_all_never_panics(answers in prop::collection::vec(hostile(), 0..6)) {
-        let mut merger = Merger::new(&query(), 100);
-        for (i, a) in answers.into_iter().enumerate() {
-            let _ = merger.add(i, a);
-        }
-        let merged = merger.finish();
-        for row in &merged.table.rows {
-            prop_assert_eq!(row.len(), merged.table.columns.len());
+        // An aggregate query, and a rows query ordered and limited (a short row once panicked
+        // the ordering).
+        let rows = Query::rows("ledger", ["region", "total"]).order_by("total", true).limit(3);
+        for q in [query(), rows] {
+            let mut merger = Merger::new(&q, 100);
+            for (i, a) in answers.iter().cloned().enumerate() {
+                let _ = merger.add(i, a);
+            }
+            let merged = merger.finish();
+            for row in &merged.table.rows {
+                prop_assert_eq!(row.len(), merged.table.columns.len());
+            }
         }
     }
+}
+
+#[test]
+fn a_short_row_under_an_order_is_set_aside_not_a_panic() {
+    let q = Query::rows("ledger", ["region", "total"]).order_by("total", true);
+    let columns = vec![
+        Column {
+            name: "region".into(),
+            value_type: ValueType::Text,
+        },
+        Column {
+            name: "total".into(),
+            value_type: ValueType::Int,
+        },
+    ];
+    let answer = |rows: Vec<Vec<Value>>| QueryResult {
+        as_of: 1,
+        columns: columns.clone(),
+        body: ResultBody::Rows(rows),
+        suppressed_groups: 0,
+        scanned_records: 0,
+    };
+    let mut merger = Merger::new(&q, 100);
+    merger
+        .add(0, answer(vec![vec![Value::from("east"), Value::Int(5)]]))
+        .unwrap();
+    let short = merger.add(1, answer(vec![vec![Value::from("west")]]));
+    assert!(
+        short
+            .unwrap_err()
+            .to_string()
+            .contains("1 values for 2 columns")
+    );
+    let long = merger.add(
+        2,
+        answer(vec![vec![Value::from("x"), Value::Int(1), Value::Int(2)]]),
+    );
+    assert!(long.is_err());
+    merger
+        .add(3, answer(vec![vec![Value::from("north"), Value::Int(9)]]))
+        .unwrap();
+    let rows = merger.finish().table.rows;
+    assert_eq!(rows[0][1], Value::Int(9));
+    assert_eq!(rows.len(), 2);
 }
 
 #[test]

@@ -237,11 +237,15 @@ impl ToteboxClient {
             let (reader, writer) = tokio::io::split(stream);
             let guard = guard.clone();
             let (reader, writer) = guard.wrap(reader.compat(), writer.compat_write());
+            // The guard holds every frame to the message limit; reading may traverse twice
+            // that, because an answer is measured (`total_size`) before it is decoded.
             let network = twoparty::VatNetwork::new(
                 reader,
                 writer,
                 rpc_twoparty_capnp::Side::Client,
-                limits.reader_options(),
+                *limits
+                    .reader_options()
+                    .traversal_limit_in_words(Some(limits.max_message_words.saturating_mul(2))),
             );
             // No bootstrap capability: this side exports nothing for the Totebox to call.
             let mut rpc = RpcSystem::new(Box::new(network), None);

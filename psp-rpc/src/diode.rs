@@ -33,6 +33,10 @@ use psp_schema::totebox_capnp::totebox;
 /// Most segments a frame may have.
 const MAX_SEGMENTS: usize = 512;
 
+/// Bytes of buffer a connection keeps between frames; a larger frame's buffer is freed once it
+/// has been handed on.
+const RETAINED_BUFFER: usize = 64 * 1024;
+
 /// What the two halves of one guarded connection share.
 #[derive(Debug)]
 struct Shared {
@@ -113,15 +117,23 @@ fn frame_len(bytes: &[u8], max_bytes: usize) -> Result<Option<usize>, String> {
     Ok((bytes.len() >= total).then_some(total))
 }
 
-/// Parses one frame (copied to aligned words) and hands its RPC message to `inspect`.
+/// Parses one frame and hands its RPC message to `inspect`: in place when the frame is 8-byte
+/// aligned (the usual case: frames start at the front of the buffer), else from an aligned copy.
 fn with_message<T>(
     frame: &[u8],
     inspect: impl FnOnce(message::Reader<'_>) -> Result<T, String>,
 ) -> Result<T, String> {
-    let mut words = capnp::Word::allocate_zeroed_vec(frame.len() / 8);
-    capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(frame);
+    let copy;
+    let aligned = if frame.as_ptr().align_offset(8) == 0 {
+        frame
+    } else {
+        let mut words = capnp::Word::allocate_zeroed_vec(frame.len() / 8);
+        capnp::Word::words_to_bytes_mut(&mut words).copy_from_slice(frame);
+        copy = words;
+        capnp::Word::words_to_bytes(&copy)
+    };
     let options = *ReaderOptions::new().traversal_limit_in_words(Some(frame.len() / 4 + 64));
-    let mut slice = capnp::Word::words_to_bytes(&words);
+    let mut slice = aligned;
     let reader = capnp::serialize::read_message_from_flat_slice(&mut slice, options)
         .map_err(|e| format!("an unreadable frame: {e}"))?;
     let root = reader
@@ -259,6 +271,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for GuardedReader<R> {
             this.buffer.drain(..this.consumed);
             this.checked = 0;
             this.consumed = 0;
+            // A large frame passed: give its memory back rather than keep it for the life of
+            // the connection (one per Totebox, so it would add up across the fleet).
+            if this.buffer.capacity() > RETAINED_BUFFER && this.buffer.len() <= RETAINED_BUFFER {
+                this.buffer.shrink_to(RETAINED_BUFFER);
+            }
             let max_bytes = this.shared.borrow().max_bytes;
             match frame_len(&this.buffer, max_bytes) {
                 Err(reason) => return Poll::Ready(Err(this.shared.borrow_mut().cut(reason))),

@@ -280,3 +280,37 @@ async fn read_frame(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<
     stream.read_exact(&mut frame[start..]).await.ok()?;
     Some(frame)
 }
+
+/// A script answering any query with `groups` distinct periods named `<prefix>-<n>`, each a
+/// valid one-record group of `count(*) as n` by `period`: a flood that is well-formed, so only
+/// its size can set it aside.
+pub fn flood(prefix: String, groups: usize) -> Script {
+    use psp_core::query::{Column, Group, Partial, QueryResult, ResultBody, Value, ValueType};
+    Arc::new(move |_, builder| {
+        let answer = QueryResult {
+            as_of: 1,
+            columns: vec![
+                Column {
+                    name: "period".into(),
+                    value_type: ValueType::Text,
+                },
+                Column {
+                    name: "n".into(),
+                    value_type: ValueType::Int,
+                },
+            ],
+            body: ResultBody::Groups(
+                (0..groups)
+                    .map(|i| Group {
+                        key: vec![Value::Text(format!("{prefix}-{i:012}-a-long-period-name"))],
+                        records: 1,
+                        aggregates: vec![Partial::Count(1)],
+                    })
+                    .collect(),
+            ),
+            suppressed_groups: 0,
+            scanned_records: 1,
+        };
+        psp_core::query::wire::write_result(&answer, builder);
+    })
+}
