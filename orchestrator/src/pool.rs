@@ -287,22 +287,14 @@ impl Pool {
         let chain = match Chain::from_bytes(&chain) {
             Ok(chain) => chain,
             Err(e) => {
-                for (index, s) in sources.iter().enumerate() {
-                    let status = SourceStatus::Error(e.to_string());
-                    let outcome =
-                        SourceOutcome::without_answer(s.archive.clone(), status, Duration::ZERO);
-                    if arrivals
-                        .send(Arrival {
-                            index,
-                            outcome,
-                            answer: None,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
+                let all = vec![false; sources.len()];
+                end_the_rest(
+                    &arrivals,
+                    &sources,
+                    &all,
+                    SourceStatus::Error(e.to_string()),
+                )
+                .await;
                 return;
             }
         };
@@ -336,26 +328,31 @@ impl Pool {
             () = arrivals.closed() => return,
         };
         // A cancel keeps what arrived; the rest end now, each with its outcome.
-        let ended = ended.into_inner();
-        for (index, source) in sources.iter().enumerate() {
-            if !ended[index] {
-                let outcome = SourceOutcome::without_answer(
-                    source.archive.clone(),
-                    unanswered.clone(),
-                    Duration::ZERO,
-                );
-                if arrivals
-                    .send(Arrival {
-                        index,
-                        outcome,
-                        answer: None,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-            }
+        end_the_rest(&arrivals, &sources, &ended.into_inner(), unanswered).await;
+    }
+}
+
+/// Sends every source not yet `ended` its end with `status` (no answer). Stops if nobody
+/// listens any more.
+async fn end_the_rest(
+    arrivals: &mpsc::Sender<Arrival>,
+    sources: &[Source],
+    ended: &[bool],
+    status: SourceStatus,
+) {
+    for (index, source) in sources.iter().enumerate() {
+        if ended.get(index).copied().unwrap_or(false) {
+            continue;
+        }
+        let outcome =
+            SourceOutcome::without_answer(source.archive.clone(), status.clone(), Duration::ZERO);
+        let arrival = Arrival {
+            index,
+            outcome,
+            answer: None,
+        };
+        if arrivals.send(arrival).await.is_err() {
+            return;
         }
     }
 }

@@ -7,7 +7,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use orchestrator::console::Console;
 use orchestrator::fanout::SourceStatus;
 use orchestrator::selection::Selector;
 use psp_core::query::{Aggregate, Query};
@@ -56,14 +55,7 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
     let count = Query::aggregate("statements", [], [Aggregate::count()]);
     LocalSet::new()
         .run_until(async {
-            let console = Console::connect(
-                orchestrator.address.parse().unwrap(),
-                &operator,
-                orchestrator.key.parse().unwrap(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let console = orchestrator.connect(&operator, Limits::default()).await;
             // Warm: the honest Totebox's pooled connection and everything else a request opens.
             let first = console.query(&Selector::All, &grant, &count).await.unwrap();
             assert_eq!(first.outcomes[0].status, SourceStatus::Ok);

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orchestrator::console::{Console, Options};
+use orchestrator::console::Options;
 use orchestrator::selection::Selector;
 use psp_core::query::{Aggregate, AggregateFunction, CompareOp, Filter, Query, Value};
 use psp_core::{Chain, Grant, IdentityKey, Operation, PublicKey, Window};
@@ -256,14 +256,7 @@ async fn captured_request_links_are_good_for_their_request_only() {
     };
     LocalSet::new()
         .run_until(async {
-            let console = Console::connect(
-                server.local_addr(),
-                &w.operator,
-                w.orchestrator.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let console = support::console(server.local_addr(), &w, &w.operator).await;
             let selected = Selector::Ids(vec!["prop-01".into()]);
             let in_flight = console
                 .start_query(&selected, &grant, &noi_by_period(), options)

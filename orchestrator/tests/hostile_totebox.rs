@@ -21,7 +21,6 @@ use psp_core::query::{
     Value, ValueType,
 };
 use psp_core::{Chain, Operation};
-use psp_rpc::limits::Limits;
 use support::hostile::{HostileTotebox, Script};
 use support::{World, world};
 use tokio::task::LocalSet;
@@ -193,14 +192,7 @@ fn status_of(report: &Report, archive: &str) -> (String, String) {
 }
 
 async fn connect(w: &World, address: std::net::SocketAddr) -> Console {
-    Console::connect(
-        address,
-        &w.operator,
-        w.orchestrator.public(),
-        Limits::default(),
-    )
-    .await
-    .unwrap()
+    support::console(address, w, &w.operator).await
 }
 
 fn grant(w: &World, hostile: &str) -> Chain {

@@ -8,12 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use orchestrator::config::Config;
-use orchestrator::console::Console;
 use orchestrator::fanout::SourceStatus;
 use orchestrator::selection::Selector;
 use psp_core::Operation;
 use psp_core::query::{Aggregate, Query};
-use psp_rpc::limits::Limits;
 use support::hostile::{Misbehaviour, Rogue};
 use support::world;
 use tokio::task::LocalSet;
@@ -42,14 +40,7 @@ async fn a_diode_cut_during_connect_quarantines_the_totebox() {
     let count = Query::aggregate("statements", [], [Aggregate::count()]);
     LocalSet::new()
         .run_until(async {
-            let console = Console::connect(
-                server.local_addr(),
-                &w.operator,
-                w.orchestrator.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let console = support::console(server.local_addr(), &w, &w.operator).await;
             for attempt in 0..3 {
                 let report = console.query(&Selector::All, &grant, &count).await.unwrap();
                 let rogue_outcome = &report.outcomes[0];

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use orchestrator::console::Console;
 use orchestrator::fanout::SourceStatus;
 use orchestrator::selection::Selector;
 use psp_core::query::{Aggregate, Query, Value};
@@ -114,17 +113,11 @@ async fn a_request_holds_its_budget_not_every_sources_answer() {
     .unwrap();
     LocalSet::new()
         .run_until(async {
-            let console = Console::connect(
-                orchestrator.address.parse().unwrap(),
-                &operator,
-                orchestrator.key.parse().unwrap(),
-                Limits {
-                    call_timeout: Duration::from_secs(60),
-                    ..Limits::default()
-                },
-            )
-            .await
-            .unwrap();
+            let limits = Limits {
+                call_timeout: Duration::from_secs(60),
+                ..Limits::default()
+            };
+            let console = orchestrator.connect(&operator, limits).await;
             // From a fresh orchestrator: the growth includes dialing every Totebox. (After a
             // first request the allocator keeps what it freed, which would hide the peak.)
             let before = resident(pid);

@@ -309,6 +309,22 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
+    /// A Rust console connected as `operator` (call on a `LocalSet`).
+    pub async fn connect(
+        &self,
+        operator: &IdentityKey,
+        limits: psp_rpc::limits::Limits,
+    ) -> orchestrator::console::Console {
+        orchestrator::console::Console::connect(
+            self.address.parse().unwrap(),
+            operator,
+            self.key.parse().unwrap(),
+            limits,
+        )
+        .await
+        .unwrap()
+    }
+
     /// Runs a console subcommand as `operator` and returns its output.
     pub fn console(&self, fleet: &Fleet, operator: &Operator, args: &[&str]) -> Output {
         let key = fleet.path(&format!("{}.pem", operator.name));
