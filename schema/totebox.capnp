@@ -45,7 +45,10 @@ interface Session {
   # Runs a read query inside the archive.
 
   command @2 (command :Command) -> (outcome :CommandOutcome);
-  # Applies a command at most once per (issuer, idempotency key).
+  # Applies a command at most once per (namespace, idempotency key), where the namespace is the
+  # issuer of the first link binding the command's digest, or, when no link binds it before the
+  # presenter's own links, the issuer of the first link held by the presenter (see `holderBinds`
+  # in capability.capnp). Never a key the presenting machine chose.
 }
 
 struct CollectionInfo {
@@ -105,8 +108,9 @@ struct Command {
   # The collection it targets, or empty for an archive-wide command.
 
   idempotencyKey @2 :Data;
-  # 16 to 64 bytes chosen by the console. The Totebox applies a key at most once per issuer; a retry
-  # with the same key returns the first outcome; reusing a key with a different command is an error.
+  # 16 to 64 bytes chosen by the console. The Totebox applies a key at most once per namespace (see
+  # `Session.command`); a retry with the same key returns the first outcome, even under a new
+  # request link; reusing a key with a different command is an error.
 
   arguments @3 :Data;
   # A serialized Cap'n Proto message whose type depends on the command (empty when it takes none).

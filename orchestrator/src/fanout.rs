@@ -2,7 +2,7 @@
 //! per source, over a pool of connections shared by every request and tenant.
 //!
 //! Totebox connections are capnp-rpc clients, which are `!Send`, so the pool lives on one thread
-//! of its own (the fleet thread, [`crate::pool`]) and requests reach it over a channel. Each
+//! of its own (the fleet thread, in the private `pool` module) and requests reach it over a channel. Each
 //! request carries its own capability: connections are shared, authority never is.
 //!
 //! Answers stream back as they arrive ([`Fleet::stream`]): one [`Arrival`] per source, so the

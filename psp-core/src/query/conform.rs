@@ -17,7 +17,7 @@
 //!   rows than the query's limit or the caller's row limit.
 //!
 //! What the query cannot say (which of two numeric types a field has) is left to the merge, which
-//! widens exactly (see [`super::merge`]). A source can still lie consistently about its own
+//! widens exactly (see [`Merger`](super::Merger)). A source can still lie consistently about its own
 //! records; it can never make another source's answer unusable.
 
 use std::cmp::Ordering;
