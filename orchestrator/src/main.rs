@@ -83,7 +83,8 @@ enum Action {
         /// Narrow to these archive ids (comma-separated).
         #[arg(long)]
         archives: Option<String>,
-        /// Narrow to these operations.
+        /// Narrow to these operations (default: the parent's, less the commands its holder may
+        /// pass on only bound to one command, which a console binds per request).
         #[arg(long)]
         operations: Option<String>,
         /// Seconds it stays valid (never past the parent).
