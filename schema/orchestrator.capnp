@@ -389,7 +389,7 @@ struct ExecutiveSummary {
   # A set of key figures over the fleet.
 
   kpis @0 :List(Kpi);
-  # The key figures, in display order.
+  # The key figures, in display order: 1 to 64 of them (each is one call to every source).
 }
 
 struct Kpi {

@@ -99,9 +99,14 @@ class Console:
         links = _links(grant)
         if bytes(links[-1].body.holder) == self.orchestrator_key:
             return psp_capability.write_chain(links)
-        # Past this many, listing the archives would pass the size a Totebox accepts for one
-        # link (32 bytes each): keep the grant's archive set and narrow the rest.
-        archives = needs["archives"] if len(needs["archives"]) <= MAX_LISTED_ARCHIVES else None
+        # Only archives the grant names (others would widen the link, and every Totebox would
+        # refuse it), and never more than one link can list: refused, not widened.
+        granted = psp_capability._archives(links[-1].body)
+        archives = sorted({a for a in needs["archives"]
+                           if granted is None or psp_capability.archive_digest(a) in granted})
+        if len(archives) > MAX_LISTED_ARCHIVES:
+            raise ValueError(f"the request selects {len(archives)} archives of the grant; "
+                             f"a request link lists at most {MAX_LISTED_ARCHIVES}: select fewer")
         delegated = psp_capability.delegate(
             links,
             self.key,

@@ -131,9 +131,18 @@ impl Pool {
                 }
                 slot.quarantined_until = None;
             }
+            // The guard may have cut the pooled connection between requests (a Bootstrap or a
+            // Call sent while idle, or after an answer): that is a violation like any other.
+            let violation = slot.client.as_ref().and_then(|c| c.diode_violation());
+            if let Some(why) = violation {
+                drop(connections);
+                let why = format!("broke the diode: it sent {why}");
+                self.quarantine(source, why.clone());
+                return Err(SourceStatus::Quarantined(why));
+            }
             if let Some(client) = &slot.client {
                 let same_endpoint = slot.endpoint == Some(endpoint);
-                if same_endpoint && client.is_connected() && client.diode_violation().is_none() {
+                if same_endpoint && client.is_connected() {
                     return Ok(client.clone());
                 }
                 // Dropping our reference closes it once calls still holding it end.
@@ -172,14 +181,18 @@ impl Pool {
         }
         let client = connected.map_err(|e| match e {
             ConnectError::DiodeViolation { reason, .. } => {
-                let why = format!("broke the diode while connecting: it sent {reason}");
+                let why = format!(
+                    "broke the diode while connecting: it sent {}",
+                    bounded(reason, MAX_TEXT)
+                );
                 self.quarantine(&source, why.clone());
                 SourceStatus::Quarantined(why)
             }
             ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
-                SourceStatus::Unreachable(e.to_string())
+                SourceStatus::Unreachable(bounded(e.to_string(), MAX_TEXT))
             }
-            other => SourceStatus::Error(other.to_string()),
+            // May quote the Totebox's own exception text.
+            other => SourceStatus::Error(bounded(other.to_string(), MAX_TEXT)),
         })?;
         let client = Rc::new(client);
         let mut connections = self.connections.borrow_mut();
@@ -220,7 +233,13 @@ impl Pool {
                     .query_bounded(chain, query, limits.max_answer_bytes)
                     .await
                     .map(Answer::Result),
-                Work::Command(command) => client.command(chain, command).await.map(Answer::Command),
+                Work::Command(command) => client
+                    .command_bounded(chain, command, limits.max_answer_bytes)
+                    .await
+                    .map(|mut answer| {
+                        answer.message = bounded(answer.message, MAX_TEXT);
+                        Answer::Command(answer)
+                    }),
             };
             match answer {
                 Ok(answer) => Ok(answer),
@@ -382,20 +401,38 @@ fn arrival(
     }
 }
 
-/// A Totebox's refusal or failure, as an outcome.
+/// Longest text from a Totebox (an error message, a command's summary) an outcome carries: a
+/// source may say what went wrong, not fill the view.
+const MAX_TEXT: usize = 1024;
+/// Longest error code an outcome carries.
+const MAX_CODE: usize = 64;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
+pub(crate) fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
+/// A Totebox's refusal or failure, as an outcome. Its code and message are the Totebox's own
+/// words: kept to a bounded length.
 fn status_of(error: CallError) -> SourceStatus {
-    let prefix = error.code.split('.').next().unwrap_or("");
+    let code = bounded(error.code, MAX_CODE);
+    let message = bounded(error.message, MAX_TEXT);
+    let prefix = code.split('.').next().unwrap_or("");
     match prefix {
-        "source" => SourceStatus::Rejected {
-            code: error.code,
-            message: error.message,
-        },
-        "capability" | "policy" | "query" | "limit" | "command" => SourceStatus::Denied {
-            code: error.code,
-            message: error.message,
-        },
-        _ if error.code == "transport.timeout" => SourceStatus::TimedOut,
-        _ => SourceStatus::Error(error.to_string()),
+        "source" => SourceStatus::Rejected { code, message },
+        "capability" | "policy" | "query" | "limit" | "command" => {
+            SourceStatus::Denied { code, message }
+        }
+        _ if code == "transport.timeout" => SourceStatus::TimedOut,
+        _ => SourceStatus::Error(format!("{code}: {message}")),
     }
 }
 

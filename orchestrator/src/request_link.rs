@@ -5,8 +5,11 @@
 //! orchestrator. Whatever that link allows, a compromised orchestrator can do until it expires,
 //! so it names exactly:
 //!
-//! * the archives the request selected (never the rest of the grant's archive set, up to
-//!   [`MAX_LISTED_ARCHIVES`] of them);
+//! * the archives the request selected (never the rest of the grant's archive set), at most
+//!   [`MAX_LISTED_ARCHIVES`]. For a selection by label or "all", which archives those are is
+//!   the orchestrator's listing of the tenant (`fleet()`): a compromised orchestrator could list
+//!   more of the grant's archives than the tenant has. A grant that names its archives bounds
+//!   that; a console that names archives by id does not depend on the listing at all;
 //! * the collections the request reads, each with only the fields it references (projected,
 //!   filtered, grouped, ordered or aggregated) and the grant's own rows;
 //! * the one operation: `query`, or the command bound to its digest (its name, collection,
@@ -33,11 +36,29 @@ use crate::viewports::Viewport;
 /// `clock_skew_seconds`): a request link stays valid this long past the request's deadline.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
 
-/// Most archives a request link lists by digest (48 KiB of a link's 64 KiB). A request that
-/// selects more keeps its grant's archive set: the orchestrator still asks only the selected
-/// archives, but a compromised one could reach the rest of the grant's set with that link until
-/// it expires. (Archive sets that commit to their members by a Merkle root remove this limit.)
+/// Most archives a request link lists by digest (48 KiB of a link's 64 KiB, which is what a
+/// Totebox accepts for one link). A request that selects more is refused rather than given a
+/// wider link; select fewer (the orchestrator's default quota is 1,000 archives a request).
 pub const MAX_LISTED_ARCHIVES: usize = 1_536;
+
+/// Why a console could not delegate a request link.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestLinkError {
+    /// The selection names more archives of the grant than one link can list.
+    #[error(
+        "the request selects {count} archives of the grant; a request link lists at most {max}: select fewer"
+    )]
+    TooManyArchives {
+        /// Archives selected that the grant names.
+        count: usize,
+        /// [`MAX_LISTED_ARCHIVES`].
+        max: usize,
+    },
+    /// The grant cannot be delegated (not valid now, not held by this operator, ...).
+    #[error(transparent)]
+    Delegation(#[from] DelegationError),
+}
 
 /// What one request needs from the operator's grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,21 +138,23 @@ pub fn delegate(
     needs: &Needs,
     deadline: Duration,
     now: UnixSeconds,
-) -> Result<Chain, DelegationError> {
+) -> Result<Chain, RequestLinkError> {
     let parent = grant.last();
-    let archives = if needs.archives.len() > MAX_LISTED_ARCHIVES {
-        // Listing them would pass the size a Totebox accepts for one link (32 bytes each):
-        // keep the grant's set, and narrow everything else.
-        parent.archives.clone()
-    } else {
-        ArchiveSet::of_digests(
-            needs
-                .archives
-                .iter()
-                .map(|id| ArchiveDigest::of(id))
-                .filter(|d| parent.archives.contains(d)),
-        )
-    };
+    let mut listed: Vec<ArchiveDigest> = needs
+        .archives
+        .iter()
+        .map(|id| ArchiveDigest::of(id))
+        .filter(|d| parent.archives.contains(d))
+        .collect();
+    listed.sort_unstable();
+    listed.dedup();
+    if listed.len() > MAX_LISTED_ARCHIVES {
+        return Err(RequestLinkError::TooManyArchives {
+            count: listed.len(),
+            max: MAX_LISTED_ARCHIVES,
+        });
+    }
+    let archives = ArchiveSet::of_digests(listed);
     let mut collections = BTreeMap::new();
     for (name, fields) in &needs.collections {
         // A collection the grant does not reach is left out: the Toteboxes say so.
@@ -181,7 +204,7 @@ pub fn delegate(
             ..candidate
         }
     };
-    grant.delegate(
+    Ok(grant.delegate(
         operator,
         Grant {
             holder: orchestrator,
@@ -189,7 +212,7 @@ pub fn delegate(
             scope,
             window,
         },
-    )
+    )?)
 }
 
 #[cfg(test)]
@@ -314,11 +337,52 @@ mod tests {
     }
 
     #[test]
-    fn a_very_large_selection_keeps_the_grants_archive_set() {
-        let grant = grant(Scope::everything(vec![Operation::Query]));
-        let many: Vec<String> = (0..=MAX_LISTED_ARCHIVES).map(|i| format!("a{i}")).collect();
+    fn a_selection_too_large_for_one_link_is_refused_not_widened() {
+        let grant = Chain::mint(
+            &keys().0,
+            Grant {
+                holder: keys().1.public(),
+                archives: ArchiveSet::Any,
+                scope: Scope::everything(vec![Operation::Query]),
+                window: Window::lasting(NOW - 10, 86_400),
+            },
+        )
+        .unwrap();
         let query = Query::aggregate("statements", [], [Aggregate::count()]);
-        let body = link(&grant, &Needs::query(&query, many));
-        assert_eq!(body.archives, ArchiveSet::of_ids(["a", "b", "c"]));
+        let many: Vec<String> = (0..=MAX_LISTED_ARCHIVES).map(|i| format!("a{i}")).collect();
+        let (_, operator, orchestrator) = keys();
+        let refused = delegate(
+            &grant,
+            &operator,
+            orchestrator.public(),
+            &Needs::query(&query, many),
+            Duration::from_secs(10),
+            NOW,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(refused, RequestLinkError::TooManyArchives { .. }),
+            "{refused}"
+        );
+        // Padding with archives the grant does not name changes nothing: they are dropped first.
+        let padded = grant_of(&["a", "b"]);
+        let mut ids: Vec<String> = (0..5_000).map(|i| format!("made-up-{i}")).collect();
+        ids.push("a".into());
+        let body = link(&padded, &Needs::query(&query, ids));
+        assert_eq!(body.archives, ArchiveSet::of_ids(["a"]));
+    }
+
+    fn grant_of(ids: &[&str]) -> Chain {
+        let (owner, operator, _) = keys();
+        Chain::mint(
+            &owner,
+            Grant {
+                holder: operator.public(),
+                archives: ArchiveSet::of_ids(ids.iter().copied()),
+                scope: Scope::everything(vec![Operation::Query]),
+                window: Window::lasting(NOW - 10, 86_400),
+            },
+        )
+        .unwrap()
     }
 }

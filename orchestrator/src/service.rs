@@ -295,6 +295,7 @@ impl Console {
             state,
             task,
             connection: self.connection.clone(),
+            max_view_bytes: self.service.message_limit,
         }))
     }
 }
@@ -440,7 +441,8 @@ impl orchestrator::Server for Console {
         for (i, (o, a)) in outcomes.into_iter().zip(answers).enumerate() {
             write_command_result(o, a, list.reborrow().get(i as u32));
         }
-        Ok(())
+        let size = results.get().reborrow_as_reader().total_size();
+        fits(size, self.service.message_limit, "list of command outcomes")
     }
 }
 
@@ -456,6 +458,26 @@ struct FleetQueryServer {
     state: Rc<Pending>,
     task: tokio::task::JoinHandle<()>,
     connection: Rc<Connection>,
+    /// The largest view a console reads (the default message limit): a larger one would end
+    /// the console's connection, so it is refused instead.
+    max_view_bytes: usize,
+}
+
+/// Refuses a reply larger than a console reads: sending it would not fail the request alone but
+/// cut the console's whole connection (its reader refuses the message).
+fn fits(size: capnp::Result<capnp::MessageSize>, max: usize, what: &str) -> capnp::Result<()> {
+    let bytes = size?.word_count.saturating_mul(8);
+    // Room for the RPC envelope around the view.
+    if bytes.saturating_add(4096) > max as u64 {
+        return Err(refuse(
+            "fanout.too-large",
+            format!(
+                "the {what} is {bytes} bytes, more than a console reads ({max}): add a limit, \
+                 a filter or fewer group-by fields, or select fewer archives"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for FleetQueryServer {
@@ -480,7 +502,8 @@ impl fleet_query::Server for FleetQueryServer {
                 return match result {
                     Ok(report) => {
                         write_report(report, results.get().init_view());
-                        Ok(())
+                        let size = results.get().reborrow_as_reader().total_size();
+                        fits(size, self.max_view_bytes, "merged view")
                     }
                     Err(e) => Err(refuse(e.code(), e)),
                 };

@@ -198,8 +198,14 @@ impl Reconciliation {
                     _ => Value::Null,
                 };
                 let overflowed = l == Side::Unknown || r == Side::Unknown;
+                // An entity whose books span several archives, one of which did not answer,
+                // has only part of its amount: no verdict on it.
+                let partial = unanswered.contains(&left) || unanswered.contains(&right);
                 let (status, difference) = match (l, r) {
                     (Side::Unknown, _) | (_, Side::Unknown) => (MatchStatus::Unknown, Value::Null),
+                    (Side::Amount(_), Side::Amount(_)) if partial => {
+                        (MatchStatus::Unknown, Value::Null)
+                    }
                     (Side::Amount(l), Side::Amount(r)) => self.compare(l, r),
                     (Side::Amount(_), Side::Absent) if unanswered.contains(&right) => {
                         (MatchStatus::Unknown, Value::Null)
@@ -357,6 +363,9 @@ pub async fn summarize(
     .await
 }
 
+/// Most key figures in one executive summary.
+pub const MAX_KEY_FIGURES: usize = 64;
+
 /// A declarative view over the fleet (`Viewport` in `schema/orchestrator.capnp`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Viewport {
@@ -399,6 +408,12 @@ impl Viewport {
             Viewport::Summary(kpis) if kpis.is_empty() => {
                 Err("an executive summary needs at least one key figure".into())
             }
+            // Each figure is one call to every source: a bound keeps one request from queueing
+            // an unbounded number of calls on the fleet's connections.
+            Viewport::Summary(kpis) if kpis.len() > MAX_KEY_FIGURES => Err(format!(
+                "an executive summary has at most {MAX_KEY_FIGURES} key figures, not {}",
+                kpis.len()
+            )),
             Viewport::Summary(kpis) => kpis.iter().try_for_each(Kpi::check),
         }
     }
@@ -467,6 +482,21 @@ mod tests {
                 assert_eq!(entry.status == MatchStatus::Matched, matched, "{a} {b}");
             }
         }
+    }
+
+    #[test]
+    fn an_entity_with_an_archive_missing_gets_no_verdict() {
+        // sub-b's books span two archives; one answered (-100), one did not.
+        let books = BTreeMap::from([
+            ("sub-a".to_owned(), book("sub-b", 250)),
+            ("sub-b".to_owned(), book("sub-a", -100)),
+        ]);
+        let partial = BTreeSet::from(["sub-b".to_owned()]);
+        let [entry] = &spec(Convention::Opposite).reconcile(&books, &partial)[..] else {
+            panic!("one balance")
+        };
+        assert_eq!(entry.status, MatchStatus::Unknown);
+        assert_eq!(entry.difference, Value::Null);
     }
 
     #[test]

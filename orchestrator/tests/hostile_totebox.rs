@@ -381,3 +381,118 @@ async fn a_source_past_its_share_of_the_request_budget_is_set_aside() {
         .await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_totebox_cannot_end_a_consoles_connection() {
+    use support::hostile::{Behaviour, one_huge_group};
+    let w = world(1).await;
+    // Two sources, each answering 10 MB: within their share (16 MiB each), but together more
+    // than a console reads. Sending that view would end the console's connection.
+    let big = |id: &'static str, fill: char| {
+        HostileTotebox::start(
+            id,
+            w.orchestrator.public(),
+            one_huge_group(fill, 10_000_000),
+        )
+    };
+    let (a, b) = (big("prop-00", 'p').await, big("prop-98", 'q').await);
+    // A third refuses with a 1 MB exception, a fourth answers commands with 1 MB of detail.
+    let refusing = HostileTotebox::behaving(
+        "prop-97",
+        w.orchestrator.public(),
+        Behaviour {
+            script: one_huge_group('r', 1),
+            refusal: Some(format!("query.invalid: {}", "x".repeat(1_000_000))),
+            command_detail: 0,
+        },
+    )
+    .await;
+    let verbose = HostileTotebox::behaving(
+        "prop-96",
+        w.orchestrator.public(),
+        Behaviour {
+            script: one_huge_group('r', 1),
+            refusal: None,
+            command_detail: 1_000_000,
+        },
+    )
+    .await;
+    let mut text = String::from(
+        "identity = \"unused.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 5000\ndeadline_ms = 8000\nmax_request_bytes = 33554432\n",
+    );
+    for h in [&a, &b, &refusing, &verbose] {
+        text.push_str(&h.fleet_toml("entity = \"property\""));
+    }
+    let s = &w.sources[0];
+    text.push_str(&format!(
+        "[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ entity = \"property\" }}\n[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\nselectors = [{{ entity = \"property\" }}]\n",
+        s.archive,
+        s.address,
+        s.key,
+        w.operator.public()
+    ));
+    let (server, _) = support::serve(&w, &Config::parse(&text).unwrap()).await;
+    let ids = ["prop-00", "prop-98", "prop-97", "prop-96", "prop-01"];
+    let grant = support::grant(
+        &w,
+        &w.operator,
+        &ids,
+        vec![Operation::Query, Operation::command("ping")],
+    );
+    LocalSet::new()
+        .run_until(async {
+            let console = connect(&w, server.local_addr()).await;
+            let by_period =
+                Query::aggregate("statements", ["period"], [Aggregate::count().named("n")]);
+            let two_big = Selector::Ids(vec!["prop-00".into(), "prop-98".into()]);
+            match console.query(&two_big, &grant, &by_period).await {
+                Err(error) => assert_eq!(error.code, "fanout.too-large", "{error}"),
+                Ok(report) => panic!(
+                    "a view of {} rows was sent",
+                    report.table().unwrap().rows.len()
+                ),
+            }
+            // The console's connection is whole: the next calls work.
+            assert_eq!(console.fleet().await.unwrap().len(), ids.len());
+            let small = console
+                .query(
+                    &Selector::Ids(vec!["prop-97".into(), "prop-01".into()]),
+                    &grant,
+                    &by_period,
+                )
+                .await
+                .unwrap();
+            // The refusal's text is the Totebox's own, kept short.
+            let refusal = &small.outcomes[0].status;
+            assert!(
+                matches!(refusal, SourceStatus::Denied { message, .. } if message.len() < 2_000),
+                "{refusal:?}"
+            );
+            assert_eq!(small.outcomes[1].status, SourceStatus::Ok);
+
+            // A command's answer is held to the source's share too, and its text kept short.
+            let ping = psp_rpc::client::CommandSpec {
+                name: "ping".into(),
+                collection: String::new(),
+                idempotency_key: b"ping-2026-12-01-00001".to_vec(),
+                arguments: Vec::new(),
+            };
+            let options = orchestrator::console::Options::default();
+            let outcomes = console
+                .command(
+                    &Selector::Ids(vec!["prop-96".into()]),
+                    &grant,
+                    &ping,
+                    options,
+                )
+                .await
+                .unwrap();
+            let answer = outcomes[0]
+                .1
+                .as_ref()
+                .expect("1 MB is within one source's share");
+            assert!(answer.message.len() < 2_000);
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}

@@ -1,6 +1,7 @@
 //! A Totebox that breaks the diode while its session is being set up (a `Bootstrap` upstream
-//! instead of answering `identify`) is quarantined like one that breaks it later: its outcome
-//! says so, and the next request does not dial it again.
+//! instead of answering `identify`), or between requests while its connection is idle, is
+//! quarantined like one that breaks it during a call: its outcome says so, and the next request
+//! does not dial it again.
 
 mod support;
 
@@ -61,5 +62,37 @@ async fn a_diode_cut_during_connect_quarantines_the_totebox() {
         service.fleet().health("rogue").health,
         orchestrator::fanout::Health::Quarantined
     );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_diode_cut_while_idle_quarantines_the_totebox() {
+    let w = world(0).await;
+    let rogue = Rogue::start(w.orchestrator.public(), vec![Misbehaviour::LateBootstrap]).await;
+    let text = format!(
+        "identity = \"unused.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 200\ndeadline_ms = 400\n{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"rogue\"]\n",
+        rogue.fleet_toml("rogue", "entity = \"property\""),
+        w.operator.public(),
+    );
+    let (server, _) = support::serve(&w, &Config::parse(&text).unwrap()).await;
+    let grant = support::grant(&w, &w.operator, &["rogue"], vec![Operation::Query]);
+    let count = Query::aggregate("statements", [], [Aggregate::count()]);
+    LocalSet::new()
+        .run_until(async {
+            let console = support::console(server.local_addr(), &w, &w.operator).await;
+            // Connected (identify answered), then the query goes unanswered.
+            let first = console.query(&Selector::All, &grant, &count).await.unwrap();
+            assert_eq!(first.outcomes[0].status, SourceStatus::TimedOut);
+            // Meanwhile, idle, it sends a Bootstrap upstream and the guard cuts it.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let second = console.query(&Selector::All, &grant, &count).await.unwrap();
+            assert!(
+                matches!(&second.outcomes[0].status, SourceStatus::Quarantined(why) if why.contains("Bootstrap")),
+                "{:?}",
+                second.outcomes[0]
+            );
+        })
+        .await;
+    assert_eq!(rogue.accepted.load(Ordering::SeqCst), 1, "not redialed");
     server.shutdown(Duration::from_secs(1)).await;
 }

@@ -450,6 +450,24 @@ fn a_sum_at_the_edge_of_64_bits_marks_its_group_not_the_request() {
         let merged = merger.finish();
         assert!(merged.overflows.len() == 1, "2 * MAX - 5 does not fit");
     }
+    // Two finite float sums past the float range: marked, not shown as infinity.
+    let mut floats = edge("north", 1);
+    if let ResultBody::Groups(groups) = &mut floats.body {
+        groups[0].aggregates[5] = Partial::Sum {
+            sum: Value::Float(f64::MAX),
+            count: 1,
+        };
+    }
+    let mut merger = Merger::new(&q, 100);
+    merger.add(0, floats.clone()).unwrap();
+    merger.add(1, floats).unwrap();
+    let merged = merger.finish();
+    assert!(merged.table.rows[0][6].is_null());
+    assert_eq!(
+        merged.overflows,
+        vec![psp_core::query::CellRef { row: 0, column: 6 }]
+    );
+
     let mut merger = Merger::new(&q, 100);
     merger.add(0, edge("east", i64::MAX)).unwrap();
     merger.add(1, edge("east", i64::MAX)).unwrap();

@@ -195,6 +195,20 @@ fn malformed(e: impl std::fmt::Display) -> CallError {
     CallError::new(MALFORMED_ANSWER, e.to_string())
 }
 
+/// Refuses an answer of `size` over `max_bytes` (measured in words, before decoding).
+fn within_bytes(size: capnp::MessageSize, max_bytes: usize) -> Result<(), CallError> {
+    let bytes = size.word_count.saturating_mul(8);
+    if bytes > max_bytes as u64 {
+        return Err(CallError::new(
+            ANSWER_TOO_LARGE,
+            format!(
+                "answered {bytes} bytes; this request accepts at most {max_bytes} from one source"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A failed call explained: a diode violation if the guard cut the connection.
 fn explain(guard: &DiodeGuard, error: CallError) -> CallError {
     match guard.violation() {
@@ -365,13 +379,25 @@ impl ToteboxClient {
         chain: &Chain,
         command: &CommandSpec,
     ) -> Result<CommandAnswer, CallError> {
+        self.command_bounded(chain, command, usize::MAX).await
+    }
+
+    /// [`ToteboxClient::command`], refusing an answer larger than `max_bytes` with
+    /// `source.answer-too-large` (a command's outcome carries a message and a detail of the
+    /// Totebox's choosing).
+    pub async fn command_bounded(
+        &self,
+        chain: &Chain,
+        command: &CommandSpec,
+        max_bytes: usize,
+    ) -> Result<CommandAnswer, CallError> {
         let session = self.open_pipelined(chain);
         Session {
             session,
             limits: self.limits,
             guard: self.guard.clone(),
         }
-        .command(command)
+        .command_bounded(command, max_bytes)
         .await
     }
 
@@ -425,24 +451,22 @@ impl Session {
             .get()
             .and_then(|r| r.get_result())
             .map_err(malformed)?;
-        let bytes = reader
-            .total_size()
-            .map_err(malformed)?
-            .word_count
-            .saturating_mul(8);
-        if bytes > max_bytes as u64 {
-            return Err(CallError::new(
-                ANSWER_TOO_LARGE,
-                format!(
-                    "answered {bytes} bytes; this request accepts at most {max_bytes} from one source"
-                ),
-            ));
-        }
+        within_bytes(reader.total_size().map_err(malformed)?, max_bytes)?;
         read_result(reader).map_err(malformed)
     }
 
     /// Applies a command.
     pub async fn command(&self, command: &CommandSpec) -> Result<CommandAnswer, CallError> {
+        self.command_bounded(command, usize::MAX).await
+    }
+
+    /// Applies a command, refusing an answer over `max_bytes` (see
+    /// [`ToteboxClient::command_bounded`]).
+    pub async fn command_bounded(
+        &self,
+        command: &CommandSpec,
+        max_bytes: usize,
+    ) -> Result<CommandAnswer, CallError> {
         let mut request = self.session.command_request();
         {
             let mut c = request.get().init_command();
@@ -458,6 +482,7 @@ impl Session {
             .get()
             .and_then(|r| r.get_outcome())
             .map_err(malformed)?;
+        within_bytes(outcome.total_size().map_err(malformed)?, max_bytes)?;
         let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, CallError> {
             t.and_then(|t| Ok(t.to_string()?)).map_err(malformed)
         };

@@ -36,12 +36,37 @@ pub struct HostileTotebox {
     handle: ServerHandle,
 }
 
+/// How a [`HostileTotebox`] answers.
+#[derive(Clone)]
+pub struct Behaviour {
+    /// What it writes into a query's result.
+    pub script: Script,
+    /// When set, it refuses every query with this exception text instead.
+    pub refusal: Option<String>,
+    /// Bytes of `detail` it answers every command with.
+    pub command_detail: usize,
+}
+
 impl HostileTotebox {
     /// Serves `archive` on 127.0.0.1 to `orchestrator`, answering queries with `script`.
     pub async fn start(
         archive: &str,
         orchestrator: psp_core::PublicKey,
         script: Script,
+    ) -> HostileTotebox {
+        let behaviour = Behaviour {
+            script,
+            refusal: None,
+            command_detail: 0,
+        };
+        Self::behaving(archive, orchestrator, behaviour).await
+    }
+
+    /// Serves `archive` on 127.0.0.1 to `orchestrator`, answering as `behaviour` says.
+    pub async fn behaving(
+        archive: &str,
+        orchestrator: psp_core::PublicKey,
+        behaviour: Behaviour,
     ) -> HostileTotebox {
         let identity = IdentityKey::generate().unwrap();
         let tls = tls::server_config(&identity, PairedKeys::new([orchestrator])).unwrap();
@@ -50,7 +75,7 @@ impl HostileTotebox {
         let bootstrap: psp_rpc::runtime::Bootstrap = Arc::new(move |_: Rc<Connection>| {
             let client: totebox::Client = capnp_rpc::new_client(Liar {
                 archive: name.clone(),
-                script: script.clone(),
+                behaviour: behaviour.clone(),
             });
             client.client
         });
@@ -80,7 +105,7 @@ impl HostileTotebox {
 
 struct Liar {
     archive: String,
-    script: Script,
+    behaviour: Behaviour,
 }
 
 impl totebox::Server for Liar {
@@ -105,14 +130,14 @@ impl totebox::Server for Liar {
         results
             .get()
             .set_session(capnp_rpc::new_client(LyingSession {
-                script: self.script.clone(),
+                behaviour: self.behaviour.clone(),
             }));
         Ok(())
     }
 }
 
 struct LyingSession {
-    script: Script,
+    behaviour: Behaviour,
 }
 
 impl session::Server for LyingSession {
@@ -121,9 +146,23 @@ impl session::Server for LyingSession {
         params: session::QueryParams,
         mut results: session::QueryResults,
     ) -> Result<(), capnp::Error> {
+        if let Some(refusal) = &self.behaviour.refusal {
+            return Err(capnp::Error::failed(refusal.clone()));
+        }
         let query = read_query(params.get()?.get_query()?)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        (self.script)(&query, results.get().init_result());
+        (self.behaviour.script)(&query, results.get().init_result());
+        Ok(())
+    }
+
+    async fn command(
+        self: Rc<Self>,
+        _: session::CommandParams,
+        mut results: session::CommandResults,
+    ) -> Result<(), capnp::Error> {
+        let mut outcome = results.get().init_outcome();
+        outcome.set_message("m".repeat(self.behaviour.command_detail.min(4096)));
+        outcome.set_detail(&vec![7u8; self.behaviour.command_detail]);
         Ok(())
     }
 }
@@ -141,6 +180,9 @@ pub enum Misbehaviour {
     RefuseIdentify,
     /// Sends a `Bootstrap` upstream instead of answering `identify`: a diode violation.
     Bootstrap,
+    /// Answers `identify`, answers nothing else, and 300 ms later, while idle, sends a
+    /// `Bootstrap` upstream.
+    LateBootstrap,
 }
 
 /// A Totebox that fails every session before it starts, in the ways `plan` lists (cycled).
@@ -224,7 +266,7 @@ async fn misbehave(
             let mut sink = [0u8; 4096];
             while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
         }
-        Misbehaviour::RefuseIdentify | Misbehaviour::Bootstrap => {
+        Misbehaviour::RefuseIdentify | Misbehaviour::Bootstrap | Misbehaviour::LateBootstrap => {
             while let Some(frame) = read_frame(&mut stream).await {
                 let Ok(reader) =
                     capnp::serialize::read_message(&mut &frame[..], ReaderOptions::new())
@@ -241,20 +283,46 @@ async fn misbehave(
                     continue;
                 }
                 let question = call.get_question_id();
+                let is_identify = call.get_method_id() == 0;
+                if how == Misbehaviour::LateBootstrap && !is_identify {
+                    continue;
+                }
                 let mut m = capnp::message::Builder::new_default();
                 {
                     let root = m.init_root::<message::Builder<'_>>();
-                    if how == Misbehaviour::Bootstrap {
-                        root.init_bootstrap().set_question_id(0);
-                    } else {
-                        let mut ret = root.init_return();
-                        ret.set_answer_id(question);
-                        ret.init_exception().set_reason("no");
+                    match how {
+                        Misbehaviour::Bootstrap => root.init_bootstrap().set_question_id(0),
+                        Misbehaviour::LateBootstrap => {
+                            let mut ret = root.init_return();
+                            ret.set_answer_id(question);
+                            let mut r = ret
+                                .init_results()
+                                .init_content()
+                                .init_as::<totebox::identify_results::Builder<'_>>();
+                            r.set_archive("rogue");
+                            r.set_format_version(1);
+                            r.set_now(psp_core::window::now());
+                        }
+                        _ => {
+                            let mut ret = root.init_return();
+                            ret.set_answer_id(question);
+                            ret.init_exception().set_reason("no");
+                        }
                     }
                 }
                 let _ = stream
                     .write_all(&capnp::serialize::write_message_to_words(&m))
                     .await;
+                if how == Misbehaviour::LateBootstrap {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    let mut late = capnp::message::Builder::new_default();
+                    late.init_root::<message::Builder<'_>>()
+                        .init_bootstrap()
+                        .set_question_id(0);
+                    let _ = stream
+                        .write_all(&capnp::serialize::write_message_to_words(&late))
+                        .await;
+                }
             }
         }
     }
@@ -279,6 +347,34 @@ async fn read_frame(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<
     frame.resize(start + words * 8, 0);
     stream.read_exact(&mut frame[start..]).await.ok()?;
     Some(frame)
+}
+
+/// A script answering any query with one group whose `period` key is `fill` `bytes` times.
+pub fn one_huge_group(fill: char, bytes: usize) -> Script {
+    use psp_core::query::{Column, Group, Partial, QueryResult, ResultBody, Value, ValueType};
+    Arc::new(move |_, builder| {
+        let answer = QueryResult {
+            as_of: 1,
+            columns: vec![
+                Column {
+                    name: "period".into(),
+                    value_type: ValueType::Text,
+                },
+                Column {
+                    name: "n".into(),
+                    value_type: ValueType::Int,
+                },
+            ],
+            body: ResultBody::Groups(vec![Group {
+                key: vec![Value::Text(fill.to_string().repeat(bytes))],
+                records: 1,
+                aggregates: vec![Partial::Count(1)],
+            }]),
+            suppressed_groups: 0,
+            scanned_records: 1,
+        };
+        psp_core::query::wire::write_result(&answer, builder);
+    })
 }
 
 /// A script answering any query with `groups` distinct periods named `<prefix>-<n>`, each a

@@ -14,8 +14,9 @@
 //!   `2.00`), keep the representation with the lowest type, whoever answered first.
 //!
 //! Nothing a source sends can make the merge panic or fail: arithmetic is checked, and a value
-//! that leaves the 64-bit range marks only its own cell ([`Merged::overflows`]), whose value is
-//! then null. The rest of the table is unaffected.
+//! that leaves the 64-bit range (or a float sum of finite parts that leaves the float range)
+//! marks only its own cell ([`Merged::overflows`]), whose value is then null. The rest of the
+//! table is unaffected.
 
 use std::collections::BTreeMap;
 
@@ -224,6 +225,13 @@ impl FloatSum {
         self.any |= other.any;
     }
 
+    /// The sum rounded once, or `None` when finite parts add up past the float range (an
+    /// infinity or NaN a source sent is its value, not an overflow).
+    fn checked_total(&self) -> Option<f64> {
+        let total = self.total();
+        (total.is_finite() || self.special.is_some()).then_some(total)
+    }
+
     /// The sum, rounded once (half to even), as CPython's `math.fsum` rounds it.
     fn total(&self) -> f64 {
         if let Some(special) = self.special {
@@ -292,7 +300,7 @@ impl Sum {
                 if let Some(e) = exact {
                     all.add(e.to_f64());
                 }
-                Some(Value::Float(all.total()))
+                all.checked_total().map(Value::Float)
             }
         }
     }
@@ -312,7 +320,7 @@ impl Sum {
                 if let Some(e) = exact {
                     all.add(e.to_f64());
                 }
-                Some(Value::Float(all.total() / count))
+                all.checked_total().map(|total| Value::Float(total / count))
             }
         }
     }

@@ -150,6 +150,88 @@ impl Decimal {
         widen(self).cmp(&widen(other))
     }
 
+    /// Compares exactly with a float, in the order [`ValueRef::total_cmp`] defines: by numeric
+    /// value, with `-0.0` just below zero (so that order stays transitive together with floats'
+    /// own total order), infinities and NaNs past every finite number as `f64::total_cmp` puts
+    /// them. No rounding: comparing through `to_f64` would make `2^53` and `2^53 + 1` both equal
+    /// to the float `2^53` and not to each other, and an order that is not transitive lets the
+    /// order of arrival change a merge, or a sort misbehave.
+    pub(crate) fn cmp_float(&self, float: f64) -> Ordering {
+        if float.is_nan() {
+            return if float.is_sign_negative() {
+                Ordering::Greater
+            } else {
+                Ordering::Less
+            };
+        }
+        if float.is_infinite() {
+            return if float > 0.0 {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
+        }
+        let exact_sign = self.units.signum();
+        let float_sign = if float > 0.0 {
+            1
+        } else if float < 0.0 {
+            -1
+        } else {
+            0
+        };
+        if exact_sign != float_sign {
+            return match exact_sign.cmp(&float_sign) {
+                // Zero against -0.0: zero sits just above it.
+                Ordering::Equal => Ordering::Greater,
+                other => other,
+            };
+        }
+        if exact_sign == 0 {
+            // Both zero: equal to +0.0, above -0.0.
+            return if float.is_sign_negative() {
+                Ordering::Greater
+            } else {
+                Ordering::Equal
+            };
+        }
+        // Same sign, both nonzero: compare magnitudes |units| / 10^scale and m * 2^e exactly.
+        let bits = float.abs().to_bits();
+        let (raw_exponent, fraction) = ((bits >> 52) as i32, bits & ((1 << 52) - 1));
+        let (mantissa, exponent) = if raw_exponent == 0 {
+            (fraction, -1074)
+        } else {
+            (fraction | (1 << 52), raw_exponent - 1075)
+        };
+        let exact = u128::from(self.units.unsigned_abs());
+        // m * 10^scale < 2^53 * 10^18 < 2^113: fits.
+        let float_scaled = u128::from(mantissa) * 10u128.pow(u32::from(self.scale));
+        let magnitude = |exact: u128, float_scaled: u128| -> Ordering {
+            if exponent >= 0 {
+                // exact vs float_scaled * 2^e
+                let shift = exponent as u32;
+                if shift >= float_scaled.leading_zeros() {
+                    Ordering::Less
+                } else {
+                    exact.cmp(&(float_scaled << shift))
+                }
+            } else {
+                // exact * 2^-e vs float_scaled
+                let shift = exponent.unsigned_abs();
+                if shift >= exact.leading_zeros() {
+                    Ordering::Greater
+                } else {
+                    (exact << shift).cmp(&float_scaled)
+                }
+            }
+        };
+        let ordering = magnitude(exact, float_scaled);
+        if exact_sign < 0 {
+            ordering.reverse()
+        } else {
+            ordering
+        }
+    }
+
     /// The value as a float (for comparisons with floats and float averages).
     pub fn to_f64(&self) -> f64 {
         self.units as f64 / 10f64.powi(i32::from(self.scale))
@@ -329,10 +411,10 @@ impl ValueRef<'_> {
             (ValueRef::Decimal(a), ValueRef::Decimal(b)) => a.cmp_value(b),
             (ValueRef::Int(a), ValueRef::Decimal(b)) => whole(*a).cmp_value(b),
             (ValueRef::Decimal(a), ValueRef::Int(b)) => a.cmp_value(&whole(*b)),
-            (ValueRef::Int(a), ValueRef::Float(b)) => (*a as f64).total_cmp(b),
-            (ValueRef::Float(a), ValueRef::Int(b)) => a.total_cmp(&(*b as f64)),
-            (ValueRef::Decimal(a), ValueRef::Float(b)) => a.to_f64().total_cmp(b),
-            (ValueRef::Float(a), ValueRef::Decimal(b)) => a.total_cmp(&b.to_f64()),
+            (ValueRef::Int(a), ValueRef::Float(b)) => whole(*a).cmp_float(*b),
+            (ValueRef::Float(a), ValueRef::Int(b)) => whole(*b).cmp_float(*a).reverse(),
+            (ValueRef::Decimal(a), ValueRef::Float(b)) => a.cmp_float(*b),
+            (ValueRef::Float(a), ValueRef::Decimal(b)) => b.cmp_float(*a).reverse(),
             _ => self.rank().cmp(&other.rank()),
         }
     }
@@ -448,6 +530,50 @@ mod tests {
                 .to_string(),
             "-0.1"
         );
+    }
+
+    #[test]
+    fn numbers_compare_exactly_across_types_and_the_order_is_transitive() {
+        let big = 1i64 << 53;
+        let float = Value::Float(big as f64);
+        assert_eq!(Value::Int(big), float);
+        assert!(float < Value::Int(big + 1), "no rounding through f64");
+        let tenth = Value::Decimal(Decimal::parse("0.1").unwrap());
+        assert!(
+            tenth < Value::Float(0.1),
+            "0.1 as a float is slightly more than 0.1"
+        );
+        assert!(Value::Float(-0.0) < Value::Int(0) && Value::Int(0) == Value::Float(0.0));
+        assert!(Value::Int(i64::MAX) < Value::Float(f64::INFINITY));
+        assert!(Value::Int(i64::MIN) > Value::Float(f64::NEG_INFINITY));
+        assert!(Value::Int(i64::MAX) < Value::Float(9.3e18));
+        assert!(Value::Int(i64::MIN) > Value::Float(-9.3e18));
+        assert!(Value::Decimal(Decimal::new(1, 18).unwrap()) > Value::Float(f64::from_bits(1)));
+        assert!(Value::Int(1) > Value::Float(0.999_999_999_999_999_9));
+        assert_eq!(
+            Value::Decimal(Decimal::parse("2.5").unwrap()),
+            Value::Float(2.5)
+        );
+        // Transitive over a mixed set: sorting by it and checking every pair agrees.
+        let mut values = vec![
+            Value::Int(big + 1),
+            float.clone(),
+            Value::Int(big),
+            Value::Decimal(Decimal::new(big * 10 + 5, 1).unwrap()),
+            Value::Float(f64::NAN),
+            Value::Float(-0.0),
+            Value::Int(0),
+            Value::Float(0.0),
+            tenth,
+            Value::Float(0.1),
+            Value::Float(f64::NEG_INFINITY),
+        ];
+        values.sort();
+        for (i, a) in values.iter().enumerate() {
+            for b in &values[i..] {
+                assert!(a <= b, "{a:?} then {b:?}");
+            }
+        }
     }
 
     #[test]
