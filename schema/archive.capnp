@@ -2,16 +2,22 @@
 # written down here so other tools can read an archive file.
 #
 # An archive file starts with a 16-byte header: the bytes "PSPARCH\0", then a little-endian u32
-# format version (1) and a u32 of zero. Frames follow, each 8-byte aligned:
+# format version (2) and a u32 of zero. Frames follow, each 8-byte aligned, with a 24-byte header:
 #
-#   u32 magic "PSPF" | u32 payload length (a multiple of 8) | u32 sequence number | u32 CRC-32
+#   u32 magic "PSPF" | u32 payload length (a multiple of 8) | u32 sequence number |
+#   u32 payload CRC | u32 chain | u32 header CRC
 #   payload: one serialized Cap'n Proto message (segment table + segments) whose root is LogEntry
 #
-# The CRC-32 (IEEE) covers the length, the sequence number and the payload, so a torn or flipped
-# frame is detected. Sequence numbers count frames from 0. A frame that fails its checks at the
-# end of the file is a torn append and is cut off on open; a bad frame followed by good ones is
-# corruption and the archive refuses to open.
-
+# All CRCs are CRC-32 (IEEE). The payload CRC covers the length, the sequence number and the
+# payload; the chain is the previous frame's payload CRC (for the first frame, the CRC of the file
+# header); the header CRC covers the header's first 20 bytes. Sequence numbers count frames from
+# 0, and the first frame is always a `created` entry naming the archive, so a file cut to its
+# header, or one that belongs to another archive, is recognized.
+#
+# Frames are read in order from the start, never searched for. A file that ends inside the last
+# frame (or whose bytes after the last good frame are all zero) ends in a torn append, which open
+# cuts off and reports. A complete frame that fails a check is damage: open refuses and names its
+# byte offset, and only an explicit repair moves the damaged tail aside, into a file of its own.
 @0x89c18852716728ba;
 
 using Query = import "query.capnp";
@@ -47,7 +53,17 @@ struct LogEntry {
 
     snapshot @8 :SnapshotTaken;
     # A snapshot written.
+
+    created @9 :Created;
+    # The archive was created (always the first frame, and only there).
   }
+}
+
+struct Created {
+  # The first entry of every archive.
+
+  archive @0 :Text;
+  # The id of the archive the file belongs to (its config's `id`).
 }
 
 struct RecordBatch {

@@ -383,6 +383,11 @@ fn snapshot(
     Ok(outcome(message, detail, at))
 }
 
+/// The serialized `created` entry that opens every archive's log.
+pub(crate) fn created_entry(archive: &str, at: i64) -> Vec<u8> {
+    log_entry_bytes(at, None, |e| e.init_created().set_archive(archive))
+}
+
 impl RecordArchive {
     /// Appends records outside PSP (imports, generated data): checked like an `append` command,
     /// written and synced as one batch, with no idempotency key. `at` is the batch's data time.

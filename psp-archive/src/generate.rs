@@ -213,7 +213,8 @@ fn write_archive(
         toml::to_string(&config).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
-    let archive = RecordArchive::open(config.resolve(&dir)?).map_err(|e| e.to_string())?;
+    let archive =
+        RecordArchive::create_at(config.resolve(&dir)?, AS_OF).map_err(|e| e.to_string())?;
     fill(&archive)
 }
 

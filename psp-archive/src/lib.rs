@@ -31,7 +31,7 @@
 //!     key = "unit"
 //!     fields = [{ name = "unit", type = "text" }, { name = "sqft", type = "int" }]
 //! "#).unwrap();
-//! let archive = RecordArchive::open(config.resolve(dir.path()).unwrap()).unwrap();
+//! let archive = RecordArchive::create(config.resolve(dir.path()).unwrap()).unwrap();
 //! archive.append_records("units", &[
 //!     vec![Value::from("101"), Value::Int(850)],
 //!     vec![Value::from("102"), Value::Int(1_200)],

@@ -1,20 +1,29 @@
-//! The archive file's framing: a header, then CRC-checked frames of Cap'n Proto messages
+//! The archive file's framing: a header, then checked, chained frames of Cap'n Proto messages
 //! (layout in `schema/archive.capnp`).
 //!
-//! Recovery rule on open: frames are read in order until one fails its checks. If no valid frame
-//! follows it, it is a torn append (power lost mid-write) and the file is cut back to the end of
-//! the last good frame: nothing acknowledged is lost, because an append is acknowledged only
-//! after its frame is on disk. If a valid frame does follow, the damage is not at the tail and
-//! cutting would throw away acknowledged records, so opening fails and names the offset.
+//! Recovery on open reads frames in order from the start (never searching for one, so a
+//! frame-shaped run of bytes inside record data is only ever read as data) and tells the two
+//! ways a file can end badly apart by what is there:
+//!
+//! * **A torn append**: the file ends inside the last frame (its header or its payload is
+//!   incomplete), or everything after the last good frame is zeros (space the file system
+//!   allocated but the write never reached). An append is acknowledged only after its frame is on
+//!   disk, so nothing acknowledged is lost by cutting it: the open cuts it and reports the bytes.
+//! * **Damage**: a frame that is all there but fails a check (its header's checksum, its
+//!   payload's, its sequence number, or its link to the frame before). That is not something a
+//!   crash does; it is a bad disk or a bad copy, and cutting it would lose acknowledged records.
+//!   The open refuses and names the byte offset; `psp-totebox repair` moves the damaged tail
+//!   aside (never deletes it) when the operator decides to.
 
 /// First bytes of every archive file.
 pub const FILE_MAGIC: &[u8; 8] = b"PSPARCH\0";
 /// The only file format version this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the file header.
 pub const HEADER_LEN: usize = 16;
-/// Size of a frame header: magic, payload length, sequence number, CRC-32.
-pub const FRAME_HEADER_LEN: usize = 16;
+/// Size of a frame header: magic, payload length, sequence number, payload CRC, the previous
+/// frame's payload CRC, and the header's own CRC.
+pub const FRAME_HEADER_LEN: usize = 24;
 /// Marks the start of every frame.
 const FRAME_MAGIC: [u8; 4] = *b"PSPF";
 /// Largest payload a frame may carry (a batch of about a million small records).
@@ -28,7 +37,13 @@ pub fn file_header() -> [u8; HEADER_LEN] {
     header
 }
 
-/// CRC-32 over what a frame protects: its length, sequence number and payload.
+/// What the first frame chains to: the CRC of the file header.
+pub fn first_link() -> u32 {
+    crc32fast::hash(&file_header())
+}
+
+/// CRC-32 over what a frame's payload checksum protects: its length, sequence number and
+/// payload.
 fn checksum(len: u32, seq: u32, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len.to_le_bytes());
@@ -37,21 +52,27 @@ fn checksum(len: u32, seq: u32, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// One frame ready to append: header and payload. The payload must be a serialized message,
-/// whose length is always a multiple of 8, so every frame keeps the file 8-byte aligned.
-pub fn encode_frame(seq: u32, payload: &[u8]) -> Vec<u8> {
+/// One frame ready to append: header and payload, chained to the frame before by `previous`
+/// (that frame's payload CRC, or [`first_link`] for the first). The payload must be a
+/// serialized message, whose length is always a multiple of 8, so every frame keeps the file
+/// 8-byte aligned. Returns the frame and its payload CRC (what the next frame chains to).
+pub fn encode_frame(seq: u32, previous: u32, payload: &[u8]) -> (Vec<u8>, u32) {
     assert!(
         payload.len().is_multiple_of(8) && payload.len() <= MAX_PAYLOAD,
         "frame payloads are whole words"
     );
     let len = payload.len() as u32;
+    let crc = checksum(len, seq, payload);
     let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
     frame.extend_from_slice(&FRAME_MAGIC);
     frame.extend_from_slice(&len.to_le_bytes());
     frame.extend_from_slice(&seq.to_le_bytes());
-    frame.extend_from_slice(&checksum(len, seq, payload).to_le_bytes());
+    frame.extend_from_slice(&crc.to_le_bytes());
+    frame.extend_from_slice(&previous.to_le_bytes());
+    let header_crc = crc32fast::hash(&frame);
+    frame.extend_from_slice(&header_crc.to_le_bytes());
     frame.extend_from_slice(payload);
-    frame
+    (frame, crc)
 }
 
 /// Where one valid frame's payload lies in the file.
@@ -63,12 +84,19 @@ pub struct FrameRef {
     pub len: usize,
     /// The frame's sequence number.
     pub seq: u32,
+    /// Its payload CRC: what the next frame chains to.
+    pub crc: u32,
 }
 
 impl FrameRef {
     /// The payload's bytes within `file`.
     pub fn payload<'a>(&self, file: &'a [u8]) -> &'a [u8] {
         &file[self.offset..self.offset + self.len]
+    }
+
+    /// Where the frame starts (its header).
+    pub fn start(&self) -> usize {
+        self.offset - FRAME_HEADER_LEN
     }
 }
 
@@ -81,19 +109,22 @@ pub struct LogScan {
     pub valid_len: u64,
     /// Bytes after the valid prefix that belong to a torn append (0 when the file ended cleanly).
     pub torn_bytes: u64,
+    /// What the next frame chains to.
+    pub last_crc: u32,
 }
 
-/// The file is not an archive, or is damaged before its tail.
+/// The file is not an archive, or a complete frame in it is damaged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LogError {
     /// The header is not an archive header of a known version.
     #[error("not a PSP archive file (bad header: {0})")]
     BadHeader(String),
-    /// A damaged frame is followed by valid ones: not a torn append, so nothing is cut.
+    /// A complete frame fails its checks: damage, not a torn append, so nothing is cut.
     #[error(
-        "the archive is damaged at byte {offset} ({reason}) and valid records follow; refusing \
-         to cut them off. Restore from a snapshot or move the file aside"
+        "the archive is damaged at byte {offset} ({reason}); refusing to cut acknowledged \
+         records off. Restore from a snapshot, or run `psp-totebox repair` to move the damaged \
+         tail aside"
     )]
     Corrupt {
         /// Where the damaged frame starts.
@@ -103,36 +134,59 @@ pub enum LogError {
     },
 }
 
-/// Checks the frame starting at `pos`, expecting sequence number `seq` (or any, for `None`).
-fn frame_at(file: &[u8], pos: usize, seq: Option<u32>) -> Result<FrameRef, String> {
-    let header = file
-        .get(pos..pos + FRAME_HEADER_LEN)
-        .ok_or("the file ends inside a frame header")?;
-    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
-    if header[..4] != FRAME_MAGIC {
-        return Err("no frame marker".into());
+/// How the bytes at a frame position end the log.
+enum Bad {
+    /// An incomplete last write: cut.
+    Torn,
+    /// A complete frame that fails a check: refuse.
+    Damaged(String),
+}
+
+/// Checks the frame starting at `pos`, which must be number `seq` and chain to `previous`.
+fn frame_at(file: &[u8], pos: usize, seq: u32, previous: u32) -> Result<FrameRef, Bad> {
+    let rest = &file[pos..];
+    if rest.iter().all(|&b| b == 0) {
+        // Allocated but never written: what a crash leaves when the length reached the disk
+        // before the data.
+        return Err(Bad::Torn);
     }
-    let (len, found_seq, crc) = (word(4), word(8), word(12));
+    let Some(header) = rest.get(..FRAME_HEADER_LEN) else {
+        return Err(Bad::Torn);
+    };
+    let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
+    if crc32fast::hash(&header[..20]) != word(20) {
+        return Err(Bad::Damaged("the frame header fails its checksum".into()));
+    }
+    if header[..4] != FRAME_MAGIC {
+        return Err(Bad::Damaged("no frame marker".into()));
+    }
+    let (len, found_seq, crc, chain) = (word(4), word(8), word(12), word(16));
+    if found_seq != seq {
+        return Err(Bad::Damaged(format!(
+            "sequence number {found_seq}, expected {seq}"
+        )));
+    }
+    if chain != previous {
+        return Err(Bad::Damaged(
+            "the frame does not follow the one before it".into(),
+        ));
+    }
     let len_bytes = len as usize;
     if len_bytes == 0 || !len_bytes.is_multiple_of(8) || len_bytes > MAX_PAYLOAD {
-        return Err(format!("impossible payload length {len}"));
+        return Err(Bad::Damaged(format!("impossible payload length {len}")));
     }
     let start = pos + FRAME_HEADER_LEN;
-    let payload = file
-        .get(start..start + len_bytes)
-        .ok_or("the file ends inside a frame's payload")?;
+    let Some(payload) = file.get(start..start + len_bytes) else {
+        return Err(Bad::Torn);
+    };
     if checksum(len, found_seq, payload) != crc {
-        return Err("checksum mismatch".into());
-    }
-    if let Some(expected) = seq
-        && found_seq != expected
-    {
-        return Err(format!("sequence number {found_seq}, expected {expected}"));
+        return Err(Bad::Damaged("the payload fails its checksum".into()));
     }
     Ok(FrameRef {
         offset: start,
         len: len_bytes,
         seq: found_seq,
+        crc,
     })
 }
 
@@ -150,29 +204,28 @@ pub fn scan(file: &[u8]) -> Result<LogScan, LogError> {
             "format version {version}; this build reads version {FORMAT_VERSION}"
         )));
     }
-    let mut frames = Vec::new();
+    let mut frames: Vec<FrameRef> = Vec::new();
     let mut pos = HEADER_LEN;
+    let mut previous = first_link();
     while pos < file.len() {
-        match frame_at(file, pos, Some(frames.len() as u32)) {
+        match frame_at(file, pos, frames.len() as u32, previous) {
             Ok(frame) => {
                 pos = frame.offset + frame.len;
+                previous = frame.crc;
                 frames.push(frame);
             }
-            Err(reason) => {
-                // A valid frame anywhere after this one means the damage is not a torn tail.
-                let later = (pos + 8..file.len().saturating_sub(FRAME_HEADER_LEN - 1))
-                    .step_by(8)
-                    .any(|p| frame_at(file, p, None).is_ok());
-                if later {
-                    return Err(LogError::Corrupt {
-                        offset: pos as u64,
-                        reason,
-                    });
-                }
+            Err(Bad::Torn) => {
                 return Ok(LogScan {
                     frames,
                     valid_len: pos as u64,
                     torn_bytes: (file.len() - pos) as u64,
+                    last_crc: previous,
+                });
+            }
+            Err(Bad::Damaged(reason)) => {
+                return Err(LogError::Corrupt {
+                    offset: pos as u64,
+                    reason,
                 });
             }
         }
@@ -181,6 +234,7 @@ pub fn scan(file: &[u8]) -> Result<LogScan, LogError> {
         frames,
         valid_len: pos as u64,
         torn_bytes: 0,
+        last_crc: previous,
     })
 }
 
@@ -190,8 +244,11 @@ mod tests {
 
     fn log(payloads: &[&[u8]]) -> Vec<u8> {
         let mut file = file_header().to_vec();
+        let mut previous = first_link();
         for (seq, p) in payloads.iter().enumerate() {
-            file.extend(encode_frame(seq as u32, p));
+            let (frame, crc) = encode_frame(seq as u32, previous, p);
+            file.extend(frame);
+            previous = crc;
         }
         file
     }
@@ -219,6 +276,15 @@ mod tests {
         let mut file = log(&[&[1; 8], &[2; 16], &[3; 8]]);
         file[HEADER_LEN + FRAME_HEADER_LEN + 8 + FRAME_HEADER_LEN] ^= 0xff;
         assert!(matches!(scan(&file), Err(LogError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_zeroed_tail_is_an_unwritten_append() {
+        let mut file = log(&[&[1; 8]]);
+        let end = file.len();
+        file.extend([0u8; 40]);
+        let scan = scan(&file).unwrap();
+        assert_eq!((scan.valid_len, scan.torn_bytes), (end as u64, 40));
     }
 
     #[test]

@@ -59,6 +59,18 @@ impl RunningTotebox {
         let identity =
             IdentityKey::load(&base.join(&server.identity)).map_err(|e| e.to_string())?;
         let archive = Arc::new(RecordArchive::open(loaded).map_err(|e| e.to_string())?);
+        let report = archive.open_report();
+        if report.torn_bytes_cut > 0 {
+            // Nothing acknowledged was lost (an append is acknowledged once on disk), but an
+            // operator must be able to see that a crash happened and what recovery did.
+            tracing::warn!(
+                archive = psp_core::archive::Archive::id(archive.as_ref()),
+                file = %archive.path().display(),
+                bytes = report.torn_bytes_cut,
+                "recovered: cut a torn last append of {} bytes",
+                report.torn_bytes_cut
+            );
+        }
         let cache = Arc::new(ChainCache::default());
         let limits = Limits::default();
         let service = ToteboxService::new(archive, verifier(&trust, &cache), limits);

@@ -90,6 +90,8 @@ pub(crate) struct Writer {
     /// Committed length: everything before it is on disk.
     pub(crate) len: u64,
     pub(crate) next_seq: u32,
+    /// The last frame's payload CRC, which the next frame chains to.
+    pub(crate) last_crc: u32,
     pub(crate) applied: HashMap<(PublicKey, Vec<u8>), Applied>,
     pub(crate) sealed: HashSet<(String, String)>,
 }
@@ -131,41 +133,97 @@ pub(crate) fn now_micros() -> i64 {
 }
 
 impl RecordArchive {
-    /// Opens the archive a config file describes, creating an empty archive file if none exists.
+    /// Opens the archive a config file describes (it must exist: see [`RecordArchive::create`]).
     pub fn open_config(config: &Path) -> Result<Self, ArchiveError> {
-        let loaded = ArchiveConfig::load(config).map_err(|e| ArchiveError::Invalid {
+        Self::open(Self::load_config(config)?)
+    }
+
+    /// Creates the archive a config file describes (its file must not exist yet), then opens it.
+    pub fn create_config(config: &Path) -> Result<Self, ArchiveError> {
+        Self::create(Self::load_config(config)?)
+    }
+
+    fn load_config(config: &Path) -> Result<Loaded, ArchiveError> {
+        ArchiveConfig::load(config).map_err(|e| ArchiveError::Invalid {
             path: config.to_owned(),
             message: e.to_string(),
-        })?;
+        })
+    }
+
+    /// Creates a new archive file for a loaded config, then opens it. The file appears whole or
+    /// not at all: it is written under another name (the header and the `created` entry naming
+    /// the archive), synced, and renamed into place. Refuses if the file exists.
+    pub fn create(loaded: Loaded) -> Result<Self, ArchiveError> {
+        Self::create_at(loaded, now_micros())
+    }
+
+    /// [`RecordArchive::create`] with the creation time `at` (microseconds since the epoch):
+    /// what a generator that must write the same bytes for the same seed uses.
+    pub fn create_at(loaded: Loaded, at: i64) -> Result<Self, ArchiveError> {
+        let path = loaded.file.clone();
+        let io = |source| ArchiveError::Io {
+            path: path.clone(),
+            source,
+        };
+        if path.exists() {
+            return Err(ArchiveError::Invalid {
+                path: path.clone(),
+                message: "already exists; an archive is created once".into(),
+            });
+        }
+        let entry = crate::commands::created_entry(&loaded.config.id, at);
+        let (frame, _) = log::encode_frame(0, log::first_link(), &entry);
+        let creating = path.with_extension("creating");
+        {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&creating)
+                .map_err(io)?;
+            file.write_all(&log::file_header()).map_err(io)?;
+            file.write_all(&frame).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&creating, &path).map_err(io)?;
+        sync_dir(&path).map_err(io)?;
         Self::open(loaded)
     }
 
-    /// Opens (or creates) the archive file of a loaded config: locks it, cuts a torn tail, maps
-    /// it, and rebuilds the index, the idempotency ledger and the sealed periods from the log.
+    /// Opens the archive file of a loaded config: locks it, cuts a torn tail, maps it, and
+    /// rebuilds the index, the idempotency ledger and the sealed periods from the log. A file
+    /// that is missing, empty, cut to its header, or another archive's is an error naming it.
     pub fn open(loaded: Loaded) -> Result<Self, ArchiveError> {
         let path = loaded.file.clone();
         let io = |source| ArchiveError::Io {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let invalid = |message: String| ArchiveError::Invalid {
+            path: path.clone(),
+            message,
+        };
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(invalid(
+                    "does not exist: check the config's `file`, or create the archive with \
+                     `psp-totebox init` (or generate or import --create)"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(io(e)),
+        };
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(ArchiveError::Locked(path)),
             Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let mut len = file.metadata().map_err(io)?.len();
+        let len = file.metadata().map_err(io)?.len();
         if len == 0 {
-            file.write_all(&log::file_header()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            sync_dir(&path).map_err(io)?;
-            len = log::HEADER_LEN as u64;
+            return Err(invalid(
+                "is empty: it is not an archive (was it truncated, or never written?)".into(),
+            ));
         }
         let scan = {
             let map = ArchiveMap::new(&file, len).map_err(io)?;
@@ -174,6 +232,13 @@ impl RecordArchive {
                 source,
             })?
         };
+        if scan.frames.is_empty() {
+            return Err(invalid(
+                "holds no log, not even the entry that created it: it was cut to its header. \
+                 Restore it from a snapshot"
+                    .into(),
+            ));
+        }
         if scan.torn_bytes > 0 {
             // Only the torn last append goes; every earlier byte stays as it is.
             file.set_len(scan.valid_len).map_err(io)?;
@@ -204,9 +269,17 @@ impl RecordArchive {
             file,
             len: scan.valid_len,
             next_seq: scan.frames.len() as u32,
+            last_crc: scan.last_crc,
             applied: HashMap::new(),
             sealed: HashSet::new(),
         };
+        let owner = created_by(&map, scan.frames[0]).map_err(invalid)?;
+        if owner != loaded.config.id {
+            return Err(invalid(format!(
+                "belongs to archive {owner:?}, not {:?}: check the config's `file`",
+                loaded.config.id
+            )));
+        }
         let mut collections: HashMap<String, CollectionView> = HashMap::new();
         for frame in &scan.frames {
             let empty = |_: &str| CollectionView::default();
@@ -273,7 +346,7 @@ impl RecordArchive {
     /// Appends one log entry (a serialized `LogEntry` message): written, synced to disk, then
     /// made visible to queries. Nothing is acknowledged before the sync returns.
     pub(crate) fn commit(&self, writer: &mut Writer, payload: &[u8]) -> Result<(), String> {
-        let frame = log::encode_frame(writer.next_seq, payload);
+        let (frame, crc) = log::encode_frame(writer.next_seq, writer.last_crc, payload);
         let written = (|| {
             writer.file.seek(SeekFrom::Start(writer.len))?;
             writer.file.write_all(&frame)?;
@@ -293,9 +366,11 @@ impl RecordArchive {
             offset: (writer.len as usize) + log::FRAME_HEADER_LEN,
             len: payload.len(),
             seq: writer.next_seq,
+            crc,
         };
         writer.len = new_len;
         writer.next_seq += 1;
+        writer.last_crc = crc;
         let old = self.current_view();
         let mut touched: HashMap<String, CollectionView> = HashMap::new();
         let seed = |name: &str| {
@@ -431,8 +506,96 @@ fn absorb(
                 .insert((text(seal.get_collection())?, text(seal.get_period())?));
         }
         log_entry::Snapshot(_) => {}
+        log_entry::Created(_) if frame.seq == 0 => {}
+        log_entry::Created(_) => {
+            return Err(at_frame(&"a `created` entry after the first frame"));
+        }
     }
     Ok(())
+}
+
+/// The archive id named by the first frame, which must be a `created` entry.
+fn created_by(map: &ArchiveMap, frame: FrameRef) -> Result<String, String> {
+    let not_created = |e: &dyn std::fmt::Display| {
+        format!("its first entry does not say which archive it belongs to ({e})")
+    };
+    let mut payload = frame.payload(map.bytes());
+    let message =
+        capnp::serialize::read_message_from_flat_slice(&mut payload, log_reader_options())
+            .map_err(|e| not_created(&e))?;
+    let entry = message
+        .get_root::<log_entry::Reader<'_>>()
+        .map_err(|e| not_created(&e))?;
+    match entry.which().map_err(|e| not_created(&e))? {
+        log_entry::Created(created) => Ok(created
+            .and_then(|c| Ok(c.get_archive()?.to_string()?))
+            .map_err(|e| not_created(&e))?),
+        _ => Err(not_created(&"it records a change instead")),
+    }
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Where the damaged tail started (the archive now ends there).
+    pub offset: u64,
+    /// Where its bytes were moved, whole.
+    pub moved_to: PathBuf,
+    /// How many bytes were moved.
+    pub bytes: u64,
+}
+
+impl RecordArchive {
+    /// Moves a damaged tail aside: when the archive refuses to open because a complete frame is
+    /// damaged, copies every byte from that frame on into `<file>.damaged-at-<offset>` (synced),
+    /// then cuts the archive there. Nothing is deleted. Returns `None` when there is nothing to
+    /// repair. The archive must not be open elsewhere.
+    pub fn repair(loaded: &Loaded) -> Result<Option<RepairReport>, ArchiveError> {
+        let path = loaded.file.clone();
+        let io = |source| ArchiveError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(ArchiveError::Locked(path)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let bytes = std::fs::read(&path).map_err(io)?;
+        let offset = match log::scan(&bytes) {
+            Ok(_) => return Ok(None),
+            Err(LogError::Corrupt { offset, .. }) => offset,
+            Err(other) => {
+                return Err(ArchiveError::Log {
+                    path,
+                    source: other,
+                });
+            }
+        };
+        let moved_to = PathBuf::from(format!("{}.damaged-at-{offset}", path.display()));
+        {
+            let mut aside = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&moved_to)
+                .map_err(io)?;
+            aside.write_all(&bytes[offset as usize..]).map_err(io)?;
+            aside.sync_all().map_err(io)?;
+        }
+        sync_dir(&moved_to).map_err(io)?;
+        file.set_len(offset).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(Some(RepairReport {
+            offset,
+            moved_to,
+            bytes: bytes.len() as u64 - offset,
+        }))
+    }
 }
 
 /// Opens the records of one appended batch, as mapped, for `read`.

@@ -55,6 +55,17 @@ fn serve_answers_reloads_on_sighup_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
+    // Created explicitly, with the command an operator runs.
+    let init = Command::new(env!("CARGO_BIN_EXE_psp-totebox"))
+        .args(["init", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     {
         let archive = psp_archive::RecordArchive::open_config(&path).unwrap();
         archive

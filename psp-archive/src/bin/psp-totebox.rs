@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! psp-totebox generate --out fleet --properties 8 --subsidiaries 4 --records 5000 --seed 7
+//! psp-totebox init --config tower-a/archive.toml                 # a new, empty archive
 //! psp-totebox import --config fleet/prop-01/archive.toml --collection leases leases.csv
+//! psp-totebox repair --config fleet/prop-01/archive.toml         # moves a damaged tail aside
 //! psp-totebox stats --config fleet/prop-01/archive.toml
 //! psp-totebox keygen --out fleet/prop-01/identity.pem
 //! psp-totebox serve --config fleet/prop-01/archive.toml    # needs a [server] section
@@ -52,11 +54,30 @@ enum Command {
         #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
         records: u64,
     },
+    /// Creates the archive a config describes: a new file holding no records yet. Every other
+    /// command refuses an archive file that is missing, so a wrong path is never taken for an
+    /// empty archive.
+    Init {
+        /// The archive's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Moves a damaged tail aside: when the archive refuses to open because a complete frame
+    /// is damaged, copies everything from there on into `<file>.damaged-at-<offset>` and cuts
+    /// the archive there. Nothing is deleted.
+    Repair {
+        /// The archive's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Imports a CSV or JSON Lines file into a collection (all or nothing).
     Import {
         /// The archive's config file.
         #[arg(long)]
         config: PathBuf,
+        /// Create the archive first (its file must not exist yet).
+        #[arg(long)]
+        create: bool,
         /// The collection to append to.
         #[arg(long)]
         collection: String,
@@ -124,8 +145,32 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Init { config } => {
+            let archive = RecordArchive::create_config(&config).map_err(|e| e.to_string())?;
+            println!(
+                "created archive {} in {}",
+                archive.id(),
+                archive.path().display()
+            );
+            Ok(())
+        }
+        Command::Repair { config } => {
+            let loaded = psp_archive::ArchiveConfig::load(&config).map_err(|e| e.to_string())?;
+            match RecordArchive::repair(&loaded).map_err(|e| e.to_string())? {
+                None => println!("{}: nothing to repair", loaded.file.display()),
+                Some(report) => println!(
+                    "moved {} damaged bytes from offset {} to {}; the archive now ends at the \
+                     last good frame before them",
+                    report.bytes,
+                    report.offset,
+                    report.moved_to.display()
+                ),
+            }
+            Ok(())
+        }
         Command::Import {
             config,
+            create,
             collection,
             format,
             file,
@@ -140,7 +185,12 @@ fn run(cli: Cli) -> Result<(), String> {
                     )
                 })?,
             };
-            let archive = RecordArchive::open_config(&config).map_err(|e| e.to_string())?;
+            let archive = if create {
+                RecordArchive::create_config(&config)
+            } else {
+                RecordArchive::open_config(&config)
+            }
+            .map_err(|e| e.to_string())?;
             let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
             let n = import_file(&archive, &collection, &file, format, now)
                 .map_err(|e| e.to_string())?;

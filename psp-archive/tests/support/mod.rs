@@ -30,8 +30,13 @@ pub fn loaded(dir: &Path) -> Loaded {
     config.resolve(dir).unwrap()
 }
 
+/// The test archive in `dir`: created on first use, opened after.
 pub fn open(dir: &Path) -> RecordArchive {
-    RecordArchive::open(loaded(dir)).unwrap()
+    if dir.join("sub-01.psp").exists() {
+        RecordArchive::open(loaded(dir)).unwrap()
+    } else {
+        RecordArchive::create(loaded(dir)).unwrap()
+    }
 }
 
 /// A ledger row: entry n in `period`, amount n.25, a memo that must never leave.
