@@ -67,7 +67,8 @@ struct CollectionInfo {
   # Aggregate groups with fewer records than this are suppressed.
 
   records @4 :UInt64;
-  # How many records the collection holds.
+  # How many records the collection holds that the capability's rows reach (all of them when
+  # the capability does not restrict rows).
 }
 
 struct FieldInfo {
@@ -90,7 +91,9 @@ enum Exposure {
   # May be projected, filtered, grouped, ordered and aggregated.
 
   aggregateOnly @1;
-  # May appear only inside sum, avg, min, max or count over groups of at least `minGroupSize`.
+  # May appear only inside sum, avg or count over groups of at least `minGroupSize`: never
+  # projected, filtered, grouped or ordered on, and never inside min or max (which would return
+  # one record's value). A query that does is refused with `policy.aggregate-only`.
 }
 
 struct Command {

@@ -157,8 +157,18 @@ def _scope_within(child, parent) -> str | None:
     return None
 
 
-def verify(links: list[Link], trusted_roots: list[bytes], now: int | None = None) -> None:
-    """Raises Refused (with the Rust side's rule name) unless the chain is valid at ``now``."""
+CLOCK_SKEW = 30
+"""Seconds of clock difference a Totebox tolerates at either end of a window."""
+MAX_LIFETIME = 15 * 60
+"""Longest a Totebox lets the last link of a presented chain last."""
+
+
+def verify(links: list[Link], trusted_roots: list[bytes], now: int | None = None,
+           presented: bool = False, skew: int = CLOCK_SKEW) -> None:
+    """Raises Refused (with the Rust side's rule name) unless the chain is valid at ``now``,
+    allowing ``skew`` seconds of clock difference at either end of the last link's window. With
+    ``presented`` (the chain as a Totebox receives it), its last link may also last at most
+    ``MAX_LIFETIME``: a presented capability is always short-lived."""
     now = int(time.time()) if now is None else now
     if not links:
         raise Refused("empty-chain", "a chain needs at least one link")
@@ -198,10 +208,13 @@ def verify(links: list[Link], trusted_roots: list[bytes], now: int | None = None
                 raise Refused("widened-scope", f"link {i}: {why}")
         previous = link
     last = links[-1].body
-    if now < last.notBefore:
+    if now < last.notBefore - skew:
         raise Refused("not-yet-valid", f"valid from {last.notBefore}")
-    if now >= last.notAfter:
+    if now >= last.notAfter + skew:
         raise Refused("expired", f"expired at {last.notAfter}")
+    if presented and last.notAfter - last.notBefore > MAX_LIFETIME:
+        raise Refused("lifetime-too-long",
+                      f"the last link lasts {last.notAfter - last.notBefore} s; at most {MAX_LIFETIME}")
 
 
 def delegate(

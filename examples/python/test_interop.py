@@ -246,7 +246,16 @@ def test_python_verifies_chains_the_rust_tools_minted(fleet):
         "--holder", fleet.orchestrator, "--archives", "prop-01", "--lifetime", 60, "--out", fleet.folder / "rust.cap",
     )
     delegated = psp_capability.read_chain((fleet.folder / "rust.cap").read_bytes())
-    psp_capability.verify(delegated, [owner])
+    psp_capability.verify(delegated, [owner], presented=True)
+    # Like a Totebox: 30 s of skew either side, and a presented link lasts at most 15 minutes.
+    last = delegated[-1].body
+    psp_capability.verify(delegated, [owner], now=last.notAfter + 29, presented=True)
+    with pytest.raises(psp_capability.Refused) as refused:
+        psp_capability.verify(delegated, [owner], now=last.notAfter + 30, presented=True)
+    assert refused.value.rule == "expired"
+    with pytest.raises(psp_capability.Refused) as refused:
+        psp_capability.verify(granted, [owner], presented=True)
+    assert refused.value.rule == "lifetime-too-long"
     assert bytes(delegated[-1].body.holder) == psp_identity.parse_printable(fleet.orchestrator)
 
     # Tampering with a Rust-signed body, or trusting another root, is caught.

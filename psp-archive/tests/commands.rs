@@ -199,7 +199,7 @@ fn bad_appends_are_refused_whole_with_the_reason() {
     let short = archive
         .apply(&command(&issuer, "append", "ledger", b"short", &mixed))
         .unwrap_err();
-    assert_eq!(short.code(), "command.bad-key");
+    assert_eq!(short.code(), "command.bad-idempotency-key");
     let unknown = archive
         .apply(&command(&issuer, "reboot", "", KEY, &[]))
         .unwrap_err();

@@ -57,7 +57,12 @@ pub trait Archive: Send + Sync + 'static {
             .into_iter()
             .filter_map(|schema| {
                 let grant = scope.collection(&schema.name)?;
-                let stats = self.stats(&schema.name).unwrap_or_default();
+                let mut stats = self.stats(&schema.name).unwrap_or_default();
+                if let RowSelector::Keys(_) = grant.rows {
+                    // A capability limited to some rows sees how many of those there are, never
+                    // the size of the whole collection.
+                    stats.records = self.records_in(&schema, grant.rows);
+                }
                 let fields = schema
                     .exposed_fields()
                     .filter(|f| grant.fields.contains(&f.name))
@@ -72,6 +77,26 @@ pub trait Archive: Send + Sync + 'static {
                 })
             })
             .collect()
+    }
+}
+
+/// Records of a collection within a row selector, counted by a scan the archive's index can
+/// narrow (0 when the selector cannot be applied).
+trait RowCount {
+    fn records_in(&self, schema: &CollectionSchema, rows: &RowSelector) -> u64;
+}
+
+impl<A: Archive + ?Sized> RowCount for A {
+    fn records_in(&self, schema: &CollectionSchema, rows: &RowSelector) -> u64 {
+        let query = Query::aggregate(&schema.name, [], [crate::query::Aggregate::count()]);
+        let Ok(plan) = Plan::new(&query, schema, rows) else {
+            return 0;
+        };
+        let mut accumulator = plan.accumulator();
+        match self.scan(&plan, &mut accumulator) {
+            Ok(_) => accumulator.scanned(),
+            Err(_) => 0,
+        }
     }
 }
 
@@ -193,7 +218,7 @@ impl CommandError {
             CommandError::UnknownCommand(_) => "command.unknown".into(),
             CommandError::InvalidArguments(_) => "command.invalid-arguments".into(),
             CommandError::KeyReused => "command.key-reused".into(),
-            CommandError::BadKey(_) => "command.bad-key".into(),
+            CommandError::BadKey(_) => "command.bad-idempotency-key".into(),
             CommandError::Refused(_) => "command.refused".into(),
             CommandError::Capability(e) => format!("capability.{}", e.rule()),
             CommandError::Storage(_) => "internal".into(),

@@ -421,6 +421,21 @@ impl ToteboxClient {
     }
 }
 
+/// One collection as a Totebox describes it to a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribedCollection {
+    /// Its name.
+    pub name: String,
+    /// Its key field.
+    pub key: String,
+    /// The fields the session may reference, and whether each may only be aggregated.
+    pub fields: Vec<(String, bool)>,
+    /// Groups smaller than this are withheld.
+    pub min_group_size: u32,
+    /// Records the session's rows reach.
+    pub records: u64,
+}
+
 /// An open session on one Totebox.
 pub struct Session {
     session: session::Client,
@@ -429,6 +444,41 @@ pub struct Session {
 }
 
 impl Session {
+    /// The collections in scope, and the fields the exposure policy lets out.
+    pub async fn describe(&self) -> Result<Vec<DescribedCollection>, CallError> {
+        let request = self.session.describe_request();
+        let response = within(self.limits.call_timeout, "describe", request.send().promise)
+            .await
+            .map_err(|e| explain(&self.guard, e))?;
+        let read = || -> capnp::Result<Vec<DescribedCollection>> {
+            response
+                .get()?
+                .get_collections()?
+                .iter()
+                .map(|c| {
+                    Ok(DescribedCollection {
+                        name: c.get_name()?.to_string()?,
+                        key: c.get_key()?.to_string()?,
+                        fields: c
+                            .get_fields()?
+                            .iter()
+                            .map(|f| {
+                                Ok((
+                                    f.get_name()?.to_string()?,
+                                    f.get_exposure()?
+                                        == psp_schema::totebox_capnp::Exposure::AggregateOnly,
+                                ))
+                            })
+                            .collect::<capnp::Result<_>>()?,
+                        min_group_size: c.get_min_group_size(),
+                        records: c.get_records(),
+                    })
+                })
+                .collect()
+        };
+        read().map_err(malformed)
+    }
+
     /// Runs a query.
     pub async fn query(&self, query: &Query) -> Result<QueryResult, CallError> {
         self.query_bounded(query, usize::MAX).await

@@ -30,6 +30,7 @@ pub use psp_core;
 pub mod client;
 pub mod delay_proxy;
 pub mod diode;
+pub mod frame_limit;
 pub mod limits;
 pub mod runtime;
 pub mod tls;

@@ -192,8 +192,11 @@ async fn connection(
         max_in_flight: limits.max_calls_in_flight,
     });
     let (reader, writer) = tokio::io::split(stream);
+    // A message over the limit is refused with `limit.message`, which the peer can read, rather
+    // than a reset.
+    let reader = crate::frame_limit::FrameLimit::new(reader.compat(), limits.max_message_words);
     let network = twoparty::VatNetwork::new(
-        reader.compat(),
+        reader,
         writer.compat_write(),
         rpc_twoparty_capnp::Side::Server,
         limits.reader_options(),

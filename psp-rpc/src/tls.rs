@@ -48,8 +48,15 @@ pub fn certificate(identity: &IdentityKey) -> Result<CertificateDer<'static>, Tl
     let mut serial = identity.public().as_bytes()[..16].to_vec();
     serial[0] &= 0x7f;
     params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    // The key in hex, without the `ed25519:` prefix: X.509 allows a common name of at most 64
+    // characters (72 would make other stacks refuse the certificate). Peers never read it: they
+    // check the key the certificate carries.
     let mut name = rcgen::DistinguishedName::new();
-    name.push(rcgen::DnType::CommonName, identity.public().to_string());
+    let printed = identity.public().to_string();
+    name.push(
+        rcgen::DnType::CommonName,
+        printed.trim_start_matches("ed25519:"),
+    );
     params.distinguished_name = name;
     let cert = params
         .self_signed(&key_pair)
@@ -296,4 +303,28 @@ pub fn peer_key(connection: &rustls::CommonState) -> Option<PublicKey> {
         .peer_certificates()
         .and_then(|certs| certs.first())
         .and_then(|cert| certificate_key(cert).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_name_fits_x509_and_the_key_is_what_counts() {
+        let identity = IdentityKey::from_seed([5; 32]);
+        let cert = certificate(&identity).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+        let name = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(name.len() <= 64, "{} characters", name.len());
+        assert!(identity.public().to_string().ends_with(&name));
+        assert_eq!(certificate_key(&cert).unwrap(), identity.public());
+        assert_eq!(certificate(&identity).unwrap(), cert, "deterministic");
+    }
 }

@@ -102,10 +102,6 @@ fn refused(peer: &PublicKey, error: &CapabilityError) -> capnp::Error {
     CallError::new(format!("capability.{}", error.rule()), error.to_string()).to_capnp()
 }
 
-fn bad_request(e: impl std::fmt::Display) -> capnp::Error {
-    CallError::new("query.invalid", e.to_string()).to_capnp()
-}
-
 struct ToteboxServer {
     service: Arc<ToteboxService>,
     peer: PublicKey,
@@ -336,41 +332,46 @@ impl session::Server for SessionServer {
 }
 
 /// The fields an append names and the keys of its records, so the capability can be checked
-/// against both before anything is written.
+/// against both before anything is written. Arguments that do not read as `AppendArguments` are
+/// `command.invalid-arguments` (the caller's fault, never `query.*`).
 fn append_reach(
     archive: &dyn Archive,
     collection: &str,
     arguments: &[u8],
 ) -> Result<(Vec<String>, Vec<RowKey>, String), capnp::Error> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        CallError::new(
+            "command.invalid-arguments",
+            format!("the append's arguments: {e}"),
+        )
+        .to_capnp()
+    };
     let key_field = archive
         .collections()
         .into_iter()
         .find(|c| c.name == collection)
         .map(|c| c.key)
-        .ok_or_else(|| {
-            CallError::new(
-                "command.invalid-arguments",
-                format!("no collection {collection:?}"),
-            )
-            .to_capnp()
-        })?;
+        .ok_or_else(|| invalid(&format!("no collection {collection:?}")))?;
     let options = *capnp::message::ReaderOptions::new()
         .traversal_limit_in_words(Some(arguments.len() / 4 + 1024));
     let message =
-        capnp::serialize::read_message(&mut &arguments[..], options).map_err(bad_request)?;
+        capnp::serialize::read_message(&mut &arguments[..], options).map_err(|e| invalid(&e))?;
     let args = message
         .get_root::<append_arguments::Reader<'_>>()
-        .map_err(bad_request)?;
+        .map_err(|e| invalid(&e))?;
     let mut fields = Vec::new();
-    for f in args.get_fields()?.iter() {
-        fields.push(f?.to_str()?.to_owned());
+    for f in args.get_fields().map_err(|e| invalid(&e))?.iter() {
+        fields.push(
+            f.and_then(|t| Ok(t.to_str()?.to_owned()))
+                .map_err(|e| invalid(&e))?,
+        );
     }
     let mut keys = Vec::new();
     if let Some(position) = fields.iter().position(|f| *f == key_field) {
-        for record in args.get_records()?.iter() {
-            let values = record.get_values()?;
+        for record in args.get_records().map_err(|e| invalid(&e))?.iter() {
+            let values = record.get_values().map_err(|e| invalid(&e))?;
             if position < values.len() as usize {
-                match read_value(values.get(position as u32)).map_err(bad_request)? {
+                match read_value(values.get(position as u32)).map_err(|e| invalid(&e))? {
                     Value::Int(i) => keys.push(RowKey::Int(i)),
                     Value::Text(t) => keys.push(RowKey::Text(t)),
                     _ => {}

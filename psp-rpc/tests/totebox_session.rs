@@ -286,7 +286,8 @@ async fn an_oversized_message_is_refused_without_harming_other_connections() {
                 .query(&chain(&m, &m.orchestrator, "tower-a", 60), &huge)
                 .await
                 .unwrap_err();
-            assert!(error.code.starts_with("transport."), "{error}");
+            // Told why, not reset: the documented code.
+            assert_eq!(error.code, "limit.message", "{error}");
             bystander
                 .query(
                     &chain(&m, &m.second_orchestrator, "tower-a", 60),
@@ -487,5 +488,43 @@ async fn a_peer_that_never_completes_the_handshake_is_dropped_at_the_deadline() 
         "not before the deadline: {:?}",
         started.elapsed()
     );
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_twenty_megabyte_message_gets_the_documented_error_not_a_reset() {
+    let m = machines();
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        Limits::default(),
+    )
+    .await;
+    LocalSet::new()
+        .run_until(async {
+            let client = ToteboxClient::connect(
+                server.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            // 4,000 values of 5,000 bytes: about 20 MB, over the default 16 MiB.
+            let padding = "x".repeat(5_000);
+            let huge = Query::rows("units", ["unit"]).filter(psp_core::query::Filter::In {
+                field: "unit".into(),
+                values: (0..4_000)
+                    .map(|i| Value::from(format!("{i}{padding}").as_str()))
+                    .collect(),
+            });
+            let error = client
+                .query(&chain(&m, &m.orchestrator, "tower-a", 60), &huge)
+                .await
+                .unwrap_err();
+            assert_eq!(error.code, "limit.message", "{error}");
+        })
+        .await;
     server.shutdown(Duration::from_secs(1)).await;
 }

@@ -226,7 +226,11 @@ impl Verifier {
                 // Cached before the context checks: a replay from a wrong machine or a stale
                 // request then costs no signature work the second time, and the context is
                 // checked on every call anyway.
-                let expires = chain.last().window.not_after() + self.policy.clock_skew;
+                let expires = chain
+                    .last()
+                    .window
+                    .not_after()
+                    .saturating_add(self.policy.clock_skew);
                 self.cache.insert(links, &chain, expires, now);
                 chain
             }
@@ -259,13 +263,15 @@ impl Verifier {
         // Every ancestor's window contains the last link's, so checking the last one suffices.
         let last = chain.last();
         let skew = self.policy.clock_skew;
-        if now < last.window.not_before() - skew {
+        // Saturating: a window at the edge of the 64-bit range gets its real rule (its lifetime
+        // is too long), never a wrapped time.
+        if now < last.window.not_before().saturating_sub(skew) {
             return Err(CapabilityError::NotYetValid {
                 not_before: last.window.not_before(),
                 now,
             });
         }
-        if now >= last.window.not_after() + skew {
+        if now >= last.window.not_after().saturating_add(skew) {
             return Err(CapabilityError::Expired {
                 not_after: last.window.not_after(),
                 now,

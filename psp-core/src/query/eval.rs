@@ -118,16 +118,18 @@ impl Plan {
 }
 
 impl Accumulator<'_> {
-    /// Offers one record: counted as scanned, then kept only if the capability's row selector
-    /// and the query's filter both admit it.
+    /// Offers one record: counted as scanned if the capability's row selector admits it, then
+    /// kept only if the query's filter admits it too.
     pub fn push(&mut self, record: &(impl Record + ?Sized)) -> Result<(), QueryError> {
-        self.scanned += 1;
         let plan = self.plan;
         if let Some((key, selector)) = &plan.rows
             && !selector.contains_value(&record.value(*key))
         {
+            // Outside the capability's rows: not even counted, so a row-restricted capability
+            // learns nothing of how many other records there are.
             return Ok(());
         }
+        self.scanned += 1;
         if !plan.filter.matches(record) {
             return Ok(());
         }
@@ -180,6 +182,11 @@ impl Accumulator<'_> {
             _ => unreachable!("the state is made from the same plan shape"),
         }
         Ok(())
+    }
+
+    /// Records offered so far that the capability's rows admit.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
     }
 
     /// Whether further records cannot change the answer (a rows query without order has its
