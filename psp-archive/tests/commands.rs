@@ -333,3 +333,28 @@ fn ping_answers_without_changing_anything() {
     assert_eq!(pong.message, "pong");
     assert_eq!(archive.committed_len(), before);
 }
+
+/// A command the disk fails is `internal`, records nothing, and keeps its key: once the disk is
+/// fixed, the same retry is applied (and only once).
+#[test]
+fn a_failed_write_is_internal_and_leaves_the_key_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = operator();
+    let archive = support::open(dir.path());
+    // A plain file where the snapshots folder belongs: the copy cannot be written.
+    let snapshots = dir.path().join("snapshots");
+    std::fs::write(&snapshots, b"not a folder").unwrap();
+    let before = archive.committed_len();
+    let arguments = snapshot_args("month-end.psp");
+    let snapshot = command(&issuer, "snapshot", "", b"snapshot-key-disk-01", &arguments);
+    let error = archive.apply(&snapshot).unwrap_err();
+    assert_eq!(error.code(), "internal", "{error}");
+    assert_eq!(archive.committed_len(), before);
+
+    std::fs::remove_file(&snapshots).unwrap();
+    let taken = archive.apply(&snapshot).unwrap();
+    assert_eq!(taken.status, CommandStatus::Applied);
+    let again = archive.apply(&snapshot).unwrap();
+    assert_eq!(again.status, CommandStatus::Replayed);
+    assert!(snapshots.join("month-end.psp").is_file());
+}

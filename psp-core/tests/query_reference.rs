@@ -431,3 +431,47 @@ fn exact_sums_refuse_to_overflow() {
     let error = acc.push(&r).unwrap_err();
     assert_eq!(error.code(), "query.overflow");
 }
+
+/// An answer larger than the archive's row limit is refused with `limit.rows`, for rows and for
+/// groups alike, while a `limit` within it keeps the same scan answerable.
+#[test]
+fn answers_past_the_row_limit_are_refused() {
+    let record = |id: i64| {
+        let mut r = vec![Value::Null; 8];
+        r[0] = Value::Int(id);
+        r[4] = Value::Int(id);
+        r
+    };
+    let rows = Query::rows("ledger", ["id"]);
+    let plan = Plan::new(&rows, &schema(), &RowSelector::All)
+        .unwrap()
+        .with_max_rows(3);
+    let mut acc = plan.accumulator();
+    for id in 0..3 {
+        acc.push(&record(id)).unwrap();
+    }
+    let error = acc.push(&record(3)).unwrap_err();
+    assert_eq!(error.code(), "limit.rows");
+
+    let limited = Query::rows("ledger", ["id"]).limit(2);
+    let plan = Plan::new(&limited, &schema(), &RowSelector::All)
+        .unwrap()
+        .with_max_rows(3);
+    let mut acc = plan.accumulator();
+    for id in 0..10 {
+        acc.push(&record(id)).unwrap();
+    }
+    assert!(acc.finish(0).is_ok());
+
+    let groups = Query::aggregate("ledger", ["qty"], [Aggregate::count()]);
+    let plan = Plan::new(&groups, &schema(), &RowSelector::All)
+        .unwrap()
+        .with_max_rows(3);
+    let mut acc = plan.accumulator();
+    for id in 0..3 {
+        acc.push(&record(id)).unwrap();
+    }
+    acc.push(&record(1)).unwrap();
+    let error = acc.push(&record(3)).unwrap_err();
+    assert_eq!(error.code(), "limit.rows");
+}

@@ -94,7 +94,11 @@ impl CallError {
             return Self::new(code, message);
         }
         let code = match error.kind {
-            capnp::ErrorKind::Disconnected => "transport.disconnected",
+            // A peer that dies (or closes without TLS's close_notify) ends the stream early:
+            // for the caller that is a lost connection, like a reset.
+            capnp::ErrorKind::Disconnected | capnp::ErrorKind::PrematureEndOfFile => {
+                "transport.disconnected"
+            }
             capnp::ErrorKind::Overloaded => "transport.overloaded",
             capnp::ErrorKind::Unimplemented => "transport.unimplemented",
             _ => "transport.failed",
@@ -108,5 +112,52 @@ impl CallError {
             "transport.timeout",
             format!("{what} did not answer within {after:?}"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CallError;
+
+    fn read(kind: capnp::ErrorKind, text: &str) -> CallError {
+        CallError::from_capnp(&capnp::Error {
+            kind,
+            extra: text.to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_psp_code_is_read_from_the_exception_text() {
+        let e = read(
+            capnp::ErrorKind::Failed,
+            "remote exception: capability.expired: ended at 12",
+        );
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("capability.expired", "ended at 12")
+        );
+    }
+
+    /// Exceptions that do not carry a PSP code (the peer is not PSP, or the transport failed)
+    /// get a `transport.*` code from their kind, never an empty one.
+    #[test]
+    fn other_exceptions_get_a_transport_code_from_their_kind() {
+        use capnp::ErrorKind::*;
+        for (kind, code) in [
+            (Disconnected, "transport.disconnected"),
+            (PrematureEndOfFile, "transport.disconnected"),
+            (Overloaded, "transport.overloaded"),
+            (Unimplemented, "transport.unimplemented"),
+            (Failed, "transport.failed"),
+        ] {
+            assert_eq!(
+                read(kind, "Connection reset by peer").code,
+                code,
+                "{kind:?}"
+            );
+        }
+        // Text that merely looks like a code (no family, capitals) is not taken for one.
+        assert_eq!(read(Failed, "Error: nope").code, "transport.failed");
+        assert_eq!(read(Failed, "nodot: message").code, "transport.failed");
     }
 }
