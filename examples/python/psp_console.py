@@ -38,8 +38,74 @@ CLOCK_SKEW_SECONDS = 30  # the Toteboxes' default allowance: a request link outl
 MAX_LISTED_ARCHIVES = 1536  # archives a request link lists at most (48 KiB of a link's 64 KiB)
 
 
-class PinMismatch(Exception):
-    """The server's certificate does not carry the pinned key."""
+class PspError(Exception):
+    """A refusal from a PSP server: ``code`` is the stable code of ``docs/protocol.md``
+    (``tenant.quota``, ``viewport.unknown``, ...), ``message`` is for people."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
+class PinMismatch(PspError):
+    """The server's certificate does not carry the pinned key (``transport.tls``)."""
+
+    def __init__(self, message: str):
+        super().__init__("transport.tls", message)
+
+
+def _code(text: str) -> str | None:
+    """The PSP code at the start of ``text`` (``family.rule``), if there is one."""
+    head = text.split(": ", 1)[0]
+    if "." in head and head and all(c.islower() or c in ".-" for c in head):
+        return head
+    return None
+
+
+def psp_error(error: Exception) -> PspError:
+    """Reads a Cap'n Proto exception as PSP does: ``<code>: <message>`` in its description, else
+    a ``transport.*`` code from its kind (as the Rust client does)."""
+    text = getattr(error, "description", None) or str(error)
+    text = text.split("remote exception: ", 1)[-1]
+    code = _code(text)
+    if code is not None:
+        return PspError(code, text.split(": ", 1)[1])
+    kind = str(getattr(error, "type", "")).upper()
+    if "DISCONNECTED" in kind:
+        return PspError("transport.disconnected", text)
+    if "OVERLOADED" in kind:
+        return PspError("transport.overloaded", text)
+    if "UNIMPLEMENTED" in kind:
+        return PspError("transport.unimplemented", text)
+    return PspError("transport.failed", text)
+
+
+async def _answer(promise):
+    """Awaits a call, raising ``PspError`` for a refusal."""
+    try:
+        return await promise
+    except capnp.KjException as error:
+        raise psp_error(error) from error
+
+
+class InFlight:
+    """A fleet query or view that is running: its view (waits for it), progress, or cancel."""
+
+    def __init__(self, console: "Console", fleet_query):
+        self._console, self._fleet_query = console, fleet_query
+
+    async def view(self) -> dict:
+        """The merged view, once every source answered or the deadline passed."""
+        return _view(await self._console._call(self._fleet_query.view()))
+
+    async def progress(self) -> tuple[int, int]:
+        """Sources answered so far, and sources asked."""
+        response = await self._console._call(self._fleet_query.progress())
+        return response.answered, response.total
+
+    async def cancel(self) -> None:
+        """Stops waiting for sources; the view then reports them ``cancelled``."""
+        await self._console._call(self._fleet_query.cancel())
 
 
 class Console:
@@ -53,6 +119,22 @@ class Console:
         self.key = key
         self.orchestrator_key = orchestrator_key
         self._listing: list[dict] | None = None
+        self._failure: list = []
+
+    async def _call(self, promise):
+        """Awaits a call, raising ``PspError`` for a refusal. A connection the server closed
+        with a TLS alert is read as that alert says, as the Rust console does: ``access
+        denied`` during the handshake means this key is in no tenant."""
+        try:
+            return await _answer(promise)
+        except PspError as error:
+            if error.code != "transport.disconnected" or not self._failure:
+                raise
+            reason = str(self._failure[0])
+            if "ACCESS_DENIED" in reason.upper():
+                raise PspError("tenant.not-an-operator",
+                               f"this orchestrator does not know key {psp_identity.printable(psp_identity.raw_public(self.key))}") from error
+            raise PspError("transport.tls", reason) from error
 
     @classmethod
     async def connect(cls, address: str, orchestrator_key: str, key_file: str, timeout: float = 10):
@@ -61,10 +143,17 @@ class Console:
         pinned = psp_identity.parse_printable(orchestrator_key)
         host, port = address.rsplit(":", 1)
         context = _tls_context(key)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(port), ssl=context, server_hostname=SERVER_NAME),
-            timeout,
-        )
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port), ssl=context, server_hostname=SERVER_NAME),
+                timeout,
+            )
+        except asyncio.TimeoutError as error:
+            raise PspError("transport.timeout", f"{address} did not connect within {timeout} s") from error
+        except ssl.SSLError as error:
+            raise PspError("transport.tls", f"{address}: the TLS handshake failed: {error}") from error
+        except OSError as error:
+            raise PspError("transport.unreachable", f"{address}: {error}") from error
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         presented = psp_identity.certificate_key(der)
         if presented != pinned:
@@ -73,11 +162,14 @@ class Console:
                 f"{address} presented {psp_identity.printable(presented)}, not the pinned {orchestrator_key}"
             )
         near, far = socket.socketpair()
-        pump = asyncio.ensure_future(_relay(reader, writer, far))
+        failure: list = []
+        pump = asyncio.ensure_future(_relay(reader, writer, far, failure))
         stream = await capnp.AsyncIoStream.create_connection(sock=near)
         client = capnp.TwoPartyClient(stream)
         orchestrator = client.bootstrap().cast_as(psp_schema.orchestrator.Orchestrator)
-        return cls(orchestrator, client, stream, pump, key, pinned)
+        console = cls(orchestrator, client, stream, pump, key, pinned)
+        console._failure = failure
+        return console
 
     def close(self):
         self._stream.close()
@@ -105,7 +197,7 @@ class Console:
         archives = sorted({a for a in needs["archives"]
                            if granted is None or psp_capability.archive_digest(a) in granted})
         if len(archives) > MAX_LISTED_ARCHIVES:
-            raise ValueError(f"the request selects {len(archives)} archives of the grant; "
+            raise PspError("tenant.too-many-archives", f"the request selects {len(archives)} archives of the grant; "
                              f"a request link lists at most {MAX_LISTED_ARCHIVES}: select fewer")
         delegated = psp_capability.delegate(
             links,
@@ -124,8 +216,12 @@ class Console:
             return list(archives)
         if self._listing is None:
             self._listing = await self.fleet()
-        return [a["id"] for a in self._listing
-                if all(a["labels"].get(k) == v for k, v in (labels or {}).items())]
+        chosen = [a["id"] for a in self._listing
+                  if all(a["labels"].get(k) == v for k, v in (labels or {}).items())]
+        if not chosen:
+            # Said here, as the orchestrator would, rather than delegating a link to no archive.
+            raise PspError("tenant.nothing-selected", f"no archive of this tenant has the labels {labels}")
+        return chosen
 
     @staticmethod
     def _fill(request, chain: bytes, archives=None, labels=None, strict=False):
@@ -149,7 +245,7 @@ class Console:
 
     async def fleet(self) -> list[dict]:
         """The tenant's archives with their health."""
-        response = await self.orchestrator.fleet()
+        response = await self._call(self.orchestrator.fleet())
         return [
             {
                 "id": a.id,
@@ -163,20 +259,30 @@ class Console:
     async def query(self, grant, query: dict, **selection) -> dict:
         """A fleet query; ``query`` is a ``Query`` as a dict. Pipelined: ``query(...)`` and
         ``fleetQuery.view()`` go out together, one round trip."""
+        return await self.start_query(grant, query, **selection).view()
+
+    def _query_needs(self, query: dict) -> dict:
         collections: dict = {}
         _read(query, collections)
-        needs = {"archives": await self._selected(**selection), "collections": collections,
-                 "operation": ("query",)}
+        return collections
+
+    def start_query(self, grant, query: dict, **selection) -> "Started":
+        """Starts a fleet query and returns at once; ``await`` the result's ``view()``,
+        ``progress()`` or ``cancel()``."""
+        return Started(self, grant, query, selection)
+
+    async def _send_query(self, grant, query: dict, selection: dict):
+        needs = {"archives": await self._selected(**selection),
+                 "collections": self._query_needs(query), "operation": ("query",)}
         chain = await self.request_chain(grant, needs)
         request = self.orchestrator.query_request()
         self._fill(request.request, chain, **selection)
         request.query = query
-        promise = request.send()
-        return _view(await promise.fleetQuery.view())
+        return request.send().fleetQuery
 
     async def viewport(self, name: str):
         """A viewport the orchestrator's config defines."""
-        return (await self.orchestrator.viewport(name)).viewport
+        return (await self._call(self.orchestrator.viewport(name))).viewport
 
     async def view(self, grant, viewport, **selection) -> dict:
         """Computes a viewport (pipelined like ``query``)."""
@@ -187,7 +293,7 @@ class Console:
         request = self.orchestrator.view_request()
         self._fill(request.request, chain, **selection)
         request.viewport = viewport
-        return _view(await request.send().fleetQuery.view())
+        return _view(await self._call(request.send().fleetQuery.view()))
 
     async def command(self, grant, name: str, key: bytes, arguments: bytes = b"",
                       collection: str = "", **selection) -> list[dict]:
@@ -203,7 +309,7 @@ class Console:
         command = request.command
         command.name, command.collection = name, collection
         command.idempotencyKey, command.arguments = key, arguments
-        response = await request.send()
+        response = await self._call(request.send())
         return [
             {
                 "archive": r.source.archive,
@@ -214,6 +320,29 @@ class Console:
             }
             for r in response.outcomes
         ]
+
+
+class Started:
+    """A query being started: the first ``view()``, ``progress()`` or ``cancel()`` sends it
+    (pipelined: the request and that call go out together)."""
+
+    def __init__(self, console: Console, grant, query: dict, selection: dict):
+        self._console, self._grant, self._query, self._selection = console, grant, query, selection
+        self._in_flight: InFlight | None = None
+
+    async def _started(self) -> InFlight:
+        if self._in_flight is None:
+            self._in_flight = InFlight(self._console, await self._console._send_query(self._grant, self._query, self._selection))
+        return self._in_flight
+
+    async def view(self) -> dict:
+        return await (await self._started()).view()
+
+    async def progress(self) -> tuple[int, int]:
+        return await (await self._started()).progress()
+
+    async def cancel(self) -> None:
+        await (await self._started()).cancel()
 
 
 def _links(grant) -> list:
@@ -288,8 +417,10 @@ def _tls_context(key) -> ssl.SSLContext:
     return context
 
 
-async def _relay(reader, writer, far: socket.socket):
-    """Copies bytes between the TLS stream and the socket pair until either side closes."""
+async def _relay(reader, writer, far: socket.socket, failure: list):
+    """Copies bytes between the TLS stream and the socket pair until either side closes. A TLS
+    error (the server's alert, say) goes into ``failure``: the RPC side sees only a closed
+    stream, so the console reads the reason from there."""
     local_reader, local_writer = await asyncio.open_connection(sock=far)
 
     async def copy(src, dst):
@@ -297,6 +428,8 @@ async def _relay(reader, writer, far: socket.socket):
             while data := await src.read(65536):
                 dst.write(data)
                 await dst.drain()
+        except ssl.SSLError as error:
+            failure.append(error)
         finally:
             dst.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import threading
 import tomllib
@@ -20,7 +21,7 @@ import pytest
 import psp_capability
 import psp_identity
 import psp_schema
-from psp_console import Console, PinMismatch
+from psp_console import Console, PinMismatch, PspError
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("PSP_BIN_DIR", ROOT / "target" / "debug"))
@@ -229,8 +230,9 @@ def test_a_wrong_pin_or_an_unknown_operator_is_refused(fleet):
     async def stranger():
         console = await connected(fleet, key="stranger.pem")
         try:
-            with pytest.raises(Exception):
+            with pytest.raises(PspError) as refused:
                 await asyncio.wait_for(console.fleet(), 10)
+            assert refused.value.code == "tenant.not-an-operator", refused.value
         finally:
             console.close()
 
@@ -293,6 +295,71 @@ def test_rust_accepts_a_python_delegation_and_refuses_a_widened_one(fleet):
             refused = await console.query(psp_capability.write_chain(widened), NOI, archives=["prop-01"])
             assert refused["outcomes"] == [{"archive": "prop-01", "status": "denied", "code": "capability.widened-scope"}], refused
             assert not refused["complete"]
+        finally:
+            console.close()
+
+    run(session())
+
+
+def test_progress_cancel_and_the_codes_a_console_meets(fleet):
+    """The methods not toured above (``FleetQuery.progress`` and ``cancel``), and every code a
+    console can be sent with this fleet, read as ``PspError.code`` or as a source's outcome."""
+    grant = str(fleet.folder / "operator.cap")
+    tool("orchestrator", "grant", "--key", fleet.folder / "owner.pem", "--holder", fleet.orchestrator,
+         "--archives", ",".join(fleet.ids), "--operations", "query", "--out", fleet.folder / "direct.cap")
+
+    def rows(collection: str, *fields: str) -> dict:
+        return {"collection": collection, "shape": {"rows": list(fields)}}
+
+    async def codes_of(console, query: dict, **selection) -> set:
+        view = await console.query(grant, query, **selection)
+        return {(o["status"], o["code"]) for o in view["outcomes"]}
+
+    async def session():
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{closed.getsockname()[1]}"
+        closed.close()
+        with pytest.raises(PspError) as refused:
+            await Console.connect(nowhere, fleet.orchestrator, str(fleet.folder / "operator.pem"))
+        assert refused.value.code == "transport.unreachable", refused.value
+
+        console = await connected(fleet)
+        try:
+            started = console.start_query(grant, NOI, labels={"entity": "property"})
+            answered, total = await started.progress()
+            assert total == 3 and 0 <= answered <= 3
+            assert (await started.view())["complete"]
+
+            cancelled = console.start_query(grant, NOI, labels={"entity": "property"})
+            await cancelled.cancel()
+            view = await cancelled.view()
+            assert len(view["outcomes"]) == 3
+            assert {o["status"] for o in view["outcomes"]} <= {"ok", "cancelled"}, view
+            assert view["complete"] == all(o["status"] == "ok" for o in view["outcomes"])
+
+            async def code(call) -> str:
+                with pytest.raises(PspError) as refused:
+                    await call
+                return refused.value.code
+
+            assert await code(console.viewport("no-such-viewport")) == "viewport.unknown"
+            assert await code(console.query(grant, NOI, labels={"entity": "ship"})) == "tenant.nothing-selected"
+            assert await code(console.query(grant, NOI, archives=["no-such-archive"])) == "tenant.archive-not-in-tenant"
+            # A chain the owner gave the orchestrator directly: not this console's to spend.
+            direct = str(fleet.folder / "direct.cap")
+            assert await code(console.query(direct, NOI, archives=["prop-01"])) == "tenant.not-your-capability"
+            assert await code(console.command(grant, "snapshot", b"short", _snapshot_arguments("x"),
+                                              archives=["sub-01"])) == "command.bad-idempotency-key"
+
+            # Refusals by the Toteboxes arrive as each source's outcome, with the same codes.
+            props = {"labels": {"entity": "property"}}
+            nope = {"collection": "no-such-collection",
+                    "shape": {"aggregate": {"aggregates": [{"function": "count", "name": "n"}]}}}
+            assert await codes_of(console, nope, **props) == {("denied", "query.unknown-collection")}
+            assert await codes_of(console, rows("leases", "tenant"), **props) == {("denied", "policy.field-not-exposed")}
+            assert await codes_of(console, rows("leases", "monthly_rent"), **props) == {
+                ("denied", "policy.aggregate-only")}
         finally:
             console.close()
 
