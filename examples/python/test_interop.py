@@ -26,6 +26,7 @@ from psp_console import Console, PinMismatch, PspError
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("PSP_BIN_DIR", ROOT / "target" / "debug"))
 STARTUP_SECONDS = 30
+GHOST = "ghost-01"
 
 VIEWPORTS = """
 [[viewports]]
@@ -84,11 +85,23 @@ class Fleet:
             labels = ", ".join(f'{k} = "{v}"' for k, v in archive["labels"].items())
             fleet.append(f'[[fleet]]\nid = "{archive["id"]}"\naddress = "{words[1]}"\nkey = "{words[3]}"\nlabels = {{ {labels} }}\n')
             self.ids.append(archive["id"])
+        # A paired archive whose Totebox is down (nothing listens at its address): strict
+        # requests that include it fail whole, best-effort ones report it.
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))
+        fleet.append(f'[[fleet]]\nid = "{GHOST}"\naddress = "127.0.0.1:{dead.getsockname()[1]}"\n'
+                     f'key = "{tool("orchestrator", "keygen", "--out", folder / "ghost.pem")}"\n'
+                     f'labels = {{ entity = "ghost" }}\n')
+        dead.close()
+        # A second tenant, metered to two requests a minute.
+        self.metered = tool("orchestrator", "keygen", "--out", folder / "metered.pem")
         config = folder / "orchestrator.toml"
         config.write_text(
             'identity = "orchestrator.pem"\nlisten = "127.0.0.1:0"\n'
             + "".join(fleet)
-            + f'[[tenants]]\nname = "python"\noperators = ["{self.operator}"]\narchives = {self.ids!r}\n'.replace("'", '"')
+            + f'[[tenants]]\nname = "python"\noperators = ["{self.operator}"]\narchives = {self.ids + [GHOST]!r}\n'.replace("'", '"')
+            + f'[[tenants]]\nname = "metered"\noperators = ["{self.metered}"]\narchives = ["prop-01"]\n'
+            + 'quotas = { requests_per_minute = 2 }\n'
             + VIEWPORTS
         )
         process, words = serve("orchestrator", config, folder / "orchestrator.log")
@@ -98,9 +111,11 @@ class Fleet:
         # The owner grants the operator queries and snapshots on every archive.
         tool(
             "orchestrator", "grant", "--key", folder / "owner.pem", "--holder", self.operator,
-            "--archives", ",".join(self.ids), "--operations", "query,describe,command:snapshot",
+            "--archives", ",".join(self.ids + [GHOST]), "--operations", "query,describe,command:snapshot",
             "--out", folder / "operator.cap",
         )
+        tool("orchestrator", "grant", "--key", folder / "owner.pem", "--holder", self.metered,
+             "--archives", "prop-01", "--operations", "query", "--out", folder / "metered.cap")
 
     def stop(self):
         for p in self.processes:
@@ -136,7 +151,8 @@ def test_the_python_console_lists_queries_views_and_commands(fleet):
         console = await connected(fleet)
         try:
             archives = await console.fleet()
-            assert [a["id"] for a in archives] == fleet.ids
+            assert [a["id"] for a in archives if a["id"] != GHOST] == fleet.ids
+            assert GHOST in [a["id"] for a in archives]
             assert all(a["key"].startswith("ed25519:") for a in archives)
 
             chain = str(fleet.folder / "operator.cap")
@@ -315,6 +331,20 @@ def test_progress_cancel_and_the_codes_a_console_meets(fleet):
         view = await console.query(grant, query, **selection)
         return {(o["status"], o["code"]) for o in view["outcomes"]}
 
+    async def code(call) -> str:
+        with pytest.raises(PspError) as refused:
+            await call
+        return refused.value.code
+
+    async def either(console, query: dict) -> str:
+        """The code a query is refused with: by the orchestrator for the whole request, or by
+        each Totebox (the same code from every one)."""
+        try:
+            [only] = {c for _, c in await codes_of(console, query, archives=["prop-01", "prop-02"])}
+            return only
+        except PspError as error:
+            return error.code
+
     async def session():
         closed = socket.socket()
         closed.bind(("127.0.0.1", 0))
@@ -338,11 +368,6 @@ def test_progress_cancel_and_the_codes_a_console_meets(fleet):
             assert {o["status"] for o in view["outcomes"]} <= {"ok", "cancelled"}, view
             assert view["complete"] == all(o["status"] == "ok" for o in view["outcomes"])
 
-            async def code(call) -> str:
-                with pytest.raises(PspError) as refused:
-                    await call
-                return refused.value.code
-
             assert await code(console.viewport("no-such-viewport")) == "viewport.unknown"
             assert await code(console.query(grant, NOI, labels={"entity": "ship"})) == "tenant.nothing-selected"
             assert await code(console.query(grant, NOI, archives=["no-such-archive"])) == "tenant.archive-not-in-tenant"
@@ -360,6 +385,54 @@ def test_progress_cancel_and_the_codes_a_console_meets(fleet):
             assert await codes_of(console, rows("leases", "tenant"), **props) == {("denied", "policy.field-not-exposed")}
             assert await codes_of(console, rows("leases", "monthly_rent"), **props) == {
                 ("denied", "policy.aggregate-only")}
+            mismatched = dict(NOI, filter={"compare": {"field": "noi", "op": "eq", "value": {"text": "three"}}})
+            assert await codes_of(console, mismatched, **props) == {("denied", "query.type-mismatch")}
+            assert await either(console, rows("statements")) == "query.invalid"
+            too_many = dict(NOI, filter={"in": {"field": "period", "values": [{"text": str(i)} for i in range(5000)]}})
+            assert await either(console, too_many) == "limit.query"
+
+            # A source that is down: reported in best effort, and the whole request fails in strict.
+            both = {"archives": ["prop-01", GHOST]}
+            view = await console.query(grant, NOI, **both)
+            assert not view["complete"]
+            assert {o["archive"]: o["status"] for o in view["outcomes"]}["prop-01"] == "ok"
+            assert {o["archive"]: o["status"] for o in view["outcomes"]}[GHOST] in ("unreachable", "timedOut")
+            assert await code(console.query(grant, NOI, strict=True, **both)) == "fanout.incomplete"
+
+            # Commands refused by the Totebox, each with its code in that archive's outcome.
+            async def command_code(key: bytes, name: str) -> str:
+                [result] = await console.command(grant, "snapshot", key, _snapshot_arguments(name), archives=["sub-01"])
+                assert result["status"] == "denied", result
+                return result["code"]
+
+            assert await command_code(b"python-bad-snapshot-name-1", "../escape") == "command.invalid-arguments"
+            [taken] = await console.command(grant, "snapshot", b"python-codes-snapshot-01",
+                                            _snapshot_arguments("codes"), archives=["sub-01"])
+            assert taken["outcome"] == "applied", taken
+            assert await command_code(b"python-codes-snapshot-01", "other") == "command.key-reused"
+            assert await command_code(b"python-codes-snapshot-02", "codes") == "command.refused"
+        finally:
+            console.close()
+
+        # The metered tenant: two requests a minute, then `tenant.rate`.
+        metered = await connected(fleet, key="metered.pem")
+        try:
+            chain = str(fleet.folder / "metered.cap")
+            refusals = []
+            for _ in range(4):
+                try:
+                    await metered.query(chain, NOI, archives=["prop-01"])
+                except PspError as error:
+                    refusals.append(error.code)
+            assert refusals == ["tenant.rate", "tenant.rate"], refusals
+        finally:
+            metered.close()
+
+        # A message larger than the orchestrator reads: told `limit.message`, not reset.
+        flooding = await connected(fleet)
+        try:
+            huge = dict(NOI, filter={"in": {"field": "period", "values": [{"text": "x" * 64}] * 300_000}})
+            assert await code(flooding.query(grant, huge, archives=["prop-01"])) == "limit.message"
         finally:
             console.close()
 
