@@ -285,9 +285,10 @@ class Console:
         return (await self._call(self.orchestrator.viewport(name))).viewport
 
     async def view(self, grant, viewport, **selection) -> dict:
-        """Computes a viewport (pipelined like ``query``)."""
+        """Computes a viewport (pipelined like ``query``): one from ``viewport()``, or a
+        ``Viewport`` as a dict."""
         needs = {"archives": await self._selected(**selection),
-                 "collections": _viewport_collections(viewport.to_dict()),
+                 "collections": _viewport_collections(viewport if isinstance(viewport, dict) else viewport.to_dict()),
                  "operation": ("query",)}
         chain = await self.request_chain(grant, needs)
         request = self.orchestrator.view_request()

@@ -354,6 +354,18 @@ def test_progress_cancel_and_the_codes_a_console_meets(fleet):
             await Console.connect(nowhere, fleet.orchestrator, str(fleet.folder / "operator.pem"))
         assert refused.value.code == "transport.unreachable", refused.value
 
+        # Something listens but never speaks TLS: the connect times out, it does not hang.
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        try:
+            with pytest.raises(PspError) as refused:
+                await Console.connect(f"127.0.0.1:{silent.getsockname()[1]}", fleet.orchestrator,
+                                      str(fleet.folder / "operator.pem"), timeout=0.5)
+            assert refused.value.code == "transport.timeout", refused.value
+        finally:
+            silent.close()
+
         console = await connected(fleet)
         try:
             started = console.start_query(grant, NOI, labels={"entity": "property"})
@@ -369,6 +381,10 @@ def test_progress_cancel_and_the_codes_a_console_meets(fleet):
             assert view["complete"] == all(o["status"] == "ok" for o in view["outcomes"])
 
             assert await code(console.viewport("no-such-viewport")) == "viewport.unknown"
+            # A rollup adds up aggregates; over a rows query it cannot be computed.
+            rollup = (await console.viewport("noi-by-region")).to_dict()
+            rollup["rollup"]["query"]["shape"] = {"rows": ["noi"]}
+            assert await code(console.view(grant, rollup, labels={"entity": "property"})) == "viewport.invalid"
             assert await code(console.query(grant, NOI, labels={"entity": "ship"})) == "tenant.nothing-selected"
             assert await code(console.query(grant, NOI, archives=["no-such-archive"])) == "tenant.archive-not-in-tenant"
             # A chain the owner gave the orchestrator directly: not this console's to spend.
