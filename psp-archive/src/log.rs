@@ -5,13 +5,15 @@
 //! frame-shaped run of bytes inside record data is only ever read as data) and tells the two
 //! ways a file can end badly apart by what is there:
 //!
-//! * **A torn append**: the file ends inside the last frame (its header or its payload is
-//!   incomplete), or everything after the last good frame is zeros (space the file system
-//!   allocated but the write never reached). An append is acknowledged only after its frame is on
-//!   disk, so nothing acknowledged is lost by cutting it: the open cuts it and reports the bytes.
+//! * **A torn append**: the file ends inside the last frame: fewer bytes follow the last good
+//!   frame than the smallest frame needs, or a frame whose header checks out ends before its
+//!   payload does. An append is acknowledged only after its frame is on disk, so nothing
+//!   acknowledged is lost by cutting it: the open cuts it and reports the bytes.
 //! * **Damage**: a frame that is all there but fails a check (its header's checksum, its
-//!   payload's, its sequence number, or its link to the frame before). That is not something a
-//!   crash does; it is a bad disk or a bad copy, and cutting it would lose acknowledged records.
+//!   payload's, its sequence number, or its link to the frame before), or a run of zeros long
+//!   enough to have held frames. A bad disk, a bad copy or a sparse restore does that, and
+//!   cutting it could lose acknowledged records. (A crash can too, when the file system wrote an
+//!   append's pages out of order; that append was never acknowledged, so `repair` loses nothing.)
 //!   The open refuses and names the byte offset; `psp-totebox repair` moves the damaged tail
 //!   aside (never deletes it) when the operator decides to.
 
@@ -24,6 +26,8 @@ pub const HEADER_LEN: usize = 16;
 /// Size of a frame header: magic, payload length, sequence number, payload CRC, the previous
 /// frame's payload CRC, and the header's own CRC.
 pub const FRAME_HEADER_LEN: usize = 24;
+/// The smallest complete frame: a header and one word of payload.
+const MIN_FRAME_LEN: usize = FRAME_HEADER_LEN + 8;
 /// Marks the start of every frame.
 const FRAME_MAGIC: [u8; 4] = *b"PSPF";
 /// Largest payload a frame may carry (a batch of about a million small records).
@@ -145,14 +149,20 @@ enum Bad {
 /// Checks the frame starting at `pos`, which must be number `seq` and chain to `previous`.
 fn frame_at(file: &[u8], pos: usize, seq: u32, previous: u32) -> Result<FrameRef, Bad> {
     let rest = &file[pos..];
-    if rest.iter().all(|&b| b == 0) {
-        // Allocated but never written: what a crash leaves when the length reached the disk
-        // before the data.
+    // Too short to hold even the smallest complete frame: only a write cut short leaves that.
+    if rest.len() < MIN_FRAME_LEN {
         return Err(Bad::Torn);
     }
-    let Some(header) = rest.get(..FRAME_HEADER_LEN) else {
-        return Err(Bad::Torn);
-    };
+    if rest.iter().all(|&b| b == 0) {
+        // Zeros where a whole frame would fit: an append the disk never wrote, or acknowledged
+        // frames a bad copy or a sparse restore erased. Nothing tells the two apart, so the
+        // bytes are refused, not cut; `repair` moves them aside once the operator has looked.
+        return Err(Bad::Damaged(format!(
+            "{} bytes of zeros where a frame should start",
+            rest.len()
+        )));
+    }
+    let header = &rest[..FRAME_HEADER_LEN];
     let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().expect("4 bytes"));
     if crc32fast::hash(&header[..20]) != word(20) {
         return Err(Bad::Damaged("the frame header fails its checksum".into()));
@@ -279,12 +289,20 @@ mod tests {
     }
 
     #[test]
-    fn a_zeroed_tail_is_an_unwritten_append() {
+    fn zeros_too_short_for_a_frame_are_cut_and_longer_runs_refused() {
         let mut file = log(&[&[1; 8]]);
         let end = file.len();
-        file.extend([0u8; 40]);
-        let scan = scan(&file).unwrap();
-        assert_eq!((scan.valid_len, scan.torn_bytes), (end as u64, 40));
+        file.extend([0u8; MIN_FRAME_LEN - 1]);
+        let scan_ = scan(&file).unwrap();
+        assert_eq!(
+            (scan_.valid_len, scan_.torn_bytes),
+            (end as u64, (MIN_FRAME_LEN - 1) as u64)
+        );
+        // Long enough to have held a frame: it may have, so it is not cut.
+        file.push(0);
+        assert!(
+            matches!(scan(&file), Err(LogError::Corrupt { offset, .. }) if offset == end as u64)
+        );
     }
 
     #[test]

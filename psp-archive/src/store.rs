@@ -94,6 +94,9 @@ pub(crate) struct Writer {
     pub(crate) last_crc: u32,
     pub(crate) applied: HashMap<(PublicKey, Vec<u8>), Applied>,
     pub(crate) sealed: HashSet<(String, String)>,
+    /// Set when a failed write could not be taken back: the file may then hold bytes past
+    /// `len`, so nothing more is written until a restart's recovery has read the file again.
+    pub(crate) broken: Option<String>,
 }
 
 /// What opening found and did.
@@ -272,6 +275,7 @@ impl RecordArchive {
             last_crc: scan.last_crc,
             applied: HashMap::new(),
             sealed: HashSet::new(),
+            broken: None,
         };
         let owner = created_by(&map, scan.frames[0]).map_err(invalid)?;
         if owner != loaded.config.id {
@@ -346,6 +350,12 @@ impl RecordArchive {
     /// Appends one log entry (a serialized `LogEntry` message): written, synced to disk, then
     /// made visible to queries. Nothing is acknowledged before the sync returns.
     pub(crate) fn commit(&self, writer: &mut Writer, payload: &[u8]) -> Result<(), String> {
+        if let Some(why) = &writer.broken {
+            return Err(format!(
+                "{}: {why}; restart the Totebox so its recovery reads the file again",
+                self.path.display()
+            ));
+        }
         let (frame, crc) = log::encode_frame(writer.next_seq, writer.last_crc, payload);
         let written = (|| {
             writer.file.seek(SeekFrom::Start(writer.len))?;
@@ -353,15 +363,20 @@ impl RecordArchive {
             writer.file.sync_data()
         })();
         if let Err(e) = written {
-            // Leave no partial frame behind; if even this fails, the next open cuts it.
-            let _ = writer.file.set_len(writer.len);
+            take_back(writer);
             return Err(format!("writing {}: {e}", self.path.display()));
         }
         let new_len = writer.len + frame.len() as u64;
-        let map = Arc::new(
-            ArchiveMap::new(&writer.file, new_len)
-                .map_err(|e| format!("mapping {}: {e}", self.path.display()))?,
-        );
+        let map = match ArchiveMap::new(&writer.file, new_len) {
+            Ok(map) => Arc::new(map),
+            Err(e) => {
+                // The frame is on disk but cannot be served. The caller is told the write
+                // failed, so the file must not keep it: a later, shorter frame written at the
+                // same place would leave its tail behind as damage.
+                take_back(writer);
+                return Err(format!("mapping {}: {e}", self.path.display()));
+            }
+        };
         let frame_ref = FrameRef {
             offset: (writer.len as usize) + log::FRAME_HEADER_LEN,
             len: payload.len(),
@@ -577,17 +592,40 @@ impl RecordArchive {
                 });
             }
         };
-        let moved_to = PathBuf::from(format!("{}.damaged-at-{offset}", path.display()));
-        {
-            let mut aside = OpenOptions::new()
+        // A name no earlier repair used: an interrupted repair, or damage at the same place
+        // again, must not make the next one fail or overwrite what was moved aside before.
+        let base = format!("{}.damaged-at-{offset}", path.display());
+        let mut moved_to = PathBuf::from(&base);
+        let mut n = 1;
+        let mut aside = loop {
+            match OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&moved_to)
-                .map_err(io)?;
-            aside.write_all(&bytes[offset as usize..]).map_err(io)?;
-            aside.sync_all().map_err(io)?;
-        }
-        sync_dir(&moved_to).map_err(io)?;
+            {
+                Ok(file) => break file,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => {
+                    n += 1;
+                    moved_to = PathBuf::from(format!("{base}.{n}"));
+                }
+                Err(e) => {
+                    return Err(ArchiveError::Io {
+                        path: moved_to,
+                        source: e,
+                    });
+                }
+            }
+        };
+        let aside_io = |source| ArchiveError::Io {
+            path: moved_to.clone(),
+            source,
+        };
+        aside
+            .write_all(&bytes[offset as usize..])
+            .map_err(aside_io)?;
+        aside.sync_all().map_err(aside_io)?;
+        drop(aside);
+        sync_dir(&moved_to).map_err(aside_io)?;
         file.set_len(offset).map_err(io)?;
         file.sync_all().map_err(io)?;
         Ok(Some(RepairReport {
@@ -699,4 +737,16 @@ impl Archive for RecordArchive {
 /// Whether a value of type `found` may be stored in a field of type `field`.
 pub(crate) fn storable(field: ValueType, found: ValueType) -> bool {
     found == ValueType::Null || found == field
+}
+
+/// Cuts the file back to the committed length after a failed write, durably; if that fails
+/// too, marks the writer broken rather than let a later write land after unknown bytes.
+fn take_back(writer: &mut Writer) {
+    let undone = writer
+        .file
+        .set_len(writer.len)
+        .and_then(|()| writer.file.sync_data());
+    if let Err(e) = undone {
+        writer.broken = Some(format!("a failed write could not be taken back ({e})"));
+    }
 }

@@ -278,3 +278,44 @@ fn a_file_that_is_not_an_archive_is_refused() {
     let error = RecordArchive::open(support::loaded(dir.path())).unwrap_err();
     assert!(error.to_string().contains("not a PSP archive"), "{error}");
 }
+
+/// Acknowledged frames erased to zeros (a bad copy, a sparse restore) are refused, not cut as
+/// if they were one unwritten append; repair keeps them, and a second repair at the same place
+/// (after the same damage again) keeps both copies instead of failing.
+#[test]
+fn erased_frames_are_refused_and_repairs_never_overwrite_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, full) = {
+        let archive = support::open(dir.path());
+        archive
+            .append_records("ledger", &support::rows(0..10, "2026-09"), 1)
+            .unwrap();
+        let first = archive.committed_len();
+        for (i, at) in [(10..20, 2), (20..30, 3), (30..40, 4)] {
+            archive
+                .append_records("ledger", &support::rows(i, "2026-09"), at)
+                .unwrap();
+        }
+        (first, std::fs::read(archive.path()).unwrap())
+    };
+    let path = dir.path().join("sub-01.psp");
+    let mut erased = full.clone();
+    erased[first as usize..].fill(0);
+    std::fs::write(&path, &erased).unwrap();
+    refuses_at(dir.path(), first, "three acknowledged frames zeroed");
+
+    let once = RecordArchive::repair(&support::loaded(dir.path()))
+        .unwrap()
+        .expect("something to repair");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), first);
+    std::fs::write(&path, &erased).unwrap();
+    let twice = RecordArchive::repair(&support::loaded(dir.path()))
+        .unwrap()
+        .expect("something to repair");
+    assert_ne!(once.moved_to, twice.moved_to);
+    for moved in [&once.moved_to, &twice.moved_to] {
+        assert_eq!(std::fs::read(moved).unwrap(), erased[first as usize..]);
+    }
+    let archive = RecordArchive::open(support::loaded(dir.path())).unwrap();
+    assert_eq!(count_and_sum(&archive)[0], Value::Int(10));
+}
