@@ -21,6 +21,8 @@ pub(crate) struct BatchIndex {
     bounds: Option<(RowKey, RowKey)>,
     /// Positions of the records that have a key, sorted by key.
     by_key: Vec<u32>,
+    /// The batch's data time (its log entry's `at`).
+    pub(crate) at: i64,
 }
 
 fn as_row_key(v: ValueRef<'_>) -> Option<RowKey> {
@@ -39,11 +41,12 @@ fn key_ref(key: &RowKey) -> ValueRef<'_> {
 }
 
 impl BatchIndex {
-    /// Indexes a batch on the field at position `key`.
+    /// Indexes a batch, written at `at`, on the field at position `key`.
     pub(crate) fn build(
         frame: FrameRef,
         records: capnp::struct_list::Reader<'_, record::Owned>,
         key: usize,
+        at: i64,
     ) -> Self {
         let mut keyed: Vec<(ValueRef<'_>, u32)> = records
             .iter()
@@ -62,6 +65,7 @@ impl BatchIndex {
             frame,
             bounds,
             by_key: keyed.into_iter().map(|(_, i)| i).collect(),
+            at,
         }
     }
 

@@ -511,8 +511,12 @@ fn absorb(
             let view = collections.entry(name).or_insert_with_key(|n| seed(n));
             view.records += u64::from(records.len());
             view.as_of = view.as_of.max(entry.get_at());
-            view.batches
-                .push(Arc::new(BatchIndex::build(frame, records, layout.key)));
+            view.batches.push(Arc::new(BatchIndex::build(
+                frame,
+                records,
+                layout.key,
+                entry.get_at(),
+            )));
         }
         log_entry::Seal(seal) => {
             let seal = seal.map_err(|e| at_frame(&e))?;
@@ -702,14 +706,17 @@ impl Archive for RecordArchive {
         let Some(collection) = view.collections.get(name) else {
             return Ok(0);
         };
+        let selector = plan.row_selector();
+        // Under a row selector, only writes holding rows in scope date the answer.
+        let mut as_of_in_scope = 0;
         for batch in &collection.batches {
             if accumulator.is_satisfied() {
                 break;
             }
-            let selector = plan.row_selector();
             if selector.is_some_and(|s| !batch.may_contain(s)) {
                 continue;
             }
+            let before = accumulator.scanned();
             with_batch(&view.map, batch, |records| {
                 match selector {
                     Some(selector) => {
@@ -725,8 +732,15 @@ impl Archive for RecordArchive {
                 }
                 Ok(())
             })?;
+            if accumulator.scanned() > before {
+                as_of_in_scope = as_of_in_scope.max(batch.at);
+            }
         }
-        Ok(collection.as_of)
+        Ok(if selector.is_some() {
+            as_of_in_scope
+        } else {
+            collection.as_of
+        })
     }
 
     fn apply(&self, command: &CommandRequest<'_>) -> Result<CommandOutcome, CommandError> {

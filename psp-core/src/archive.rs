@@ -31,6 +31,8 @@ pub trait Archive: Send + Sync + 'static {
     /// Offers the records of `plan.query().collection` to `accumulator`, and returns the data time
     /// the answer reflects. `plan.row_selector()` names the only rows that can match: an archive
     /// with an index should offer just those. Stop early when `accumulator.is_satisfied()`.
+    /// Under a row selector, the data time is that of the newest write holding one of those
+    /// rows, so a capability limited to some rows never learns when the others were written.
     fn scan(&self, plan: &Plan, accumulator: &mut Accumulator<'_>) -> Result<i64, QueryError>;
 
     /// Applies a command at most once per (namespace, idempotency key): a repeat of the same command
@@ -59,9 +61,9 @@ pub trait Archive: Send + Sync + 'static {
                 let grant = scope.collection(&schema.name)?;
                 let mut stats = self.stats(&schema.name).unwrap_or_default();
                 if let RowSelector::Keys(_) = grant.rows {
-                    // A capability limited to some rows sees how many of those there are, never
-                    // the size of the whole collection.
-                    stats.records = self.records_in(&schema, grant.rows);
+                    // A capability limited to some rows sees how many of those there are and
+                    // when they were written, never the size or last write of the collection.
+                    stats = self.stats_in(&schema, grant.rows);
                 }
                 let fields = schema
                     .exposed_fields()
@@ -80,22 +82,25 @@ pub trait Archive: Send + Sync + 'static {
     }
 }
 
-/// Records of a collection within a row selector, counted by a scan the archive's index can
-/// narrow (0 when the selector cannot be applied).
+/// Records of a collection within a row selector and their data time, from a scan the archive's
+/// index can narrow (zero when the selector cannot be applied).
 trait RowCount {
-    fn records_in(&self, schema: &CollectionSchema, rows: &RowSelector) -> u64;
+    fn stats_in(&self, schema: &CollectionSchema, rows: &RowSelector) -> CollectionStats;
 }
 
 impl<A: Archive + ?Sized> RowCount for A {
-    fn records_in(&self, schema: &CollectionSchema, rows: &RowSelector) -> u64 {
+    fn stats_in(&self, schema: &CollectionSchema, rows: &RowSelector) -> CollectionStats {
         let query = Query::aggregate(&schema.name, [], [crate::query::Aggregate::count()]);
         let Ok(plan) = Plan::new(&query, schema, rows) else {
-            return 0;
+            return CollectionStats::default();
         };
         let mut accumulator = plan.accumulator();
         match self.scan(&plan, &mut accumulator) {
-            Ok(_) => accumulator.scanned(),
-            Err(_) => 0,
+            Ok(as_of) => CollectionStats {
+                records: accumulator.scanned(),
+                as_of,
+            },
+            Err(_) => CollectionStats::default(),
         }
     }
 }
