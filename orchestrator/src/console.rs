@@ -202,6 +202,13 @@ impl Console {
             .map_err(|_| CallError::timed_out("connect", limits.handshake_timeout))?
     }
 
+    /// The tenant's archives with their health as listed when this console connected (the
+    /// answer that confirmed the operator's key), at no further round trip. Call
+    /// [`Console::fleet`] for health as it is now.
+    pub fn listed_at_connect(&self) -> &[ArchiveStatus] {
+        &self.archives
+    }
+
     /// The tenant's archives with their health.
     pub async fn fleet(&self) -> Result<Vec<ArchiveStatus>, CallError> {
         let response = within(

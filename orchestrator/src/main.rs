@@ -362,8 +362,9 @@ fn main() -> ExitCode {
                 .and_then(|runtime| runtime.block_on(serve(config)))
         }
         Action::Fleet { connection } => operate::run(async {
+            // Connecting already asked `fleet()` to confirm the key; its answer is the listing.
             let console = target(&connection)?.connect().await?;
-            let archives = console.fleet().await.map_err(|e| e.to_string())?;
+            let archives = console.listed_at_connect().to_vec();
             if connection.json {
                 println!("{}", render::fleet_json(&archives));
             } else {
