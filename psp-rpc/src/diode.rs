@@ -28,10 +28,9 @@ use capnp::traits::HasTypeId;
 use capnp_rpc::rpc_capnp::{cap_descriptor, message, payload, resolve};
 use futures::{AsyncRead, AsyncWrite};
 use psp_core::PublicKey;
-use psp_schema::totebox_capnp::totebox;
 
-/// Most segments a frame may have.
-const MAX_SEGMENTS: usize = 512;
+use crate::frame_limit::{FrameSize, frame_size};
+use psp_schema::totebox_capnp::totebox;
 
 /// Bytes of buffer a connection keeps between frames; a larger frame's buffer is freed once it
 /// has been handed on.
@@ -93,28 +92,21 @@ impl DiodeGuard {
 
 /// The length of the complete frame at the start of `bytes`, once it has fully arrived.
 fn frame_len(bytes: &[u8], max_bytes: usize) -> Result<Option<usize>, String> {
-    let Some(first) = bytes.get(..4) else {
-        return Ok(None);
+    let (table, body) = match frame_size(bytes) {
+        FrameSize::Unknown | FrameSize::Table { body: None, .. } => return Ok(None),
+        FrameSize::TooManySegments(n) => return Err(format!("a frame with {n} segments")),
+        FrameSize::Table {
+            table,
+            body: Some(body),
+        } => (table, body),
     };
-    let segments = u32::from_le_bytes(first.try_into().expect("4 bytes")) as usize + 1;
-    if segments > MAX_SEGMENTS {
-        return Err(format!("a frame with {segments} segments"));
-    }
-    let table = (4 * (1 + segments)).next_multiple_of(8);
-    let Some(sizes) = bytes.get(4..4 + 4 * segments) else {
-        return Ok(None);
-    };
-    let words: usize = sizes
-        .chunks_exact(4)
-        .map(|s| u32::from_le_bytes(s.try_into().expect("4 bytes")) as usize)
-        .sum();
-    let total = table + 8 * words;
-    if total > max_bytes {
-        return Err(format!(
+    let total = (table as u64).saturating_add(body);
+    match usize::try_from(total) {
+        Ok(total) if total <= max_bytes => Ok((bytes.len() >= total).then_some(total)),
+        _ => Err(format!(
             "a frame of {total} bytes (the limit is {max_bytes})"
-        ));
+        )),
     }
-    Ok((bytes.len() >= total).then_some(total))
 }
 
 /// Parses one frame and hands its RPC message to `inspect`: in place when the frame is 8-byte

@@ -19,8 +19,8 @@ use futures::AsyncRead;
 /// declaring more than this fails at once.
 pub const MAX_DRAINED: u64 = 256 << 20;
 
-/// Most segments a frame may declare.
-const MAX_SEGMENTS: u64 = 512;
+/// Most segments a frame may declare (no PSP peer needs more; capnp's own writer uses a few).
+pub(crate) const MAX_SEGMENTS: u64 = 512;
 
 /// Where the reader is in the current frame.
 #[derive(Debug)]
@@ -58,21 +58,57 @@ impl<R> FrameLimit<R> {
     }
 }
 
-/// The table's length in bytes once its first word is known, and the body's once it is whole.
-fn judge(table: &[u8]) -> Option<(usize, Option<u64>)> {
-    let first = table.get(..4)?;
-    let segments = u64::from(u32::from_le_bytes(first.try_into().expect("4 bytes"))) + 1;
-    let len = (4 * (1 + segments as usize)).next_multiple_of(8);
+/// What the start of a Cap'n Proto frame says about the frame's size, as far as it has arrived.
+/// The one reading of the segment table that this reader and the diode guard share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameSize {
+    /// Fewer than 4 bytes: the segment count is not known yet.
+    Unknown,
+    /// More segments than [`MAX_SEGMENTS`] (how many).
+    TooManySegments(u64),
+    /// The segment table is `table` bytes; the body is `body` bytes once the whole table is in.
+    Table {
+        /// The table's length in bytes, padding included.
+        table: usize,
+        /// The body's length in bytes, once the table is whole.
+        body: Option<u64>,
+    },
+}
+
+/// Reads the segment table at the start of `bytes`.
+pub(crate) fn frame_size(bytes: &[u8]) -> FrameSize {
+    let Some(first) = bytes.first_chunk::<4>() else {
+        return FrameSize::Unknown;
+    };
+    let segments = u64::from(u32::from_le_bytes(*first)) + 1;
     if segments > MAX_SEGMENTS {
-        return Some((len.min(8), Some(u64::MAX)));
+        return FrameSize::TooManySegments(segments);
     }
-    let body = table.get(4..4 + 4 * segments as usize).map(|sizes| {
+    // At most 512 segments here, so these sizes are small.
+    let sizes = 4 * segments as usize;
+    let body = bytes.get(4..4 + sizes).map(|sizes| {
         sizes
             .chunks_exact(4)
             .map(|s| u64::from(u32::from_le_bytes(s.try_into().expect("4 bytes"))) * 8)
             .sum()
     });
-    Some((len, body))
+    FrameSize::Table {
+        table: (4 + sizes).next_multiple_of(8),
+        body,
+    }
+}
+
+/// The state after refusing a frame of `size`: drain its `body` so the peer can read the
+/// refusal, or fail at once when the body is unknown or too large to drain.
+fn refuse(size: String, body: Option<u64>, max_bytes: u64) -> State {
+    let refusal = format!(
+        "limit.message: a message of {size}; this server reads messages of at most {max_bytes} bytes"
+    );
+    tracing::warn!("refused an oversized message: {refusal}");
+    match body {
+        Some(left) if left <= MAX_DRAINED => State::Draining { left, refusal },
+        _ => State::Failed(refusal),
+    }
 }
 
 fn refused(message: &str) -> io::Error {
@@ -127,43 +163,30 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
                     }
                 }
                 State::Table(table) => {
-                    let need = match judge(table) {
-                        None => 4,
-                        Some((len, None)) => len,
-                        Some((len, Some(body))) if table.len() >= len || body == u64::MAX => {
-                            let total = (len as u64).saturating_add(body);
-                            if total > this.max_bytes {
-                                let refusal = format!(
-                                    "limit.message: a message of {} bytes; this server reads \
-                                     messages of at most {} bytes",
-                                    if body == u64::MAX {
-                                        "too many segments and more".to_owned()
-                                    } else {
-                                        total.to_string()
-                                    },
-                                    this.max_bytes
-                                );
-                                tracing::warn!("refused an oversized message: {refusal}");
-                                this.state = if body > MAX_DRAINED {
-                                    State::Failed(refusal)
-                                } else {
-                                    State::Draining {
-                                        left: body,
-                                        refusal,
-                                    }
-                                };
-                            } else {
-                                let table = std::mem::take(table);
-                                this.state = State::Passing {
-                                    table,
-                                    sent: 0,
-                                    body,
-                                };
-                            }
+                    let (table_len, body) = match frame_size(table) {
+                        FrameSize::Unknown => (4, None),
+                        FrameSize::TooManySegments(n) => {
+                            this.state = refuse(format!("{n} segments"), None, this.max_bytes);
                             continue;
                         }
-                        Some((len, Some(_))) => len,
+                        FrameSize::Table { table, body } => (table, body),
                     };
+                    if let Some(body) = body
+                        && table.len() >= table_len
+                    {
+                        let total = (table_len as u64).saturating_add(body);
+                        this.state = if total > this.max_bytes {
+                            refuse(format!("{total} bytes"), Some(body), this.max_bytes)
+                        } else {
+                            State::Passing {
+                                table: std::mem::take(table),
+                                sent: 0,
+                                body,
+                            }
+                        };
+                        continue;
+                    }
+                    let need = table_len;
                     let mut byte = [0u8; 64];
                     let want = (need - table.len()).min(byte.len());
                     match Pin::new(&mut this.inner).poll_read(cx, &mut byte[..want]) {
