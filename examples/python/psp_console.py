@@ -259,26 +259,20 @@ class Console:
     async def query(self, grant, query: dict, **selection) -> dict:
         """A fleet query; ``query`` is a ``Query`` as a dict. Pipelined: ``query(...)`` and
         ``fleetQuery.view()`` go out together, one round trip."""
-        return await self.start_query(grant, query, **selection).view()
+        return await (await self.start_query(grant, query, **selection)).view()
 
-    def _query_needs(self, query: dict) -> dict:
+    async def start_query(self, grant, query: dict, **selection) -> InFlight:
+        """Sends a fleet query without waiting for it; ``view()``, ``progress()`` and
+        ``cancel()`` on the result are pipelined behind it."""
         collections: dict = {}
         _read(query, collections)
-        return collections
-
-    def start_query(self, grant, query: dict, **selection) -> "Started":
-        """Starts a fleet query and returns at once; ``await`` the result's ``view()``,
-        ``progress()`` or ``cancel()``."""
-        return Started(self, grant, query, selection)
-
-    async def _send_query(self, grant, query: dict, selection: dict):
-        needs = {"archives": await self._selected(**selection),
-                 "collections": self._query_needs(query), "operation": ("query",)}
+        needs = {"archives": await self._selected(**selection), "collections": collections,
+                 "operation": ("query",)}
         chain = await self.request_chain(grant, needs)
         request = self.orchestrator.query_request()
         self._fill(request.request, chain, **selection)
         request.query = query
-        return request.send().fleetQuery
+        return InFlight(self, request.send().fleetQuery)
 
     async def viewport(self, name: str):
         """A viewport the orchestrator's config defines."""
@@ -321,29 +315,6 @@ class Console:
             }
             for r in response.outcomes
         ]
-
-
-class Started:
-    """A query being started: the first ``view()``, ``progress()`` or ``cancel()`` sends it
-    (pipelined: the request and that call go out together)."""
-
-    def __init__(self, console: Console, grant, query: dict, selection: dict):
-        self._console, self._grant, self._query, self._selection = console, grant, query, selection
-        self._in_flight: InFlight | None = None
-
-    async def _started(self) -> InFlight:
-        if self._in_flight is None:
-            self._in_flight = InFlight(self._console, await self._console._send_query(self._grant, self._query, self._selection))
-        return self._in_flight
-
-    async def view(self) -> dict:
-        return await (await self._started()).view()
-
-    async def progress(self) -> tuple[int, int]:
-        return await (await self._started()).progress()
-
-    async def cancel(self) -> None:
-        await (await self._started()).cancel()
 
 
 def _links(grant) -> list:

@@ -368,12 +368,12 @@ def test_progress_cancel_and_the_codes_a_console_meets(fleet):
 
         console = await connected(fleet)
         try:
-            started = console.start_query(grant, NOI, labels={"entity": "property"})
+            started = await console.start_query(grant, NOI, labels={"entity": "property"})
             answered, total = await started.progress()
             assert total == 3 and 0 <= answered <= 3
             assert (await started.view())["complete"]
 
-            cancelled = console.start_query(grant, NOI, labels={"entity": "property"})
+            cancelled = await console.start_query(grant, NOI, labels={"entity": "property"})
             await cancelled.cancel()
             view = await cancelled.view()
             assert len(view["outcomes"]) == 3
