@@ -236,14 +236,7 @@ async fn every_attempt_to_send_upstream_cuts_only_that_connection() {
     ];
     LocalSet::new()
         .run_until(async {
-            let healthy = ToteboxClient::connect(
-                good.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let healthy = support::connect(&m, good.local_addr(), Limits::default()).await;
             let query = Query::aggregate("units", [], [Aggregate::count()]);
             for (attack, says) in attacks {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use psp_core::Verifier;
 use psp_core::query::{Aggregate, CompareOp, Filter, Query};
-use psp_rpc::client::ToteboxClient;
 use psp_rpc::limits::Limits;
 use support::{MemoryArchive, chain, machines, start};
 use tokio::task::LocalSet;
@@ -26,17 +25,15 @@ async fn query_and_transport_codes_are_the_documented_ones() {
     .await;
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
+            let client = support::connect(
+                &m,
                 server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
                 Limits {
                     call_timeout: Duration::from_millis(100),
                     ..Limits::default()
                 },
             )
-            .await
-            .unwrap();
+            .await;
             let chain = chain(&m, &m.orchestrator, "tower-a", 60);
             let code = |e: psp_rpc::limits::CallError| e.code;
 
@@ -75,17 +72,15 @@ async fn a_connection_closed_under_a_call_is_transport_disconnected() {
     let address = server.local_addr();
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
+            let client = support::connect(
+                &m,
                 address,
-                &m.orchestrator,
-                m.totebox.public(),
                 Limits {
                     call_timeout: Duration::from_secs(30),
                     ..Limits::default()
                 },
             )
-            .await
-            .unwrap();
+            .await;
             let chain = chain(&m, &m.orchestrator, "tower-a", 60);
             let count = Query::aggregate("units", [], [Aggregate::count()]);
             let started = std::time::Instant::now();

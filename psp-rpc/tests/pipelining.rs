@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use psp_core::Verifier;
 use psp_core::query::{Aggregate, Query};
-use psp_rpc::client::ToteboxClient;
 use psp_rpc::delay_proxy::DelayProxy;
 use psp_rpc::limits::Limits;
 use support::{MemoryArchive, chain, machines, start};
@@ -29,14 +28,7 @@ async fn pipelined_open_and_query_take_one_round_trip_unpipelined_two() {
         .unwrap();
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
-                proxy.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, proxy.local_addr(), Limits::default()).await;
             let query = Query::aggregate("units", [], [Aggregate::count()]);
             let chain = chain(&m, &m.orchestrator, "tower-a", 60);
             // Warm the Totebox's chain cache, so both measurements do the same work.

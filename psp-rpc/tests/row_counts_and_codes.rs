@@ -11,7 +11,7 @@ use psp_core::{
     ArchiveSet, Chain, CollectionGrant, Collections, FieldSet, Grant, KeySelector, Operation,
     RowSelector, Scope, Verifier, Window,
 };
-use psp_rpc::client::{CommandSpec, ToteboxClient};
+use psp_rpc::client::CommandSpec;
 use psp_rpc::limits::Limits;
 use support::{MemoryArchive, machines, start};
 use tokio::task::LocalSet;
@@ -59,14 +59,7 @@ async fn a_row_restricted_capability_sees_counts_of_its_rows_only() {
     .unwrap();
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
             let count = Query::aggregate("units", [], [Aggregate::count()]);
             let result = client.query(&chain, &count).await.unwrap();
             assert_eq!(result.scanned_records, 3, "records examined: its rows only");

@@ -36,14 +36,7 @@ async fn a_pipelined_query_answers_through_the_exposure_policy() {
     .await;
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
             assert_eq!(client.identity().archive, "tower-a");
             let query = rent_by_floor();
             let result = client
@@ -91,14 +84,7 @@ async fn a_chain_replayed_from_another_paired_machine_is_refused() {
             let error = thief.query(&stolen, &rent_by_floor()).await.unwrap_err();
             assert_eq!(error.code, "capability.wrong-holder", "{error}");
             // The rightful holder is served.
-            let owner = ToteboxClient::connect(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let owner = support::connect(&m, server.local_addr(), Limits::default()).await;
             owner.query(&stolen, &rent_by_floor()).await.unwrap();
             // A chain for another archive is refused here too.
             let elsewhere = chain(&m, &m.orchestrator, "tower-b", 60);
@@ -125,14 +111,7 @@ async fn a_session_is_refused_once_its_window_has_passed() {
     let (server, _) = start(&m, MemoryArchive::new("tower-a"), strict, Limits::default()).await;
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
             let now = psp_core::window::now();
             let short = psp_core::Chain::mint(
                 &m.owner,
@@ -211,14 +190,7 @@ async fn commands_are_applied_once_per_key() {
     .await;
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
             let ping = CommandSpec {
                 name: "ping".into(),
                 collection: String::new(),
@@ -268,14 +240,7 @@ async fn an_oversized_message_is_refused_without_harming_other_connections() {
             )
             .await
             .unwrap();
-            let client = ToteboxClient::connect(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
             let huge = Query::rows("units", ["unit"]).filter(psp_core::query::Filter::In {
                 field: "unit".into(),
                 values: (0..4_000)
@@ -315,14 +280,7 @@ async fn shutdown_lets_a_running_query_finish_and_refuses_new_work() {
     let address = server.local_addr();
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
-                address,
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, address, Limits::default()).await;
             let chain = chain(&m, &m.orchestrator, "tower-a", 60);
             let query = rent_by_floor();
             let running = client.query(&chain, &query);
@@ -362,14 +320,7 @@ async fn calls_past_the_in_flight_limit_are_refused_not_queued() {
     let (server, _) = start(&m, slow, Verifier::new([m.owner.public()]), limits).await;
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
             let session = client
                 .open(&chain(&m, &m.orchestrator, "tower-a", 60))
                 .await
@@ -503,14 +454,7 @@ async fn a_twenty_megabyte_message_gets_the_documented_error_not_a_reset() {
     .await;
     LocalSet::new()
         .run_until(async {
-            let client = ToteboxClient::connect(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
             // 4,000 values of 5,000 bytes: about 20 MB, over the default 16 MiB.
             let padding = "x".repeat(5_000);
             let huge = Query::rows("units", ["unit"]).filter(psp_core::query::Filter::In {

@@ -133,6 +133,17 @@ pub async fn start(
     (handle, service)
 }
 
+/// The orchestrator's client of the Totebox at `address` (call on a `LocalSet`).
+pub async fn connect(
+    m: &Machines,
+    address: std::net::SocketAddr,
+    limits: Limits,
+) -> psp_rpc::client::ToteboxClient {
+    psp_rpc::client::ToteboxClient::connect(address, &m.orchestrator, m.totebox.public(), limits)
+        .await
+        .unwrap()
+}
+
 /// A chain from the owner to `holder` for archive `archive`, querying `units`, valid `seconds`.
 pub fn chain(m: &Machines, holder: &IdentityKey, archive: &str, seconds: u32) -> Chain {
     let now = psp_core::window::now();
