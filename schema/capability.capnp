@@ -77,7 +77,44 @@ struct ArchiveSet {
     members @1 :Data;
     # The member digests, 32 bytes each, concatenated in ascending byte order with no duplicates
     # (a length that is not a multiple of 32, or any other order, is malformed). One blob rather
-    # than a list of blobs: a 1,000-archive set is 32,000 bytes read with one bounds check.
+    # than a list of blobs. Every Totebox receives every member, so this suits small sets.
+
+    committed :group {
+      # The members committed to by a Merkle tree (RFC 9162, section 2.1, with SHA-256) whose
+      # leaves are the member digests in ascending byte order with no duplicates. The members
+      # travel beside the chain, never in the signed body: in `Chain.archiveProofs`, as the whole
+      # list (to a holder that delegates or fans out) or as one archive's inclusion proof (to that
+      # archive), so a Totebox receives about log2(size) hashes however large the set.
+
+      root @2 :Data;
+      # The 32-byte Merkle Tree Hash of the leaves.
+
+      size @3 :UInt32;
+      # How many members (leaves); at least 1.
+    }
+  }
+}
+
+struct ArchiveProof {
+  # Unsigned evidence that goes with one link whose archive set is `committed`.
+
+  union {
+    none @0 :Void;
+    # Nothing: the link's set is `anyArchive` or `members`, or the sender has no proof.
+
+    members @1 :Data;
+    # The whole set, as `ArchiveSet.members` would list it; it must hash to the link's root and
+    # size. What a console sends its orchestrator, which computes each Totebox's proof from it.
+
+    inclusion :group {
+      # One archive's inclusion proof (RFC 9162, section 2.1.3): what a Totebox receives.
+
+      index @2 :UInt32;
+      # The archive's leaf index: its digest's position in ascending order.
+
+      path @3 :Data;
+      # The audit path, 32-byte hashes concatenated, leaf to root.
+    }
   }
 }
 
@@ -207,4 +244,8 @@ struct Chain {
 
   links @0 :List(SignedLink);
   # The links, root first. At most a verifier-chosen depth (8 by default).
+
+  archiveProofs @1 :List(ArchiveProof);
+  # Empty, or one entry per link (in link order) saying which archives a `committed` link names.
+  # Not signed: a proof only shows what the signed root already fixes, so nothing here can grant.
 }

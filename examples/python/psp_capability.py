@@ -27,6 +27,8 @@ import psp_identity
 import psp_schema
 
 ARCHIVE_DOMAIN = b"PSP-ARCHIVE-v1\x00"
+LISTED_AT_MOST = 4
+"""Archive sets up to this size are listed in a link; larger ones are committed by a Merkle root."""
 
 
 class Refused(Exception):
@@ -42,48 +44,138 @@ def archive_digest(archive_id: str) -> bytes:
     return hashlib.sha256(ARCHIVE_DOMAIN + archive_id.encode()).digest()
 
 
+# Merkle trees (RFC 9162, section 2.1, with SHA-256) over committed archive sets -----------------
+
+
+def leaf_hash(leaf: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + leaf).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def merkle_root(leaves: list[bytes]) -> bytes:
+    """The Merkle Tree Hash of ``leaves`` (at least one), by the RFC's recursive definition."""
+    if len(leaves) == 1:
+        return leaf_hash(leaves[0])
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)  # the largest power of two below n
+    return node_hash(merkle_root(leaves[:k]), merkle_root(leaves[k:]))
+
+
+def inclusion_path(leaves: list[bytes], index: int) -> list[bytes]:
+    """The audit path of leaf ``index``, leaf to root (RFC 9162, section 2.1.3.1)."""
+    if len(leaves) == 1:
+        return []
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    if index < k:
+        return inclusion_path(leaves[:k], index) + [merkle_root(leaves[k:])]
+    return inclusion_path(leaves[k:], index - k) + [merkle_root(leaves[:k])]
+
+
+def verify_inclusion(root: bytes, size: int, index: int, leaf: bytes, path: list[bytes]) -> bool:
+    """Whether ``path`` proves ``leaf`` is leaf ``index`` of the tree of ``size`` leaves with
+    ``root`` (RFC 9162, section 2.1.3.2)."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf_hash(leaf)
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
 @dataclass
 class Link:
-    """One signed link: its body bytes (as signed), its signature, and the body decoded."""
+    """One signed link: its body bytes (as signed), its signature, and the body decoded. For a
+    link whose archive set is committed, ``members`` holds the set's digests (ascending): they
+    travel beside the chain, in ``Chain.archiveProofs``, and were checked against the root."""
 
     body_bytes: bytes
     signature: bytes
     body: object = field(repr=False)
+    members: list[bytes] | None = None
+
+
+def _digests(blob: bytes) -> list[bytes]:
+    """Concatenated digests, checked ascending and unique."""
+    if len(blob) % 32:
+        raise Refused("malformed", "an archive set's length is not a multiple of 32")
+    digests = [blob[i : i + 32] for i in range(0, len(blob), 32)]
+    if any(a >= b for a, b in zip(digests, digests[1:])):
+        raise Refused("malformed", "an archive set is not in ascending order without duplicates")
+    return digests
 
 
 def read_chain(data: bytes) -> list[Link]:
-    """The links of a serialized ``Chain`` message (a ``.cap`` file), decoded but not verified."""
+    """The links of a serialized ``Chain`` message (a ``.cap`` file), decoded but not verified;
+    every committed archive set's members must come with it and hash to its signed root."""
     with psp_schema.capability.Chain.from_bytes(data) as chain:
+        proofs = list(chain.archiveProofs)
+        if proofs and len(proofs) != len(chain.links):
+            raise Refused("malformed", "archiveProofs has one entry per link, or none")
         links = []
-        for link in chain.links:
+        for i, link in enumerate(chain.links):
             body_bytes = bytes(link.body)
             with psp_schema.capability.CapabilityBody.from_bytes(body_bytes) as body:
-                links.append(Link(body_bytes, bytes(link.signature), body.as_builder()))
+                members = None
+                if body.archives.which() == "committed":
+                    if not proofs or proofs[i].which() != "members":
+                        raise Refused("malformed", f"link {i} commits to its archive set "
+                                                   "but its members did not come with it")
+                    members = _digests(bytes(proofs[i].members))
+                    committed = body.archives.committed
+                    if (not members or len(members) != committed.size
+                            or merkle_root(members) != bytes(committed.root)):
+                        raise Refused("malformed", f"link {i}: the archive set's members do not "
+                                                   "hash to its signed root")
+                links.append(Link(body_bytes, bytes(link.signature), body.as_builder(), members))
         return links
 
 
 def write_chain(links: list[Link]) -> bytes:
-    """A serialized ``Chain`` message of ``links``."""
+    """A serialized ``Chain`` message of ``links`` for their next holder: each committed archive
+    set with its members."""
     chain = psp_schema.capability.Chain.new_message()
     out = chain.init("links", len(links))
     for i, link in enumerate(links):
         out[i].body = link.body_bytes
         out[i].signature = link.signature
+    if any(link.members is not None for link in links):
+        proofs = chain.init("archiveProofs", len(links))
+        for i, link in enumerate(links):
+            if link.members is not None:
+                proofs[i].members = b"".join(link.members)
     return chain.to_bytes()
 
 
-def _archives(body) -> set[bytes] | None:
-    """The archive digests a body names, or None for any archive."""
-    which = body.archives.which()
+def _archives(link: Link) -> set[bytes] | None:
+    """The archive digests a link names (listed or committed), or None for any archive."""
+    which = link.body.archives.which()
     if which == "anyArchive":
         return None
-    members = bytes(body.archives.members)
-    if len(members) % 32:
-        raise Refused("malformed", "an archive set's length is not a multiple of 32")
-    digests = [members[i : i + 32] for i in range(0, len(members), 32)]
-    if digests != sorted(set(digests)):
-        raise Refused("malformed", "an archive set is not in ascending order without duplicates")
-    return set(digests)
+    if which == "committed":
+        return set(link.members)
+    return set(_digests(bytes(link.body.archives.members)))
+
+
+def reached(links: list[Link]) -> set[bytes] | None:
+    """The archives every link names (the chain reaches only those), or None for any."""
+    out = None
+    for link in links:
+        names = _archives(link)
+        if names is not None:
+            out = names if out is None else out & names
+    return out
 
 
 def command_digest(name: str, collection: str, idempotency_key: bytes, arguments: bytes) -> bytes:
@@ -200,7 +292,7 @@ def verify(links: list[Link], trusted_roots: list[bytes], now: int | None = None
             p = previous.body
             if body.notBefore < p.notBefore or body.notAfter > p.notAfter:
                 raise Refused("widened-window", f"link {i} outlives its parent")
-            theirs, ours = _archives(p), _archives(body)
+            theirs, ours = _archives(previous), _archives(link)
             if theirs is not None and (ours is None or not ours <= theirs):
                 raise Refused("widened-archives", f"link {i} names archives its parent does not")
             why = _scope_within(body.scope, p.scope)
@@ -243,10 +335,21 @@ def delegate(
     body.issuer = psp_identity.raw_public(signer)
     body.holder = holder
     body.parent = parent.signature
+    members = None
     if archives is None:
         body.archives = parent.body.archives
+        members = parent.members
     else:
-        body.archives.members = b"".join(sorted({archive_digest(a) for a in archives}))
+        digests = sorted({archive_digest(a) for a in archives})
+        if len(digests) <= LISTED_AT_MOST:
+            body.archives.members = b"".join(digests)
+        else:
+            # Committed: the body signs the root; the members travel beside it to the holder,
+            # which sends each Totebox only its own inclusion proof.
+            committed = body.archives.init("committed")
+            committed.root = merkle_root(digests)
+            committed.size = len(digests)
+            members = digests
     body.scope = parent.body.scope
     if collections is not None:
         _narrow_collections(body.scope, parent.body.scope, collections)
@@ -265,7 +368,7 @@ def delegate(
     body_bytes = body.to_bytes()
     signature = signer.sign(psp_schema.SIGNING_DOMAIN + body_bytes)
     with psp_schema.capability.CapabilityBody.from_bytes(body_bytes) as decoded:
-        return links + [Link(body_bytes, signature, decoded.as_builder())]
+        return links + [Link(body_bytes, signature, decoded.as_builder(), members)]
 
 
 def _narrow_collections(scope, parent_scope, wanted: dict[str, list[str] | None]) -> None:

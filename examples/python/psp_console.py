@@ -35,7 +35,6 @@ import psp_schema
 SERVER_NAME = "psp.invalid"  # pinning replaces names: the Rust side uses this fixed name too
 DEADLINE_SECONDS = 30
 CLOCK_SKEW_SECONDS = 30  # the Toteboxes' default allowance: a request link outlives its deadline by this
-MAX_LISTED_ARCHIVES = 1536  # archives a request link lists at most (48 KiB of a link's 64 KiB)
 
 
 class PspError(Exception):
@@ -191,14 +190,11 @@ class Console:
         links = _links(grant)
         if bytes(links[-1].body.holder) == self.orchestrator_key:
             return psp_capability.write_chain(links)
-        # Only archives the grant names (others would widen the link, and every Totebox would
-        # refuse it), and never more than one link can list: refused, not widened.
-        granted = psp_capability._archives(links[-1].body)
+        # Only archives the grant reaches (others would widen the link, and every Totebox would
+        # refuse it). A large selection is committed by a Merkle root (see delegate).
+        granted = psp_capability.reached(links)
         archives = sorted({a for a in needs["archives"]
                            if granted is None or psp_capability.archive_digest(a) in granted})
-        if len(archives) > MAX_LISTED_ARCHIVES:
-            raise PspError("tenant.too-many-archives", f"the request selects {len(archives)} archives of the grant; "
-                             f"a request link lists at most {MAX_LISTED_ARCHIVES}: select fewer")
         delegated = psp_capability.delegate(
             links,
             self.key,

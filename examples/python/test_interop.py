@@ -195,9 +195,10 @@ def test_python_request_links_name_only_what_each_request_needs(fleet):
             query_needs = {"archives": ["prop-01", "prop-02"], "collections": {}, "operation": ("query",)}
             console_module = __import__("psp_console")
             console_module._read(NOI, query_needs["collections"])
-            link = psp_capability.read_chain(await console.request_chain(grant, query_needs))[-1].body
+            request = psp_capability.read_chain(await console.request_chain(grant, query_needs))[-1]
+            link = request.body
             assert bytes(link.holder) == psp_identity.parse_printable(fleet.orchestrator)
-            assert psp_capability._archives(link) == {psp_capability.archive_digest(a) for a in ["prop-01", "prop-02"]}
+            assert psp_capability._archives(request) == {psp_capability.archive_digest(a) for a in ["prop-01", "prop-02"]}
             [only] = link.scope.collections.only
             assert only.name == "statements" and sorted(only.fields.only) == ["noi"]
             assert [psp_capability._operation(op) for op in link.scope.operations] == [("query",)]
@@ -287,6 +288,86 @@ def test_python_verifies_chains_the_rust_tools_minted(fleet):
     with pytest.raises(psp_capability.Refused) as refused:
         psp_capability.verify(delegated, [psp_identity.parse_printable(fleet.operator)])
     assert refused.value.rule == "untrusted-root"
+
+
+RFC_LEAVES = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
+              "606162636465666768696a6b6c6d6e6f"]
+RFC_ROOT_8 = "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
+
+
+def test_committed_archive_sets_agree_across_languages(fleet):
+    """The Merkle commitment of docs/protocol.md, from the Python side: the RFC 6962 reference
+    tree head, the documented example, a Rust-minted grant's committed set, and a Python-committed
+    request link that the orchestrator proves to each Rust Totebox."""
+    leaves = [bytes.fromhex(x) for x in RFC_LEAVES]
+    assert psp_capability.merkle_root(leaves).hex() == RFC_ROOT_8
+    for n in range(1, 9):
+        root = psp_capability.merkle_root(leaves[:n])
+        for i in range(n):
+            path = psp_capability.inclusion_path(leaves[:n], i)
+            assert psp_capability.verify_inclusion(root, n, i, leaves[i], path)
+            assert not psp_capability.verify_inclusion(root, n, i, b"other", path)
+    # The worked example in docs/protocol.md.
+    digests = sorted(psp_capability.archive_digest(f"prop-0{i}") for i in range(1, 6))
+    root = psp_capability.merkle_root(digests)
+    assert root.hex() == "10ef39b9728b5d6bef82e57a8db3aa87e1ef82d1702710021acfc4c4d17d38f7"
+    path = [bytes.fromhex(h) for h in (
+        "b62a3bcc0b25a2eb4a7d694cd968fdea5bbdca72544e4332d34d64eb5a753222",
+        "036d4265f3e38dfe4ce87879307f023c0891afec025911feead41c80a9b27f4a",
+        "95ef78098dde52f6b80b2ec45f1c96c21ba27b9e54feb2ede17b8a0accc50bfa")]
+    assert psp_capability.verify_inclusion(root, 5, 2, psp_capability.archive_digest("prop-03"), path)
+    assert not psp_capability.verify_inclusion(root, 5, 2, psp_capability.archive_digest("prop-02"), path)
+
+    # `orchestrator grant` committed the operator's six archives; Python checked the members
+    # against the signed root when it read the file.
+    granted = psp_capability.read_chain((fleet.folder / "operator.cap").read_bytes())
+    assert granted[0].body.archives.which() == "committed"
+    assert set(granted[0].members) == {psp_capability.archive_digest(a) for a in fleet.ids + [GHOST]}
+    with psp_schema.capability.Chain.from_bytes((fleet.folder / "operator.cap").read_bytes()) as read:
+        forged = read.as_builder()
+    forged.archiveProofs[0].members = b"".join(sorted(granted[0].members[:-1] + [psp_capability.archive_digest("x")]))
+    with pytest.raises(psp_capability.Refused) as refused:
+        psp_capability.read_chain(forged.to_bytes())
+    assert refused.value.rule == "malformed"
+
+    # A Python-committed request link over all five live archives: the orchestrator reads the
+    # members, checks them against Python's root, and sends each Totebox only its proof.
+    operator = psp_identity.load_key(fleet.folder / "operator.pem")
+    orchestrator = psp_identity.parse_printable(fleet.orchestrator)
+    committed = psp_capability.delegate(granted, operator, orchestrator, 60, archives=fleet.ids,
+                                        operations=[("query",)])
+    assert committed[-1].body.archives.which() == "committed"
+
+    async def session():
+        console = await connected(fleet)
+        try:
+            answer = await console.query(psp_capability.write_chain(committed), NOI, archives=fleet.ids)
+            # Every Totebox accepted the chain: the properties answer, and the subsidiaries, which
+            # have no statements, get as far as the query.
+            outcomes = {o["archive"]: (o["status"], o["code"]) for o in answer["outcomes"]}
+            for archive, outcome in outcomes.items():
+                expected = ("ok", None) if archive.startswith("prop-") else ("denied", "query.unknown-collection")
+                assert outcome == expected, outcomes
+            # The same link whose members were swapped after signing: the orchestrator refuses it
+            # before any Totebox hears of it.
+            with psp_schema.capability.Chain.from_bytes(psp_capability.write_chain(committed)) as read:
+                tampered = read.as_builder()
+            members = committed[-1].members
+            tampered.archiveProofs[1].members = b"".join(members[:-1] + [b"\xff" * 32])
+            with pytest.raises(psp_capability.Refused):
+                psp_capability.read_chain(tampered.to_bytes())
+
+            async def as_sent(grant, needs):  # skip the console's own reading of the chain
+                return tampered.to_bytes()
+
+            console.request_chain = as_sent
+            with pytest.raises(PspError) as error:
+                await console.query(committed, NOI, archives=fleet.ids)
+            assert error.value.code == "capability.malformed", error.value
+        finally:
+            console.close()
+
+    run(session())
 
 
 def test_rust_accepts_a_python_delegation_and_refuses_a_widened_one(fleet):

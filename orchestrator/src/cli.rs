@@ -106,7 +106,7 @@ pub fn delegate(
     let grant = Grant {
         holder: holder.parse().map_err(|e| format!("--holder: {e}"))?,
         archives: match archive_ids {
-            None => last.archives.clone(),
+            None => parent.archives().clone(),
             some => archives(some),
         },
         scope: match ops {

@@ -295,12 +295,7 @@ impl Console {
             deadline,
             psp_core::window::now(),
         )
-        .map_err(|e| match e {
-            request_link::RequestLinkError::TooManyArchives { .. } => {
-                CallError::new("tenant.too-many-archives", e.to_string())
-            }
-            other => CallError::new("capability.delegation", other.to_string()),
-        })
+        .map_err(|e| CallError::new("capability.delegation", e.to_string()))
     }
 
     /// Starts a fleet query under `grant`; its report comes from the returned [`InFlight`].

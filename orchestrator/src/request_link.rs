@@ -5,8 +5,9 @@
 //! orchestrator. Whatever that link allows, a compromised orchestrator can do until it expires,
 //! so it names exactly:
 //!
-//! * the archives the request selected (never the rest of the grant's archive set), at most
-//!   [`MAX_LISTED_ARCHIVES`]. For a selection by label or "all", which archives those are is
+//! * the archives the request selected (never the rest of the grant's archive set); beyond a
+//!   few, committed by a Merkle root, so each Totebox is sent only its own inclusion proof
+//!   however many archives the request reaches. For a selection by label or "all", which archives those are is
 //!   the orchestrator's listing of the tenant (`fleet()`): a compromised orchestrator could list
 //!   more of the grant's archives than the tenant has. A grant that names its archives bounds
 //!   that; a console that names archives by id does not depend on the listing at all;
@@ -36,25 +37,10 @@ use crate::viewports::Viewport;
 /// `clock_skew_seconds`): a request link stays valid this long past the request's deadline.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
 
-/// Most archives a request link lists by digest (48 KiB of a link's 64 KiB, which is what a
-/// Totebox accepts for one link). A request that selects more is refused rather than given a
-/// wider link; select fewer (the orchestrator's default quota is 1,000 archives a request).
-pub const MAX_LISTED_ARCHIVES: usize = 1_536;
-
 /// Why a console could not delegate a request link.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestLinkError {
-    /// The selection names more archives of the grant than one link can list.
-    #[error(
-        "the request selects {count} archives of the grant; a request link lists at most {max}: select fewer"
-    )]
-    TooManyArchives {
-        /// Archives selected that the grant names.
-        count: usize,
-        /// [`MAX_LISTED_ARCHIVES`].
-        max: usize,
-    },
     /// The grant cannot be delegated (not valid now, not held by this operator, ...).
     #[error(transparent)]
     Delegation(#[from] DelegationError),
@@ -140,21 +126,13 @@ pub fn delegate(
     now: UnixSeconds,
 ) -> Result<Chain, RequestLinkError> {
     let parent = grant.last();
-    let mut listed: Vec<ArchiveDigest> = needs
-        .archives
-        .iter()
-        .map(|id| ArchiveDigest::of(id))
-        .filter(|d| parent.archives.contains(d))
-        .collect();
-    listed.sort_unstable();
-    listed.dedup();
-    if listed.len() > MAX_LISTED_ARCHIVES {
-        return Err(RequestLinkError::TooManyArchives {
-            count: listed.len(),
-            max: MAX_LISTED_ARCHIVES,
-        });
-    }
-    let archives = ArchiveSet::of_digests(listed);
+    let archives = ArchiveSet::of_digests(
+        needs
+            .archives
+            .iter()
+            .map(|id| ArchiveDigest::of(id))
+            .filter(|d| grant.reaches(d)),
+    );
     let mut collections = BTreeMap::new();
     for (name, fields) in &needs.collections {
         // A collection the grant does not reach is left out: the Toteboxes say so.
@@ -217,6 +195,7 @@ pub fn delegate(
 
 #[cfg(test)]
 mod tests {
+    use psp_core::archive_set::LinkArchives;
     use psp_core::query::{Aggregate, AggregateFunction, CompareOp, Filter};
     use psp_core::{KeyRange, KeySelector, RowSelector};
 
@@ -247,6 +226,10 @@ mod tests {
     }
 
     fn link(grant: &Chain, needs: &Needs) -> psp_core::capability::CapabilityBody {
+        delegated(grant, needs).last().clone()
+    }
+
+    fn delegated(grant: &Chain, needs: &Needs) -> Chain {
         let (_, operator, orchestrator) = keys();
         delegate(
             grant,
@@ -257,8 +240,6 @@ mod tests {
             NOW,
         )
         .unwrap()
-        .last()
-        .clone()
     }
 
     #[test]
@@ -276,7 +257,10 @@ mod tests {
         .order_by("noi", true);
         let body = link(&grant, &Needs::query(&query, vec!["a".into(), "z".into()]));
         // "z" is not in the grant: left out, not an error.
-        assert_eq!(body.archives, ArchiveSet::of_ids(["a"]));
+        assert_eq!(
+            body.archives,
+            LinkArchives::Listed(vec![ArchiveDigest::of("a")])
+        );
         assert_eq!(body.scope.operations, vec![Operation::Query]);
         let Collections::Only(grants) = &body.scope.collections else {
             panic!("only the collection read")
@@ -337,39 +321,47 @@ mod tests {
     }
 
     #[test]
-    fn a_selection_too_large_for_one_link_is_refused_not_widened() {
-        let grant = Chain::mint(
-            &keys().0,
+    fn a_large_selection_is_committed_and_names_only_the_grants_archives() {
+        let query = Query::aggregate("statements", [], [Aggregate::count()]);
+        // 5,000 archives, more than a link could ever list (64 KiB), under an any-archive grant.
+        let many: Vec<String> = (0..5_000).map(|i| format!("a{i}")).collect();
+        let (owner, operator, _) = keys();
+        let any = Chain::mint(
+            &owner,
             Grant {
-                holder: keys().1.public(),
+                holder: operator.public(),
                 archives: ArchiveSet::Any,
                 scope: Scope::everything(vec![Operation::Query]),
                 window: Window::lasting(NOW - 10, 86_400),
             },
         )
         .unwrap();
-        let query = Query::aggregate("statements", [], [Aggregate::count()]);
-        let many: Vec<String> = (0..=MAX_LISTED_ARCHIVES).map(|i| format!("a{i}")).collect();
-        let (_, operator, orchestrator) = keys();
-        let refused = delegate(
-            &grant,
-            &operator,
-            orchestrator.public(),
-            &Needs::query(&query, many),
-            Duration::from_secs(10),
-            NOW,
-        )
-        .unwrap_err();
+        let chain = delegated(&any, &Needs::query(&query, many.clone()));
+        let LinkArchives::Committed(commitment) = chain.last().archives else {
+            panic!("a large set is committed, not listed")
+        };
+        assert_eq!(commitment.size, 5_000);
         assert!(
-            matches!(refused, RequestLinkError::TooManyArchives { .. }),
-            "{refused}"
+            chain.last().encode().len() < 1_024,
+            "the signed body stays small"
         );
+        assert_eq!(
+            chain.archives(),
+            &ArchiveSet::of_ids(many.iter().map(String::as_str))
+        );
+        // Each archive's proof is log2(5,000) hashes; the whole chain for one Totebox stays small.
+        let proofs = chain.inclusions_for(&ArchiveDigest::of("a42"));
+        assert_eq!(proofs[1].as_ref().map(|p| p.path.len()), Some(13 * 32));
+
         // Padding with archives the grant does not name changes nothing: they are dropped first.
         let padded = grant_of(&["a", "b"]);
         let mut ids: Vec<String> = (0..5_000).map(|i| format!("made-up-{i}")).collect();
         ids.push("a".into());
         let body = link(&padded, &Needs::query(&query, ids));
-        assert_eq!(body.archives, ArchiveSet::of_ids(["a"]));
+        assert_eq!(
+            body.archives,
+            LinkArchives::Listed(vec![ArchiveDigest::of("a")])
+        );
     }
 
     fn grant_of(ids: &[&str]) -> Chain {

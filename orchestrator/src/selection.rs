@@ -151,12 +151,9 @@ pub fn reach<'c>(
             orchestrator: *orchestrator,
         });
     }
-    let (asked, outside_capability) = selected.into_iter().partition(|a| {
-        chain
-            .bodies()
-            .iter()
-            .all(|b| b.archives.contains(&ArchiveDigest::of(&a.id)))
-    });
+    let (asked, outside_capability) = selected
+        .into_iter()
+        .partition(|a| chain.reaches(&ArchiveDigest::of(&a.id)));
     Ok(Reach {
         asked,
         outside_capability,

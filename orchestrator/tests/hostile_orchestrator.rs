@@ -183,7 +183,7 @@ impl Attacker<'_> {
                 &self.w.orchestrator,
                 Grant {
                     holder: self.w.orchestrator.public(),
-                    archives: last.archives.clone(),
+                    archives: chain.archives().clone(),
                     scope: last.scope.clone(),
                     window: last.window,
                 },
@@ -197,7 +197,7 @@ impl Attacker<'_> {
         let last = chain.last();
         let hop = |holder: PublicKey| Grant {
             holder,
-            archives: last.archives.clone(),
+            archives: chain.archives().clone(),
             scope: last.scope.clone(),
             window: last.window,
         };
@@ -423,7 +423,7 @@ async fn an_unbound_link_from_an_old_console_still_applies_a_command_once() {
             &w.operator,
             Grant {
                 holder: w.orchestrator.public(),
-                archives: last.archives,
+                archives: grant.archives().clone(),
                 scope: last.scope,
                 window: Window::lasting(psp_core::window::now() - 5, 300),
             },
@@ -444,7 +444,7 @@ async fn an_unbound_link_from_an_old_console_still_applies_a_command_once() {
                 key,
                 Grant {
                     holder: w.orchestrator.public(),
-                    archives: last.archives.clone(),
+                    archives: chain.archives().clone(),
                     scope: psp_core::Scope {
                         collections: last.scope.collections.clone(),
                         operations: vec![Operation::bound_command("append", digest)],

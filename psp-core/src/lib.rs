@@ -30,6 +30,7 @@ pub mod archive;
 pub mod archive_set;
 pub mod capability;
 pub mod identity;
+pub mod merkle;
 pub mod query;
 pub mod rows;
 pub mod scope;

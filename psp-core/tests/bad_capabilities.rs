@@ -74,7 +74,7 @@ fn run(k: &Keys, a: &Attempt) -> Result<(), CapabilityError> {
     let links: Vec<_> = a
         .links
         .iter()
-        .map(|(body, signature)| psp_core::capability::LinkBytes { body, signature })
+        .map(|(body, signature)| psp_core::capability::LinkBytes::new(body, signature))
         .collect();
     let archive = ArchiveDigest::of(a.archive);
     let access = Access {
@@ -239,7 +239,7 @@ fn cases(k: &Keys) -> Vec<(&'static str, &'static str, Attempt)> {
         "widened archives",
         "widened-archives",
         edited(k, 1, |b| {
-            b.archives = ArchiveSet::of_ids(["tower-a", "tower-z"]);
+            b.archives = ArchiveSet::of_ids(["tower-a", "tower-z"]).into();
         }),
     );
     add(
@@ -375,7 +375,8 @@ fn cases(k: &Keys) -> Vec<(&'static str, &'static str, Attempt)> {
                     .collect::<Vec<_>>()
                     .iter()
                     .map(String::as_str),
-            );
+            )
+            .into();
         }),
     );
 

@@ -66,8 +66,8 @@ fn archive_sets_encode_sorted_whatever_the_input_order() {
         Window::lasting(NOW, 600),
     );
     let mut b = a.clone();
-    a.archives = ArchiveSet::of_ids(["z", "a", "m", "a"]);
-    b.archives = ArchiveSet::of_ids(["m", "z", "a"]);
+    a.archives = ArchiveSet::of_ids(["z", "a", "m", "a"]).into();
+    b.archives = ArchiveSet::of_ids(["m", "z", "a"]).into();
     assert_eq!(a.encode(), b.encode());
 }
 

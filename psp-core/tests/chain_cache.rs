@@ -54,10 +54,7 @@ impl Scene {
 fn bytes(links: &[psp_core::capability::SignedLink]) -> Vec<LinkBytes<'_>> {
     links
         .iter()
-        .map(|l| LinkBytes {
-            body: &l.body,
-            signature: &l.signature,
-        })
+        .map(|l| LinkBytes::new(&l.body, &l.signature))
         .collect()
 }
 

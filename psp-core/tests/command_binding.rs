@@ -218,10 +218,10 @@ fn a_grant_whose_holder_must_bind_refuses_an_unbound_request_link() {
     body.window = Window::lasting(NOW - 5, 60);
     let forged = psp_core::capability::SignedLink::sign(&operator, &body);
     let mut links = root.link_bytes();
-    links.push(psp_core::capability::LinkBytes {
-        body: &forged.body,
-        signature: &forged.signature,
-    });
+    links.push(psp_core::capability::LinkBytes::new(
+        &forged.body,
+        &forged.signature,
+    ));
     let verifier = Verifier::new([owner.public()]);
     let error = verifier.check_links(&links).unwrap_err();
     assert_eq!(error.rule(), "widened-scope", "{error}");

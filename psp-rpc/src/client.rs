@@ -14,7 +14,7 @@ use std::time::Duration;
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use psp_core::query::wire::{read_result, write_query};
 use psp_core::query::{Query, QueryResult};
-use psp_core::{Chain, IdentityKey, PublicKey};
+use psp_core::{ArchiveDigest, Chain, IdentityKey, PublicKey};
 use psp_schema::totebox_capnp::{session, totebox};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
@@ -171,6 +171,8 @@ pub struct ToteboxClient {
     totebox: totebox::Client,
     peer: PublicKey,
     identity: Identity,
+    /// The digest of the archive it announced: which inclusion proofs it is sent.
+    archive: ArchiveDigest,
     limits: Limits,
     rpc: RpcTask,
     guard: DiodeGuard,
@@ -315,6 +317,7 @@ impl ToteboxClient {
         Ok(Self {
             totebox,
             peer: totebox_key,
+            archive: ArchiveDigest::of(&identified.archive),
             identity: identified,
             limits,
             rpc,
@@ -345,7 +348,8 @@ impl ToteboxClient {
 
     fn open_pipelined(&self, chain: &Chain) -> session::Client {
         let mut open = self.totebox.open_request();
-        chain.write(open.get().init_chain());
+        // Only this archive's proofs: the bytes sent do not grow with the chain's archive sets.
+        chain.write_for(open.get().init_chain(), &self.archive);
         open.send().pipeline.get_session()
     }
 
@@ -405,7 +409,7 @@ impl ToteboxClient {
     /// the session cost one more each (see [`ToteboxClient::query`] for the pipelined form).
     pub async fn open(&self, chain: &Chain) -> Result<Session, CallError> {
         let mut open = self.totebox.open_request();
-        chain.write(open.get().init_chain());
+        chain.write_for(open.get().init_chain(), &self.archive);
         let response = within(self.limits.call_timeout, "open", open.send().promise)
             .await
             .map_err(|e| explain(&self.guard, e))?;

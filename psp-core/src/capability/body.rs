@@ -15,7 +15,7 @@ use psp_schema::capability_capnp::{
 use psp_schema::query_capnp::value;
 
 use super::{CapabilityError, CapabilityId};
-use crate::archive_set::{ArchiveDigest, ArchiveSet};
+use crate::archive_set::{ArchiveDigest, LinkArchives, SetCommitment};
 use crate::identity::PublicKey;
 use crate::rows::{KeyRange, KeySelector, RowKey, RowSelector};
 use crate::scope::{CollectionGrant, Collections, CommandDigest, FieldSet, Operation, Scope};
@@ -39,8 +39,8 @@ pub struct CapabilityBody {
     pub holder: PublicKey,
     /// The signature of the parent link (`None` for a root).
     pub parent: Option<[u8; 64]>,
-    /// The archives it is good for.
-    pub archives: ArchiveSet,
+    /// The archives it is good for, as the body names them.
+    pub archives: LinkArchives,
     /// What it allows there.
     pub scope: Scope,
     /// When.
@@ -76,10 +76,15 @@ impl CapabilityBody {
         body.set_not_before(self.window.not_before());
         body.set_not_after(self.window.not_after());
         match &self.archives {
-            ArchiveSet::Any => body.reborrow().init_archives().set_any_archive(()),
-            ArchiveSet::Members(members) => {
+            LinkArchives::Any => body.reborrow().init_archives().set_any_archive(()),
+            LinkArchives::Listed(members) => {
                 let bytes: Vec<u8> = members.iter().flat_map(|d| *d.as_bytes()).collect();
                 body.reborrow().init_archives().set_members(&bytes);
+            }
+            LinkArchives::Committed(commitment) => {
+                let mut committed = body.reborrow().init_archives().init_committed();
+                committed.set_root(&commitment.root);
+                committed.set_size(commitment.size);
             }
         }
         write_scope(&self.scope, body.init_scope());
@@ -240,9 +245,9 @@ fn key(field: capnp::Result<&[u8]>, name: &str, link: usize) -> Result<PublicKey
         .ok_or_else(|| invalid(link, format!("{name} must be a 32-byte key")))
 }
 
-fn read_archives(set: archive_set::Reader<'_>, link: usize) -> Result<ArchiveSet, ReadError> {
+fn read_archives(set: archive_set::Reader<'_>, link: usize) -> Result<LinkArchives, ReadError> {
     Ok(match set.which()? {
-        archive_set::AnyArchive(()) => ArchiveSet::Any,
+        archive_set::AnyArchive(()) => LinkArchives::Any,
         archive_set::Members(bytes) => {
             let (digests, rest) = bytes?.as_chunks::<32>();
             if !rest.is_empty() {
@@ -252,12 +257,26 @@ fn read_archives(set: archive_set::Reader<'_>, link: usize) -> Result<ArchiveSet
             if digests.windows(2).any(|pair| pair[0] >= pair[1]) {
                 return Err(invalid(link, "archive digests must be sorted and unique"));
             }
-            ArchiveSet::Members(
+            LinkArchives::Listed(
                 digests
                     .iter()
                     .map(|d| ArchiveDigest::from_bytes(*d))
                     .collect(),
             )
+        }
+        archive_set::Committed(committed) => {
+            let root = committed
+                .get_root()?
+                .try_into()
+                .map_err(|_| invalid(link, "a committed archive set's root is 32 bytes"))?;
+            let size = committed.get_size();
+            if size == 0 {
+                return Err(invalid(
+                    link,
+                    "a committed archive set has at least one member",
+                ));
+            }
+            LinkArchives::Committed(SetCommitment { root, size })
         }
     })
 }

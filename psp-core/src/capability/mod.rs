@@ -48,7 +48,9 @@ mod verify;
 
 pub use body::{CapabilityBody, FORMAT_VERSION};
 pub use cache::ChainCache;
-pub use chain::{Chain, Grant, LinkBytes, SIGNING_DOMAIN, SignedLink, links_from_reader};
+pub use chain::{
+    Chain, Grant, Inclusion, LinkBytes, SIGNING_DOMAIN, SignedLink, links_from_reader,
+};
 pub use error::{CapabilityError, DelegationError};
 pub use verify::{Presenter, VerifiedChain, VerifiedLink, Verifier, VerifyPolicy};
 

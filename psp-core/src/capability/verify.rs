@@ -8,9 +8,12 @@
 //!   bytes, so [`ChainCache`] may remember it.
 //! * **Context** (every call): the root is trusted *now*; no link is revoked; the window covers now
 //!   (within the clock skew); the last link's lifetime is under the cap; its holder is the
-//!   authenticated peer; this archive is in the archive set. Then the request is checked against the
-//!   scope. None of this is ever cached, so reloading roots or revocations, a clock moving past
-//!   `notAfter`, or a replay by another machine takes effect on the very next call.
+//!   authenticated peer. Then the request is checked against the scope. None of this is ever
+//!   cached, so reloading roots or revocations, a clock moving past `notAfter`, or a replay by
+//!   another machine takes effect on the very next call.
+//! * **This archive** (when a chain is presented): every link's archive set holds this archive,
+//!   a committed set by the proof that came with the link. Fixed by the bytes presented, so a
+//!   session checks it once, at `open`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use super::body::CapabilityBody;
 use super::cache::ChainCache;
 use super::chain::{LinkBytes, SIGNING_DOMAIN};
 use super::{CapabilityError, CapabilityId};
-use crate::archive_set::{ArchiveDigest, ArchiveSet};
+use crate::archive_set::{ArchiveDigest, LinkArchives};
 use crate::identity::PublicKey;
 use crate::scope::{Access, CollectionAccess, CommandDigest, Operation, Scope};
 use crate::window::{UnixSeconds, Window};
@@ -81,7 +84,8 @@ pub struct VerifiedChain {
     links: Vec<VerifiedLink>,
     /// Each link's operations, root first: which link first binds a command.
     operations: Vec<Vec<Operation>>,
-    archives: ArchiveSet,
+    /// Each link's archive set, root first, as its body names it.
+    archives: Vec<LinkArchives>,
     scope: Scope,
 }
 
@@ -103,9 +107,21 @@ impl VerifiedChain {
             .expect("a verified chain has at least one link")
     }
 
-    /// The archives the chain reaches (the last link's set, the narrowest).
-    pub fn archives(&self) -> &ArchiveSet {
+    /// Each link's archive set as its body names it, root first. The chain reaches an archive
+    /// that every one of them admits.
+    pub fn link_archives(&self) -> &[LinkArchives] {
         &self.archives
+    }
+
+    /// Whether every link's archive set admits `archive`, given the proofs that came with the
+    /// links (`links` must be the bytes this chain was verified from).
+    pub fn reaches(&self, archive: &ArchiveDigest, links: &[LinkBytes<'_>]) -> bool {
+        self.archives.len() == links.len()
+            && self
+                .archives
+                .iter()
+                .zip(links)
+                .all(|(set, link)| set.admits(archive, &link.proof))
     }
 
     /// What the chain allows (the last link's scope, the narrowest).
@@ -212,7 +228,8 @@ impl Verifier {
         Ok(chain)
     }
 
-    /// Verifies a chain presented by `presenter` at time `now` (what `open` does), using the cache.
+    /// Verifies a chain presented by `presenter` at time `now` (what `open` does), using the cache:
+    /// the links, the context, and that every link's archive set admits this archive.
     pub fn check_chain(
         &self,
         links: &[LinkBytes<'_>],
@@ -236,11 +253,16 @@ impl Verifier {
             }
         };
         self.check_context(&chain, presenter, now)?;
+        if !chain.reaches(presenter.archive, links) {
+            return Err(CapabilityError::ArchiveNotInScope);
+        }
         Ok(chain)
     }
 
     /// The per-call checks: root trusted, nothing revoked, window covers now, lifetime under the
-    /// cap, holder is the peer, archive in the set. Sessions call this before every request.
+    /// cap, holder is the peer. Sessions call this before every request. Whether the chain
+    /// reaches this archive is fixed by the bytes presented and checked once, by
+    /// [`Verifier::check_chain`].
     pub fn check_context(
         &self,
         chain: &VerifiedChain,
@@ -289,9 +311,6 @@ impl Verifier {
                 peer: *presenter.peer,
             });
         }
-        if !chain.archives.contains(presenter.archive) {
-            return Err(CapabilityError::ArchiveNotInScope);
-        }
         Ok(())
     }
 
@@ -330,6 +349,7 @@ impl Verifier {
         let mut signed = Vec::with_capacity(SIGNING_DOMAIN.len() + links[0].body.len());
         let mut verified: Vec<VerifiedLink> = Vec::with_capacity(links.len());
         let mut operations = Vec::with_capacity(links.len());
+        let mut archives = Vec::with_capacity(links.len());
         let mut previous: Option<(CapabilityBody, &[u8])> = None;
         for (i, link) in links.iter().enumerate() {
             let signature: &[u8; 64] = link
@@ -373,13 +393,14 @@ impl Verifier {
                 window: body.window,
             });
             operations.push(body.scope.operations.clone());
+            archives.push(body.archives.clone());
             previous = Some((body, link.signature));
         }
         let (last, _) = previous.expect("the chain is not empty");
         Ok(VerifiedChain {
             links: verified,
             operations,
-            archives: last.archives,
+            archives,
             scope: last.scope,
         })
     }
@@ -395,7 +416,7 @@ fn check_narrowing(
     if body.parent.as_ref().map(|p| &p[..]) != Some(parent_signature) {
         return Err(CapabilityError::ParentMismatch { link });
     }
-    if !body.archives.is_within(&parent.archives) {
+    if !body.archives.may_follow(&parent.archives) {
         return Err(CapabilityError::WidenedArchives { link });
     }
     body.scope

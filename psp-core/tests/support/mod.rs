@@ -72,7 +72,7 @@ pub fn body(issuer: PublicKey, holder: PublicKey, window: Window) -> CapabilityB
         issuer,
         holder,
         parent: None,
-        archives: archives(),
+        archives: archives().into(),
         scope: scope(),
         window,
     }
