@@ -101,6 +101,11 @@ impl RunningTotebox {
         &self.key
     }
 
+    /// Bytes its peers have sent it so far (the Cap'n Proto frames, after TLS).
+    pub fn bytes_received(&self) -> u64 {
+        self.handle.bytes_received()
+    }
+
     /// Re-reads pairing, trusted roots and revocations from the config. On an error nothing
     /// changes (the error says what is wrong), so a typo never unpairs the fleet.
     pub fn reload(&self) -> Result<(), String> {

@@ -1,14 +1,18 @@
 //! The server runtime: accept TLS connections and run each one's RPC system on a worker thread.
 //!
 //! capnp-rpc is single-threaded (`!Send`), so each connection lives on one thread, on a
-//! `LocalSet`; connections are spread over one worker per core (`LocalPoolHandle`). Shutdown is
+//! `LocalSet`; connections are spread over one worker per core (`LocalPoolHandle`), one pool per
+//! process however many servers it runs (a host may serve many Toteboxes). Shutdown is
 //! graceful: stop accepting, refuse new calls (`transport.shutting-down`), let calls already
 //! running finish within a deadline, then disconnect.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
@@ -85,9 +89,20 @@ pub type Bootstrap = Arc<dyn Fn(Rc<Connection>) -> capnp::capability::Client + S
 /// Decides whether a connected peer may stay connected (after a config reload).
 pub type PeerCheck = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
 
+/// The worker threads every server of this process spreads its connections over: one per core.
+/// Shared, so that a process serving a thousand Toteboxes runs two threads, not two thousand.
+pub fn workers() -> LocalPoolHandle {
+    static POOL: OnceLock<LocalPoolHandle> = OnceLock::new();
+    POOL.get_or_init(|| {
+        LocalPoolHandle::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    })
+    .clone()
+}
+
 /// A running server.
 pub struct ServerHandle {
     address: SocketAddr,
+    received: Arc<AtomicU64>,
     shutdown: watch::Sender<Option<Duration>>,
     recheck: watch::Sender<Option<PeerCheck>>,
     task: tokio::task::JoinHandle<()>,
@@ -105,6 +120,12 @@ impl ServerHandle {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Bytes its peers have sent it so far, over all connections: the Cap'n Proto frames, after
+    /// TLS (what the protocol costs a server, without the record framing).
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Closes, at once, every connection whose peer `allowed` no longer accepts (e.g. after
@@ -131,9 +152,10 @@ pub fn serve(
     let address = listener.local_addr()?;
     let (shutdown, mut signal) = watch::channel(None::<Duration>);
     let (recheck, peers) = watch::channel(None::<PeerCheck>);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
     let task = tokio::spawn(async move {
-        let pool = LocalPoolHandle::new(workers);
+        let pool = workers();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
         let mut connections = tokio::task::JoinSet::new();
         loop {
@@ -149,10 +171,10 @@ pub fn serve(
                         }
                     };
                     let _ = tcp.set_nodelay(true);
-                    let (acceptor, bootstrap, signal, peers) =
-                        (acceptor.clone(), bootstrap.clone(), signal.clone(), peers.clone());
+                    let (acceptor, bootstrap, signal, peers, counter) =
+                        (acceptor.clone(), bootstrap.clone(), signal.clone(), peers.clone(), counter.clone());
                     connections.spawn(pool.spawn_pinned(move || async move {
-                        if let Err(e) = connection(tcp, acceptor, bootstrap, limits, signal, peers).await {
+                        if let Err(e) = connection(tcp, acceptor, bootstrap, limits, signal, peers, counter).await {
                             tracing::debug!(%from, "connection ended: {e}");
                         }
                     }));
@@ -166,6 +188,7 @@ pub fn serve(
     });
     Ok(ServerHandle {
         address,
+        received,
         shutdown,
         recheck,
         task,
@@ -179,6 +202,7 @@ async fn connection(
     limits: Limits,
     mut signal: watch::Receiver<Option<Duration>>,
     mut peers: watch::Receiver<Option<PeerCheck>>,
+    received: Arc<AtomicU64>,
 ) -> Result<(), String> {
     let stream = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
         .await
@@ -194,7 +218,13 @@ async fn connection(
     let (reader, writer) = tokio::io::split(stream);
     // A message over the limit is refused with `limit.message`, which the peer can read, rather
     // than a reset.
-    let reader = crate::frame_limit::FrameLimit::new(reader.compat(), limits.max_message_words);
+    let reader = crate::frame_limit::FrameLimit::new(
+        Counted {
+            inner: reader.compat(),
+            received,
+        },
+        limits.max_message_words,
+    );
     let network = twoparty::VatNetwork::new(
         reader,
         writer.compat_write(),
@@ -230,4 +260,25 @@ async fn connection(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), disconnector).await;
     Ok(())
+}
+
+/// A reader that adds what it reads to a shared count.
+struct Counted<R> {
+    inner: R,
+    received: Arc<AtomicU64>,
+}
+
+impl<R: futures::AsyncRead + Unpin> futures::AsyncRead for Counted<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let read = Pin::new(&mut this.inner).poll_read(cx, out);
+        if let Poll::Ready(Ok(n)) = &read {
+            this.received.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        read
+    }
 }
