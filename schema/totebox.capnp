@@ -15,7 +15,8 @@
 # (the exposure policy refused the query), `query.<rule>` (the query is invalid), `command.<rule>`,
 # `limit.<what>` (a size or rate limit), `internal` (the Totebox failed).
 #
-# Pipelining: `open(chain).session.query(q)` is one network round trip.
+# Pipelining: `open(chain).session.query(q)` is one network round trip; `query(chain, q)` is the
+# same round trip in one call.
 
 @0xa12b1937cd9691df;
 
@@ -32,6 +33,15 @@ interface Totebox {
   open @1 (chain :Cap.Chain) -> (session :Session);
   # Verifies the chain against the caller's TLS identity and this archive, and returns a session
   # limited to what the chain allows. Fails with a `capability.<rule>` error otherwise.
+
+  query @2 (chain :Cap.Chain, query :Query.Query) -> (result :Query.QueryResult);
+  # `open(chain)` then `Session.query(query)` as one call: the same checks, refusals and answer,
+  # with no session left behind. What an orchestrator sends for each request of a fan-out: one
+  # call, one answer and one finish on the wire, where the pipelined pair costs two calls, two
+  # answers, two finishes and the session's release.
+
+  command @3 (chain :Cap.Chain, command :Command) -> (outcome :CommandOutcome);
+  # `open(chain)` then `Session.command(command)` as one call (see `query`).
 }
 
 interface Session {

@@ -346,14 +346,7 @@ impl ToteboxClient {
         !self.rpc.0.is_finished()
     }
 
-    fn open_pipelined(&self, chain: &Chain) -> session::Client {
-        let mut open = self.totebox.open_request();
-        // Only this archive's proofs: the bytes sent do not grow with the chain's archive sets.
-        chain.write_for(open.get().init_chain(), &self.archive);
-        open.send().pipeline.get_session()
-    }
-
-    /// `open(chain)` then `query(q)`, pipelined into one round trip.
+    /// `Totebox.query(chain, q)`: the chain checked and the query run in one call, one round trip.
     pub async fn query(&self, chain: &Chain, query: &Query) -> Result<QueryResult, CallError> {
         self.query_bounded(chain, query, usize::MAX).await
     }
@@ -361,23 +354,33 @@ impl ToteboxClient {
     /// [`ToteboxClient::query`], refusing an answer larger than `max_bytes` (counted in the
     /// message's words, before it is decoded) with `source.answer-too-large`, so an aggregator
     /// holds at most its budget of any one source's answer.
+    ///
+    /// Sent as `Totebox.query(chain, query)`: one call, one answer and one finish on the wire
+    /// (the pipelined `open` and `Session.query` cost two of each and a release), with only this
+    /// archive's proofs of the chain's archive sets.
     pub async fn query_bounded(
         &self,
         chain: &Chain,
         query: &Query,
         max_bytes: usize,
     ) -> Result<QueryResult, CallError> {
-        let session = self.open_pipelined(chain);
-        Session {
-            session,
-            limits: self.limits,
-            guard: self.guard.clone(),
+        let mut request = self.totebox.query_request();
+        {
+            let mut params = request.get();
+            chain.write_for(params.reborrow().init_chain(), &self.archive);
+            write_query(query, params.init_query());
         }
-        .query_bounded(query, max_bytes)
-        .await
+        let response = within(self.limits.call_timeout, "query", request.send().promise)
+            .await
+            .map_err(|e| explain(&self.guard, e))?;
+        let reader = response
+            .get()
+            .and_then(|r| r.get_result())
+            .map_err(malformed)?;
+        read_answer(reader, max_bytes)
     }
 
-    /// `open(chain)` then the command, pipelined into one round trip.
+    /// `open(chain)` then the command, in one call (see [`ToteboxClient::query_bounded`]).
     pub async fn command(
         &self,
         chain: &Chain,
@@ -395,14 +398,20 @@ impl ToteboxClient {
         command: &CommandSpec,
         max_bytes: usize,
     ) -> Result<CommandAnswer, CallError> {
-        let session = self.open_pipelined(chain);
-        Session {
-            session,
-            limits: self.limits,
-            guard: self.guard.clone(),
+        let mut request = self.totebox.command_request();
+        {
+            let mut params = request.get();
+            chain.write_for(params.reborrow().init_chain(), &self.archive);
+            write_command(command, params.init_command());
         }
-        .command_bounded(command, max_bytes)
-        .await
+        let response = within(self.limits.call_timeout, "command", request.send().promise)
+            .await
+            .map_err(|e| explain(&self.guard, e))?;
+        let outcome = response
+            .get()
+            .and_then(|r| r.get_outcome())
+            .map_err(malformed)?;
+        read_outcome(outcome, max_bytes)
     }
 
     /// `open(chain)` alone, waiting for the Totebox to accept it: one round trip. Later calls on
@@ -505,8 +514,7 @@ impl Session {
             .get()
             .and_then(|r| r.get_result())
             .map_err(malformed)?;
-        within_bytes(reader.total_size().map_err(malformed)?, max_bytes)?;
-        read_result(reader).map_err(malformed)
+        read_answer(reader, max_bytes)
     }
 
     /// Applies a command.
@@ -522,13 +530,7 @@ impl Session {
         max_bytes: usize,
     ) -> Result<CommandAnswer, CallError> {
         let mut request = self.session.command_request();
-        {
-            let mut c = request.get().init_command();
-            c.set_name(&command.name);
-            c.set_collection(&command.collection);
-            c.set_idempotency_key(&command.idempotency_key);
-            c.set_arguments(&command.arguments);
-        }
+        write_command(command, request.get().init_command());
         let response = within(self.limits.call_timeout, "command", request.send().promise)
             .await
             .map_err(|e| explain(&self.guard, e))?;
@@ -536,21 +538,46 @@ impl Session {
             .get()
             .and_then(|r| r.get_outcome())
             .map_err(malformed)?;
-        within_bytes(outcome.total_size().map_err(malformed)?, max_bytes)?;
-        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, CallError> {
-            t.and_then(|t| Ok(t.to_string()?)).map_err(malformed)
-        };
-        let applied = match outcome.get_status().map_err(malformed)? {
-            psp_schema::totebox_capnp::CommandStatus::Applied => true,
-            psp_schema::totebox_capnp::CommandStatus::Replayed => false,
-        };
-        Ok(CommandAnswer {
-            applied,
-            message: text(outcome.get_message())?,
-            detail: outcome.get_detail().map_err(malformed)?.to_vec(),
-            as_of: outcome.get_as_of(),
-        })
+        read_outcome(outcome, max_bytes)
     }
+}
+
+fn write_command(command: &CommandSpec, mut c: psp_schema::totebox_capnp::command::Builder<'_>) {
+    c.set_name(&command.name);
+    c.set_collection(&command.collection);
+    c.set_idempotency_key(&command.idempotency_key);
+    c.set_arguments(&command.arguments);
+}
+
+/// A query's answer, measured before it is decoded. An answer that cannot be read is the
+/// Totebox's fault, never the caller's: `source.malformed-answer`.
+fn read_answer(
+    reader: psp_schema::query_capnp::query_result::Reader<'_>,
+    max_bytes: usize,
+) -> Result<QueryResult, CallError> {
+    within_bytes(reader.total_size().map_err(malformed)?, max_bytes)?;
+    read_result(reader).map_err(malformed)
+}
+
+/// A command's outcome, measured before it is decoded.
+fn read_outcome(
+    outcome: psp_schema::totebox_capnp::command_outcome::Reader<'_>,
+    max_bytes: usize,
+) -> Result<CommandAnswer, CallError> {
+    within_bytes(outcome.total_size().map_err(malformed)?, max_bytes)?;
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, CallError> {
+        t.and_then(|t| Ok(t.to_string()?)).map_err(malformed)
+    };
+    let applied = match outcome.get_status().map_err(malformed)? {
+        psp_schema::totebox_capnp::CommandStatus::Applied => true,
+        psp_schema::totebox_capnp::CommandStatus::Replayed => false,
+    };
+    Ok(CommandAnswer {
+        applied,
+        message: text(outcome.get_message())?,
+        detail: outcome.get_detail().map_err(malformed)?.to_vec(),
+        as_of: outcome.get_as_of(),
+    })
 }
 
 /// Exponential backoff with full jitter, for redialing a Totebox that went away: each wait is

@@ -10,10 +10,10 @@
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
 
-use psp_core::archive::{Archive, CommandRequest, CommandStatus};
+use psp_core::archive::{Archive, CommandOutcome, CommandRequest, CommandStatus};
 use psp_core::capability::{Presenter, VerifiedChain, links_from_reader};
 use psp_core::query::wire::{read_value, type_to_wire, write_result};
-use psp_core::query::{Exposure, Value};
+use psp_core::query::{Exposure, QueryResult, Value};
 use psp_core::{
     Access, Action, ArchiveDigest, CapabilityError, PublicKey, RowKey, RowRequest, Verifier,
 };
@@ -127,7 +127,45 @@ impl totebox::Server for ToteboxServer {
         mut results: totebox::OpenResults,
     ) -> Result<(), capnp::Error> {
         let _running = self.connection.begin_call()?;
-        let chain = params.get()?.get_chain()?;
+        let session = self.session(params.get()?.get_chain()?)?;
+        results.get().set_session(capnp_rpc::new_client(session));
+        Ok(())
+    }
+
+    async fn query(
+        self: Rc<Self>,
+        params: totebox::QueryParams,
+        mut results: totebox::QueryResults,
+    ) -> Result<(), capnp::Error> {
+        let _running = self.connection.begin_call()?;
+        let params = params.get()?;
+        let session = self.session(params.get_chain()?)?;
+        let result = session.prepare_query(params.get_query()?)?.await?;
+        write_result(&result, results.get().init_result());
+        Ok(())
+    }
+
+    async fn command(
+        self: Rc<Self>,
+        params: totebox::CommandParams,
+        mut results: totebox::CommandResults,
+    ) -> Result<(), capnp::Error> {
+        let _running = self.connection.begin_call()?;
+        let params = params.get()?;
+        let session = self.session(params.get_chain()?)?;
+        let outcome = session.prepare_command(params.get_command()?)?.await?;
+        write_outcome(&outcome, results.get().init_outcome());
+        Ok(())
+    }
+}
+
+impl ToteboxServer {
+    /// Verifies `chain` as presented by this connection's peer to this archive (what `open`
+    /// does), and returns the session it allows.
+    fn session(
+        &self,
+        chain: psp_schema::capability_capnp::chain::Reader<'_>,
+    ) -> Result<SessionServer, capnp::Error> {
         let links = links_from_reader(chain).map_err(|e| refused(&self.peer, &e))?;
         let presenter = Presenter {
             peer: &self.peer,
@@ -144,15 +182,12 @@ impl totebox::Server for ToteboxServer {
             issuers = ?verified.links().iter().map(|l| l.issuer.to_string()).collect::<Vec<_>>(),
             "opened a session"
         );
-        results
-            .get()
-            .set_session(capnp_rpc::new_client(SessionServer {
-                service: self.service.clone(),
-                peer: self.peer,
-                chain: verified,
-                connection: self.connection.clone(),
-            }));
-        Ok(())
+        Ok(SessionServer {
+            service: self.service.clone(),
+            peer: self.peer,
+            chain: verified,
+            connection: self.connection.clone(),
+        })
     }
 }
 
@@ -234,7 +269,32 @@ impl session::Server for SessionServer {
         mut results: session::QueryResults,
     ) -> Result<(), capnp::Error> {
         let _running = self.connection.begin_call()?;
-        let query = psp_core::query::wire::read_query(params.get()?.get_query()?)
+        let result = self.prepare_query(params.get()?.get_query()?)?.await?;
+        write_result(&result, results.get().init_result());
+        Ok(())
+    }
+
+    async fn command(
+        self: Rc<Self>,
+        params: session::CommandParams,
+        mut results: session::CommandResults,
+    ) -> Result<(), capnp::Error> {
+        let _running = self.connection.begin_call()?;
+        let outcome = self.prepare_command(params.get()?.get_command()?)?.await?;
+        write_outcome(&outcome, results.get().init_outcome());
+        Ok(())
+    }
+}
+
+impl SessionServer {
+    /// Reads and authorizes `query`, then returns the work that runs it. Nothing of the request
+    /// message is held by the work, so the caller may await it after the message is gone.
+    fn prepare_query(
+        &self,
+        query: psp_schema::query_capnp::query::Reader<'_>,
+    ) -> Result<impl Future<Output = Result<QueryResult, capnp::Error>> + 'static, capnp::Error>
+    {
+        let query = psp_core::query::wire::read_query(query)
             .map_err(|e| CallError::new(e.code(), e.to_string()).to_capnp())?;
         let referenced = query.referenced_fields();
         let fields: Vec<&str> = referenced.iter().copied().collect();
@@ -248,23 +308,22 @@ impl session::Server for SessionServer {
             .unwrap_or(psp_core::RowSelector::All);
         let archive = self.service.archive.clone();
         let peer = self.peer;
-        let result = blocking(move || archive.query(&query, &rows)).await?.map_err(|e| {
-            if e.code().starts_with("policy.") {
-                tracing::warn!(target: "psp::security", peer = %peer, code = e.code(), "refused a query: {e}");
-            }
-            CallError::new(e.code(), e.to_string()).to_capnp()
-        })?;
-        write_result(&result, results.get().init_result());
-        Ok(())
+        Ok(async move {
+            blocking(move || archive.query(&query, &rows)).await?.map_err(|e| {
+                if e.code().starts_with("policy.") {
+                    tracing::warn!(target: "psp::security", peer = %peer, code = e.code(), "refused a query: {e}");
+                }
+                CallError::new(e.code(), e.to_string()).to_capnp()
+            })
+        })
     }
 
-    async fn command(
-        self: Rc<Self>,
-        params: session::CommandParams,
-        mut results: session::CommandResults,
-    ) -> Result<(), capnp::Error> {
-        let _running = self.connection.begin_call()?;
-        let command = params.get()?.get_command()?;
+    /// Reads and authorizes `command`, then returns the work that applies it (see `query`).
+    fn prepare_command(
+        &self,
+        command: psp_schema::totebox_capnp::command::Reader<'_>,
+    ) -> Result<impl Future<Output = Result<CommandOutcome, capnp::Error>> + 'static, capnp::Error>
+    {
         let name = command.get_name()?.to_str()?.to_owned();
         let collection = command.get_collection()?.to_str()?.to_owned();
         let key = command.get_idempotency_key()?.to_vec();
@@ -308,27 +367,33 @@ impl session::Server for SessionServer {
         let archive = self.service.archive.clone();
         // Namespaced by a key upstream of the peer, never by one the peer signs with.
         let namespace = *self.chain.idempotency_namespace(&name, &digest);
-        let outcome = blocking(move || {
-            archive.apply(&CommandRequest {
-                namespace: &namespace,
-                name: &name,
-                collection: &collection,
-                idempotency_key: &key,
-                arguments: &arguments,
+        Ok(async move {
+            blocking(move || {
+                archive.apply(&CommandRequest {
+                    namespace: &namespace,
+                    name: &name,
+                    collection: &collection,
+                    idempotency_key: &key,
+                    arguments: &arguments,
+                })
             })
+            .await?
+            .map_err(|e| CallError::new(e.code(), e.to_string()).to_capnp())
         })
-        .await?
-        .map_err(|e| CallError::new(e.code(), e.to_string()).to_capnp())?;
-        let mut r = results.get().init_outcome();
-        r.set_status(match outcome.status {
-            CommandStatus::Applied => psp_schema::totebox_capnp::CommandStatus::Applied,
-            CommandStatus::Replayed => psp_schema::totebox_capnp::CommandStatus::Replayed,
-        });
-        r.set_message(&outcome.message);
-        r.set_detail(&outcome.detail);
-        r.set_as_of(outcome.as_of);
-        Ok(())
     }
+}
+
+fn write_outcome(
+    outcome: &CommandOutcome,
+    mut r: psp_schema::totebox_capnp::command_outcome::Builder<'_>,
+) {
+    r.set_status(match outcome.status {
+        CommandStatus::Applied => psp_schema::totebox_capnp::CommandStatus::Applied,
+        CommandStatus::Replayed => psp_schema::totebox_capnp::CommandStatus::Replayed,
+    });
+    r.set_message(&outcome.message);
+    r.set_detail(&outcome.detail);
+    r.set_as_of(outcome.as_of);
 }
 
 /// The fields an append names and the keys of its records, so the capability can be checked

@@ -132,7 +132,8 @@ async fn rogue(
                 })
                 .await;
             }
-            (true, 1) => match attack {
+            // `open`, or `query` (the one-call form the client sends for a query).
+            (true, 1 | 2) => match attack {
                 Attack::Bootstrap => {
                     send(&mut writer, |m| m.init_bootstrap().set_question_id(0)).await
                 }
@@ -159,6 +160,17 @@ async fn rogue(
                             .init_cap_table(1)
                             .get(0)
                             .set_receiver_hosted(0);
+                    })
+                    .await
+                }
+                Attack::CapabilityAnsweringQuery if method == 2 => {
+                    send(&mut writer, |m| {
+                        let mut ret = m.init_return();
+                        ret.set_answer_id(question);
+                        ret.init_results()
+                            .init_cap_table(1)
+                            .get(0)
+                            .set_sender_hosted(7);
                     })
                     .await
                 }

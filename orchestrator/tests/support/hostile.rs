@@ -134,10 +134,50 @@ impl totebox::Server for Liar {
             }));
         Ok(())
     }
+
+    async fn query(
+        self: Rc<Self>,
+        params: totebox::QueryParams,
+        mut results: totebox::QueryResults,
+    ) -> Result<(), capnp::Error> {
+        self.behaviour
+            .answer(params.get()?.get_query()?, results.get().init_result())
+    }
+
+    async fn command(
+        self: Rc<Self>,
+        _: totebox::CommandParams,
+        mut results: totebox::CommandResults,
+    ) -> Result<(), capnp::Error> {
+        self.behaviour.outcome(results.get().init_outcome());
+        Ok(())
+    }
 }
 
 struct LyingSession {
     behaviour: Behaviour,
+}
+
+impl Behaviour {
+    /// The script's answer to `query`, or the refusal.
+    fn answer(
+        &self,
+        query: psp_schema::query_capnp::query::Reader<'_>,
+        result: psp_schema::query_capnp::query_result::Builder<'_>,
+    ) -> Result<(), capnp::Error> {
+        if let Some(refusal) = &self.refusal {
+            return Err(capnp::Error::failed(refusal.clone()));
+        }
+        let query = read_query(query).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        (self.script)(&query, result);
+        Ok(())
+    }
+
+    /// A command outcome as long as the behaviour says.
+    fn outcome(&self, mut outcome: psp_schema::totebox_capnp::command_outcome::Builder<'_>) {
+        outcome.set_message("m".repeat(self.command_detail.min(4096)));
+        outcome.set_detail(&vec![7u8; self.command_detail]);
+    }
 }
 
 impl session::Server for LyingSession {
@@ -146,13 +186,8 @@ impl session::Server for LyingSession {
         params: session::QueryParams,
         mut results: session::QueryResults,
     ) -> Result<(), capnp::Error> {
-        if let Some(refusal) = &self.behaviour.refusal {
-            return Err(capnp::Error::failed(refusal.clone()));
-        }
-        let query = read_query(params.get()?.get_query()?)
-            .map_err(|e| capnp::Error::failed(e.to_string()))?;
-        (self.behaviour.script)(&query, results.get().init_result());
-        Ok(())
+        self.behaviour
+            .answer(params.get()?.get_query()?, results.get().init_result())
     }
 
     async fn command(
@@ -160,9 +195,7 @@ impl session::Server for LyingSession {
         _: session::CommandParams,
         mut results: session::CommandResults,
     ) -> Result<(), capnp::Error> {
-        let mut outcome = results.get().init_outcome();
-        outcome.set_message("m".repeat(self.behaviour.command_detail.min(4096)));
-        outcome.set_detail(&vec![7u8; self.behaviour.command_detail]);
+        self.behaviour.outcome(results.get().init_outcome());
         Ok(())
     }
 }
