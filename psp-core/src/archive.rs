@@ -28,6 +28,15 @@ pub trait Archive: Send + Sync + 'static {
     /// How many records a collection holds and its data time (microseconds since the epoch).
     fn stats(&self, collection: &str) -> Option<CollectionStats>;
 
+    /// Whether a query of `collection` is quick enough to run on the connection's own thread:
+    /// tens of microseconds, such as a few thousand records already in memory. A server then
+    /// skips the hand-off to its blocking pool, which costs more than such a scan. The default,
+    /// `false`, sends every query to the blocking pool, as storage that may block needs.
+    fn quick_to_scan(&self, collection: &str) -> bool {
+        let _ = collection;
+        false
+    }
+
     /// Offers the records of `plan.query().collection` to `accumulator`, and returns the data time
     /// the answer reflects. `plan.row_selector()` names the only rows that can match: an archive
     /// with an index should offer just those. Stop early when `accumulator.is_satisfied()`.

@@ -3,9 +3,9 @@
 //! `open(chain)` verifies the capability against the TLS-authenticated peer (never against
 //! anything the request says) and this archive, through the shared verified-chain cache, and
 //! returns a session that allows only what the chain allows. Every session call re-checks the
-//! window, revocations and root trust, so a session ends when its capability does. Queries and
-//! commands run on the blocking pool, so a long scan never stalls the connection's other calls
-//! or other connections. Refusals are logged as security events with the peer's key.
+//! window, revocations and root trust, so a session ends when its capability does. Commands, and
+//! queries the archive does not call quick ([`Archive::quick_to_scan`]), run on the blocking
+//! pool, so a long scan never stalls the connection's other calls or other connections. Refusals are logged as security events with the peer's key.
 
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
@@ -308,8 +308,16 @@ impl SessionServer {
             .unwrap_or(psp_core::RowSelector::All);
         let archive = self.service.archive.clone();
         let peer = self.peer;
+        // A small collection is scanned here, on the connection's thread: handing the work to
+        // the blocking pool and back would cost more than the scan (two thread wake-ups).
+        let small = archive.quick_to_scan(&query.collection);
         Ok(async move {
-            blocking(move || archive.query(&query, &rows)).await?.map_err(|e| {
+            let answer = if small {
+                archive.query(&query, &rows)
+            } else {
+                blocking(move || archive.query(&query, &rows)).await?
+            };
+            answer.map_err(|e| {
                 if e.code().starts_with("policy.") {
                     tracing::warn!(target: "psp::security", peer = %peer, code = e.code(), "refused a query: {e}");
                 }
