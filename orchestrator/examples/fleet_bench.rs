@@ -12,11 +12,11 @@
 //!
 //! ```text
 //! cargo build --release -p orchestrator --bins --examples
-//! target/release/examples/fleet_bench --sizes 1,10,100,1000 --split --write BENCHMARKS.md
+//! target/release/examples/fleet_bench --sizes 1,10,100,1000 --split
 //! ```
 //!
-//! `scripts/bench` runs it with every size and rewrites BENCHMARKS.md; CI runs a smoke
-//! (`--sizes 1,10 --queries 5`).
+//! It prints a Markdown table; `scripts/bench` runs it with every size and puts the table in
+//! BENCHMARKS.md. CI runs a smoke (`--sizes 1,10 --queries 5`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -54,9 +54,6 @@ struct Args {
     /// Also run each size with the Toteboxes and console on core 0 and the orchestrator on core 1.
     #[arg(long)]
     split: bool,
-    /// Replace the fleet section of this Markdown file (between its markers) with the results.
-    #[arg(long)]
-    write: Option<PathBuf>,
     /// Internal: serve Toteboxes `from..to` of the fleet in `dir` (a child process).
     #[arg(long, hide = true, num_args = 2)]
     serve: Option<Vec<usize>>,
@@ -85,12 +82,7 @@ fn main() -> Result<(), String> {
             rows.push(row);
         }
     }
-    let table = render(&rows);
-    println!("{table}");
-    if let Some(path) = &args.write {
-        write_section(path, &table)?;
-        eprintln!("wrote the fleet section of {}", path.display());
-    }
+    println!("{}", render(&rows));
     Ok(())
 }
 
@@ -594,23 +586,4 @@ fn render(rows: &[Row]) -> String {
         }
     }
     out
-}
-
-const BEGIN: &str = "<!-- fleet-bench:begin -->";
-const END: &str = "<!-- fleet-bench:end -->";
-
-fn write_section(path: &Path, table: &str) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let (Some(begin), Some(end)) = (text.find(BEGIN), text.find(END)) else {
-        return Err(format!(
-            "{} has no {BEGIN} ... {END} section",
-            path.display()
-        ));
-    };
-    let section = format!(
-        "{BEGIN}\n{}\n{table}{END}",
-        std::env::var("PSP_BENCH_HEADER").unwrap_or_default()
-    );
-    let updated = format!("{}{section}{}", &text[..begin], &text[end + END.len()..]);
-    std::fs::write(path, updated).map_err(|e| e.to_string())
 }

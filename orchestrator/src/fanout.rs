@@ -210,11 +210,22 @@ pub struct HealthReport {
     pub last_seen: i64,
 }
 
-/// A handle on the fleet thread. Cheap to clone; every clone shares the pool.
+/// A handle on the fleet's workers. Cheap to clone; every clone shares the pool.
 #[derive(Debug, Clone)]
 pub struct Fleet {
-    requests: mpsc::UnboundedSender<Request>,
+    /// One per worker thread; a Totebox's connection lives on worker `worker_of(archive)`.
+    workers: Arc<[mpsc::UnboundedSender<Request>]>,
     health: Arc<Mutex<HashMap<String, HealthReport>>>,
+}
+
+/// Which of `workers` owns `archive`'s connection: a fixed hash of its id, so every request
+/// finds the same pooled connection (and the same quarantine) on the same thread.
+fn worker_of(archive: &str, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable for the life of the process, spread over the workers.
+    let mut hasher = std::hash::DefaultHasher::new();
+    archive.hash(&mut hasher);
+    (hasher.finish() % workers as u64) as usize
 }
 
 /// How long a Totebox that broke the diode stays cut off.
@@ -225,16 +236,28 @@ pub const QUARANTINE: Duration = Duration::from_secs(300);
 const ARRIVALS_QUEUED: usize = 16;
 
 impl Fleet {
-    /// Starts the fleet thread; it connects as `identity` with `limits` on each connection.
+    /// Starts one fleet worker per core; they connect as `identity` with `limits` on each
+    /// connection.
     ///
-    /// On each Totebox connection it runs at most three quarters of `limits.max_calls_in_flight`
-    /// calls at once (the Toteboxes' own default limit is the same number), shared fairly among
-    /// tenants (see [`crate::gate`]).
+    /// On each Totebox connection a worker runs at most three quarters of
+    /// `limits.max_calls_in_flight` calls at once (the Toteboxes' own default limit is the same
+    /// number), shared fairly among tenants (see [`crate::gate`]).
     pub fn start(identity: IdentityKey, limits: Limits) -> Fleet {
-        let (requests, incoming) = mpsc::unbounded_channel::<Request>();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_workers(identity, limits, cores)
+    }
+
+    /// [`Fleet::start`] with `workers` threads (at least one).
+    pub fn with_workers(identity: IdentityKey, limits: Limits, workers: usize) -> Fleet {
         let health = Arc::new(Mutex::new(HashMap::new()));
-        crate::pool::spawn(identity, limits, incoming, health.clone());
-        Fleet { requests, health }
+        let workers = (0..workers.max(1))
+            .map(|index| {
+                let (requests, incoming) = mpsc::unbounded_channel::<Request>();
+                crate::pool::spawn(index, identity.clone(), limits, incoming, health.clone());
+                requests
+            })
+            .collect();
+        Fleet { workers, health }
     }
 
     /// What the fleet thread last saw of `archive`.
@@ -261,34 +284,37 @@ impl Fleet {
         watch: Watch,
     ) -> mpsc::Receiver<Arrival> {
         let (arrivals, receiver) = mpsc::channel(ARRIVALS_QUEUED.max(1));
-        let request = Request {
-            tenant,
-            sources,
-            chain: chain.to_bytes(),
-            work,
-            limits,
-            arrivals,
-            watch,
+        let deadline = tokio::time::Instant::now() + limits.deadline;
+        let count = self.workers.len();
+        let mut shares: Vec<Vec<(usize, Source)>> = vec![Vec::new(); count];
+        for (index, source) in sources.into_iter().enumerate() {
+            shares[worker_of(&source.archive, count)].push((index, source));
+        }
+        // Each worker asks at most its part of the request's concurrency.
+        let limits = FanOutLimits {
+            max_concurrency: limits.max_concurrency.div_ceil(count).max(1),
+            ..limits
         };
-        if let Err(mpsc::error::SendError(request)) = self.requests.send(request) {
-            // The fleet thread is gone: every source failed, none silently.
-            let Request {
-                sources, arrivals, ..
-            } = request;
-            let (all, receiver) = mpsc::channel(sources.len().max(1));
-            drop(arrivals);
-            for (index, s) in sources.into_iter().enumerate() {
-                let _ = all.try_send(Arrival {
-                    index,
-                    outcome: SourceOutcome::without_answer(
-                        s.archive,
-                        SourceStatus::Error("the fleet thread stopped".into()),
-                        Duration::ZERO,
-                    ),
-                    answer: None,
-                });
+        let chain = Arc::new(chain.clone());
+        for (worker, sources) in self.workers.iter().zip(shares) {
+            if sources.is_empty() {
+                continue;
             }
-            return receiver;
+            let request = Request {
+                tenant: tenant.clone(),
+                sources,
+                chain: chain.clone(),
+                work: work.clone(),
+                limits,
+                deadline,
+                arrivals: arrivals.clone(),
+                watch: watch.clone(),
+            };
+            if worker.send(request).is_err() {
+                // The worker is gone (it panicked): its sources never arrive, and whoever folds
+                // the arrivals reports each as "the fan-out ended without this source".
+                tracing::error!("a fleet worker stopped; its sources fail");
+            }
         }
         receiver
     }

@@ -1,4 +1,7 @@
-//! The fleet thread: one pooled connection per Totebox, shared by every request and tenant.
+//! The fleet's workers: one thread per core, each owning the pooled connections of its share of
+//! the Toteboxes (capnp-rpc is single-threaded, so a connection lives on one thread), shared by
+//! every request and tenant. A fan-out is split by worker, and each worker sends its sources'
+//! ends straight to the request's merge as they happen.
 //!
 //! Each connection has a [`Gate`] that shares its calls fairly among tenants. A connection whose
 //! setup or use the diode guard cut is dropped and its Totebox quarantined; a connection that
@@ -26,27 +29,32 @@ use crate::fanout::{
 };
 use crate::gate::{Gate, TenantId};
 
-/// One fan-out, as the fleet thread receives it.
+/// One worker's share of a fan-out.
 pub(crate) struct Request {
     pub(crate) tenant: TenantId,
-    pub(crate) sources: Vec<Source>,
-    /// The chain, serialized (a `Chain` is not `Send`-friendly to share; bytes are).
-    pub(crate) chain: Vec<u8>,
+    /// This worker's sources, each with its position in the whole request.
+    pub(crate) sources: Vec<(usize, Source)>,
+    /// The chain, shared by every worker (read once, its member trees built once).
+    pub(crate) chain: Arc<Chain>,
     pub(crate) work: Work,
     pub(crate) limits: FanOutLimits,
+    /// When the whole request ends, whatever the sources do.
+    pub(crate) deadline: Instant,
     pub(crate) arrivals: mpsc::Sender<Arrival>,
     pub(crate) watch: Watch,
 }
 
-/// Starts the fleet thread, serving `incoming` requests until every sender is gone.
+/// Starts one fleet worker (thread `psp-fleet-<index>`), serving `incoming` requests until every
+/// sender is gone.
 pub(crate) fn spawn(
+    index: usize,
     identity: IdentityKey,
     limits: Limits,
     mut incoming: mpsc::UnboundedReceiver<Request>,
     health: Arc<Mutex<HashMap<String, HealthReport>>>,
 ) {
     std::thread::Builder::new()
-        .name("psp-fleet".into())
+        .name(format!("psp-fleet-{index}"))
         .spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -66,7 +74,7 @@ pub(crate) fn spawn(
                 }
             });
         })
-        .expect("spawn the fleet thread");
+        .expect("spawn a fleet worker");
 }
 
 /// The pool, on the fleet thread.
@@ -290,7 +298,7 @@ impl Pool {
         }
     }
 
-    /// Runs one fan-out, sending each source's end as it happens.
+    /// Runs this worker's share of one fan-out, sending each source's end as it happens.
     async fn serve(self: Rc<Self>, request: Request) {
         let Request {
             tenant,
@@ -298,42 +306,28 @@ impl Pool {
             chain,
             work,
             limits,
+            deadline,
             arrivals,
             watch,
         } = request;
-        let deadline = Instant::now() + limits.deadline;
         let ended = RefCell::new(vec![false; sources.len()]);
-        let chain = match Chain::from_bytes(&chain) {
-            Ok(chain) => chain,
-            Err(e) => {
-                let all = vec![false; sources.len()];
-                end_the_rest(
-                    &arrivals,
-                    &sources,
-                    &all,
-                    SourceStatus::Error(e.to_string()),
-                )
-                .await;
-                return;
-            }
-        };
-        let (pool, chain, work, limits, tenant) = (&self, &chain, &work, &limits, &tenant);
+        let (pool, chain, work, limits, tenant) = (&self, &*chain, &work, &limits, &tenant);
         let answered = &watch.answered;
         let asks = futures::stream::iter(sources.iter().enumerate())
-            .map(|(index, source)| async move {
+            .map(|(local, (index, source))| async move {
                 if Instant::now() >= deadline {
-                    return (index, SourceStatus::TimedOut, None, Duration::ZERO);
+                    return (local, *index, SourceStatus::TimedOut, None, Duration::ZERO);
                 }
                 let (status, answer, latency) = pool
                     .ask(tenant, source, chain, work, limits, deadline)
                     .await;
                 answered.fetch_add(1, Ordering::Relaxed);
-                (index, status, answer, latency)
+                (local, *index, status, answer, latency)
             })
             .buffer_unordered(limits.max_concurrency.max(1))
-            .for_each(|(index, status, answer, latency)| {
-                ended.borrow_mut()[index] = true;
-                let arrival = arrival(&sources[index], index, status, answer, latency);
+            .for_each(|(local, index, status, answer, latency)| {
+                ended.borrow_mut()[local] = true;
+                let arrival = arrival(&sources[local].1, index, status, answer, latency);
                 let arrivals = &arrivals;
                 async move {
                     let _ = arrivals.send(arrival).await;
@@ -353,16 +347,17 @@ impl Pool {
 
 /// Sends every source not yet `ended` its end with `status` (no answer). Stops if nobody
 /// listens any more.
-async fn end_the_rest(
+pub(crate) async fn end_the_rest(
     arrivals: &mpsc::Sender<Arrival>,
-    sources: &[Source],
+    sources: &[(usize, Source)],
     ended: &[bool],
     status: SourceStatus,
 ) {
-    for (index, source) in sources.iter().enumerate() {
-        if ended.get(index).copied().unwrap_or(false) {
+    for (local, (index, source)) in sources.iter().enumerate() {
+        if ended.get(local).copied().unwrap_or(false) {
             continue;
         }
+        let index = *index;
         let outcome =
             SourceOutcome::without_answer(source.archive.clone(), status.clone(), Duration::ZERO);
         let arrival = Arrival {

@@ -335,6 +335,24 @@ impl ToteboxClient {
         &self.identity
     }
 
+    /// Asks the Totebox to identify itself again: one round trip that needs no capability, for a
+    /// liveness check (and the framework's cheapest call, which the overhead benchmark times).
+    pub async fn identify(&self) -> Result<Identity, CallError> {
+        let request = self.totebox.identify_request();
+        let response = within(self.limits.call_timeout, "identify", request.send().promise)
+            .await
+            .map_err(|e| explain(&self.guard, e))?;
+        let r = response.get().map_err(malformed)?;
+        Ok(Identity {
+            archive: r
+                .get_archive()
+                .and_then(|t| Ok(t.to_string()?))
+                .map_err(malformed)?,
+            format_version: r.get_format_version(),
+            now: r.get_now(),
+        })
+    }
+
     /// Why the diode guard cut this connection, if it did: the Totebox broke the one-way rule
     /// and should be quarantined, not redialed at once.
     pub fn diode_violation(&self) -> Option<String> {
