@@ -54,6 +54,9 @@ struct Args {
     /// Also run each size with the Toteboxes and console on core 0 and the orchestrator on core 1.
     #[arg(long)]
     split: bool,
+    /// The orchestrator's fleet worker threads to run each size with (0: one per core).
+    #[arg(long, default_value = "0", value_delimiter = ',')]
+    workers: Vec<usize>,
     /// Internal: serve Toteboxes `from..to` of the fleet in `dir` (a child process).
     #[arg(long, hide = true, num_args = 2)]
     serve: Option<Vec<usize>>,
@@ -77,9 +80,11 @@ fn main() -> Result<(), String> {
         let fleet = Fleet::prepare(dir.path(), n)?;
         let modes: &[bool] = if args.split { &[false, true] } else { &[false] };
         for &split in modes {
-            let row = run(&fleet, &orchestrator_bin, split, args.queries)?;
-            eprintln!("{}", row.line());
-            rows.push(row);
+            for &workers in &args.workers {
+                let row = run(&fleet, &orchestrator_bin, split, workers, args.queries)?;
+                eprintln!("{}", row.line());
+                rows.push(row);
+            }
         }
     }
     println!("{}", render(&rows));
@@ -221,6 +226,8 @@ fn pinned(program: &Path, core: Option<usize>) -> Command {
 struct Row {
     n: usize,
     split: bool,
+    /// Fleet worker threads (0: one per core).
+    workers: usize,
     first: Duration,
     /// Sources that did not answer the first query (dials that timed out).
     first_missing: usize,
@@ -245,9 +252,10 @@ impl Row {
 
     fn line(&self) -> String {
         format!(
-            "n={} split={} first={:.1}ms p50={:.2}ms p99={:.2}ms orchestrator={:.1}us/archive toteboxes={:.1}us/archive bytes={:.0}/totebox rss={:.1}KiB/archive",
+            "n={} split={} workers={} first={:.1}ms p50={:.2}ms p99={:.2}ms orchestrator={:.1}us/archive toteboxes={:.1}us/archive bytes={:.0}/totebox rss={:.1}KiB/archive",
             self.n,
             self.split,
+            self.workers,
             ms(self.first),
             ms(self.percentile(0.5)),
             ms(self.percentile(0.99)),
@@ -263,7 +271,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn run(fleet: &Fleet, orchestrator_bin: &Path, split: bool, queries: usize) -> Result<Row, String> {
+fn run(
+    fleet: &Fleet,
+    orchestrator_bin: &Path,
+    split: bool,
+    workers: usize,
+    queries: usize,
+) -> Result<Row, String> {
     let n = fleet.ids.len();
     let this = std::env::current_exe().map_err(|e| e.to_string())?;
     // The Toteboxes, PER_PROCESS to a process.
@@ -295,7 +309,7 @@ fn run(fleet: &Fleet, orchestrator_bin: &Path, split: bool, queries: usize) -> R
         });
     }
     let config = format!(
-        "identity = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[defaults]\nsource_timeout_ms = 20000\ndeadline_ms = 60000\nmax_concurrency = 1024\n\n[[tenants]]\nname = \"bench\"\noperators = [\"{}\"]\nselectors = [{{ entity = \"property\" }}]\nquotas = {{ archives_per_query = {n}, requests_per_minute = 1000000 }}\n{}",
+        "identity = \"{}\"\nlisten = \"127.0.0.1:0\"\n\n[defaults]\nsource_timeout_ms = 20000\ndeadline_ms = 60000\nmax_concurrency = 1024\nfleet_workers = {workers}\n\n[[tenants]]\nname = \"bench\"\noperators = [\"{}\"]\nselectors = [{{ entity = \"property\" }}]\nquotas = {{ archives_per_query = {n}, requests_per_minute = 1000000 }}\n{}",
         fleet.dir.join("orchestrator.pem").display(),
         fleet.operator.public(),
         fleet_toml.replace("\\n", "\n"),
@@ -423,6 +437,7 @@ fn run(fleet: &Fleet, orchestrator_bin: &Path, split: bool, queries: usize) -> R
     Ok(Row {
         n,
         split,
+        workers,
         first: first.0,
         first_missing: first.1,
         warm,
@@ -546,7 +561,15 @@ fn render(rows: &[Row]) -> String {
             out,
             "| {} | {} | {:.1} ms{} | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} µs | {:.1} µs | {:.0} B | {:.1} KiB |",
             row.n,
-            if row.split { "split" } else { "shared" },
+            match (row.split, row.workers) {
+                (false, 0) => "shared".to_owned(),
+                (true, 0) => "split".to_owned(),
+                (split, w) => format!(
+                    "{}, {w} fleet worker{}",
+                    if split { "split" } else { "shared" },
+                    if w == 1 { "" } else { "s" }
+                ),
+            },
             ms(row.first),
             match row.first_missing {
                 0 => String::new(),
@@ -566,11 +589,11 @@ fn render(rows: &[Row]) -> String {
     let mut ratios = BTreeMap::new();
     for row in rows {
         ratios
-            .entry(row.split)
+            .entry((row.split, row.workers))
             .or_insert_with(Vec::new)
             .push((row.n, row.percentile(0.5)));
     }
-    for (split, sizes) in ratios {
+    for ((split, _), sizes) in ratios {
         if let (Some(one), Some(largest)) = (
             sizes.iter().find(|(n, _)| *n == 1),
             sizes.iter().max_by_key(|(n, _)| *n),

@@ -9,6 +9,8 @@
 //! deadline_ms = 5000                  # the whole request, whatever the sources do
 //! partial = "best-effort"             # or "strict"
 //! max_concurrency = 64                # sources asked at once per request
+//! fleet_workers = 0                   # threads holding the Totebox connections: 0 is one per
+//!                                     # core (read at start; a reload keeps the running ones)
 //! max_request_bytes = 67108864        # answers one request holds, across its sources: each
 //!                                     # source may send its share (this / sources, at least
 //!                                     # 64 KiB), and answers merge as they arrive
@@ -81,6 +83,7 @@ struct RawDefaults {
     partial: String,
     max_concurrency: usize,
     max_request_bytes: usize,
+    fleet_workers: usize,
 }
 
 impl Default for RawDefaults {
@@ -91,6 +94,7 @@ impl Default for RawDefaults {
             partial: "best-effort".into(),
             max_concurrency: 64,
             max_request_bytes: DEFAULT_REQUEST_BYTES,
+            fleet_workers: 0,
         }
     }
 }
@@ -202,6 +206,8 @@ pub struct Config {
     pub max_concurrency: usize,
     /// Bytes of answers one request may hold, across its sources.
     pub max_request_bytes: usize,
+    /// Threads holding the fleet's connections (at least 1; one per core unless configured).
+    pub fleet_workers: usize,
     /// The fleet, in config order.
     pub fleet: Vec<FleetArchive>,
     /// The tenants.
@@ -360,6 +366,10 @@ impl Config {
             partial,
             max_concurrency: d.max_concurrency,
             max_request_bytes: d.max_request_bytes,
+            fleet_workers: match d.fleet_workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             fleet,
             tenants,
             viewports,

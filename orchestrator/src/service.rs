@@ -60,9 +60,10 @@ pub struct OrchestratorService {
 impl OrchestratorService {
     /// A service over `config`'s fleet, reaching Toteboxes as `identity`.
     pub fn new(config: Config, identity: &IdentityKey, limits: Limits) -> Arc<Self> {
+        let fleet = Fleet::with_workers(identity.clone(), limits, config.fleet_workers);
         let snapshot = Snapshot::new(config, None);
         Arc::new(Self {
-            fleet: Fleet::start(identity.clone(), limits),
+            fleet,
             message_limit: limits.max_message_words.saturating_mul(8),
             key: identity.public(),
             current: RwLock::new(Arc::new(snapshot)),
