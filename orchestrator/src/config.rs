@@ -11,6 +11,9 @@
 //! max_concurrency = 64                # sources asked at once per request
 //! fleet_workers = 0                   # threads holding the Totebox connections: 0 is one per
 //!                                     # core (read at start; a reload keeps the running ones)
+//! redial_ms = 5000                    # the background dialer keeps the fleet connected and
+//!                                     # redials a dropped Totebox this often; 0 turns it off
+//!                                     # (Toteboxes are then dialed when a request needs them)
 //! max_request_bytes = 67108864        # answers one request holds, across its sources: each
 //!                                     # source may send its share (this / sources, at least
 //!                                     # 64 KiB), and answers merge as they arrive
@@ -84,6 +87,7 @@ struct RawDefaults {
     max_concurrency: usize,
     max_request_bytes: usize,
     fleet_workers: usize,
+    redial_ms: u64,
 }
 
 impl Default for RawDefaults {
@@ -95,6 +99,7 @@ impl Default for RawDefaults {
             max_concurrency: 64,
             max_request_bytes: DEFAULT_REQUEST_BYTES,
             fleet_workers: 0,
+            redial_ms: 5_000,
         }
     }
 }
@@ -208,6 +213,9 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Threads holding the fleet's connections (at least 1; one per core unless configured).
     pub fleet_workers: usize,
+    /// How often the background dialer redials a Totebox that is not connected; `None` when it
+    /// is off and Toteboxes are dialed only when a request needs them.
+    pub redial: Option<Duration>,
     /// The fleet, in config order.
     pub fleet: Vec<FleetArchive>,
     /// The tenants.
@@ -370,6 +378,7 @@ impl Config {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             },
+            redial: (d.redial_ms > 0).then(|| Duration::from_millis(d.redial_ms)),
             fleet,
             tenants,
             viewports,

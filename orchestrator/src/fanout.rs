@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::gate::TenantId;
-use crate::pool::Request;
+use crate::pool::{Job, Request};
 
 /// Where to reach one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +214,7 @@ pub struct HealthReport {
 #[derive(Debug, Clone)]
 pub struct Fleet {
     /// One per worker thread; a Totebox's connection lives on worker `worker_of(archive)`.
-    workers: Arc<[mpsc::UnboundedSender<Request>]>,
+    workers: Arc<[mpsc::UnboundedSender<Job>]>,
     health: Arc<Mutex<HashMap<String, HealthReport>>>,
 }
 
@@ -252,12 +252,27 @@ impl Fleet {
         let health = Arc::new(Mutex::new(HashMap::new()));
         let workers = (0..workers.max(1))
             .map(|index| {
-                let (requests, incoming) = mpsc::unbounded_channel::<Request>();
+                let (requests, incoming) = mpsc::unbounded_channel::<Job>();
                 crate::pool::spawn(index, identity.clone(), limits, incoming, health.clone());
                 requests
             })
             .collect();
         Fleet { workers, health }
+    }
+
+    /// Keeps `sources` (the fleet in config) connected from now on: each worker dials its share
+    /// at once and redials any that drop every `redial` (see [`crate::pool`]); `None` stops
+    /// that. Call again after a reload: the new list replaces the old, and Toteboxes no longer in
+    /// it are let go.
+    pub fn keep_connected(&self, sources: &[Source], redial: Option<Duration>) {
+        let count = self.workers.len();
+        let mut shares: Vec<Vec<Source>> = vec![Vec::new(); count];
+        for source in sources {
+            shares[worker_of(&source.archive, count)].push(source.clone());
+        }
+        for (worker, share) in self.workers.iter().zip(shares) {
+            let _ = worker.send(Job::Maintain(share, redial));
+        }
     }
 
     /// What the fleet thread last saw of `archive`.
@@ -310,7 +325,7 @@ impl Fleet {
                 arrivals: arrivals.clone(),
                 watch: watch.clone(),
             };
-            if worker.send(request).is_err() {
+            if worker.send(Job::Fan(Box::new(request))).is_err() {
                 // The worker is gone (it panicked): its sources never arrive, and whoever folds
                 // the arrivals reports each as "the fan-out ended without this source".
                 tracing::error!("a fleet worker stopped; its sources fail");

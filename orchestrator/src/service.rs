@@ -47,6 +47,19 @@ struct Snapshot {
     quotas: HashMap<String, Arc<TenantQuota>>,
 }
 
+/// Every archive of `config`'s fleet, as the fleet workers dial it.
+fn sources_of(config: &Config) -> Vec<Source> {
+    config
+        .fleet
+        .iter()
+        .map(|a| Source {
+            archive: a.id.clone(),
+            address: a.address,
+            key: a.key,
+        })
+        .collect()
+}
+
 /// What every console connection shares.
 #[derive(Debug)]
 pub struct OrchestratorService {
@@ -61,6 +74,7 @@ impl OrchestratorService {
     /// A service over `config`'s fleet, reaching Toteboxes as `identity`.
     pub fn new(config: Config, identity: &IdentityKey, limits: Limits) -> Arc<Self> {
         let fleet = Fleet::with_workers(identity.clone(), limits, config.fleet_workers);
+        fleet.keep_connected(&sources_of(&config), config.redial);
         let snapshot = Snapshot::new(config, None);
         Arc::new(Self {
             fleet,
@@ -74,6 +88,8 @@ impl OrchestratorService {
     /// tenant whose quotas did not change keeps its running count and rate state, so a reload
     /// is no way around a quota.
     pub fn reload(&self, config: Config) {
+        self.fleet
+            .keep_connected(&sources_of(&config), config.redial);
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         *current = Arc::new(Snapshot::new(config, Some(&current)));
     }

@@ -1,7 +1,8 @@
 //! End to end with an `orchestrator serve` process: a Totebox that completes TLS and then never
 //! confirms the session (hangs, closes, refuses `identify`) costs the
 //! orchestrator nothing that lasts. After 100 failed connects its file descriptors are back
-//! where they were, and it still serves consoles.
+//! where they were, and it still serves consoles. The background dialer is off here, so that
+//! each request makes a connect of its own (the dialer's connects take the same path).
 
 mod support;
 
@@ -48,7 +49,7 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
     std::fs::write(
         &config,
         format!(
-            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 200\ndeadline_ms = 500\n{}{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"rogue\", \"prop-01\"]\nquotas = {{ concurrent_queries = 100, requests_per_minute = 100000 }}\n",
+            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 200\ndeadline_ms = 500\nredial_ms = 0\n{}{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"rogue\", \"prop-01\"]\nquotas = {{ concurrent_queries = 100, requests_per_minute = 100000 }}\n",
             fleet.fleet_toml(),
             rogue.fleet_toml("rogue", "entity = \"property\""),
             operator.public()

@@ -1,5 +1,6 @@
-//! Round trips on the console's hop, counted at a proxy in front of a real `orchestrator serve`
-//! (TCP's own handshake is not counted: add 1 for it on a network).
+//! Round trips counted at a proxy on either hop of a real `orchestrator serve`: in front of it
+//! (the console's hop) and in front of a Totebox (downstream). TCP's own handshake is not
+//! counted: add 1 for it on a network.
 
 mod support;
 
@@ -27,4 +28,49 @@ fn fleet_is_the_tls_handshake_and_one_call() {
     // The handshake, then `fleet()`, whose answer both confirms the operator's key and is the
     // listing printed: asking again would cost another round trip.
     assert_eq!(counted.count(), 2);
+}
+
+#[test]
+fn the_first_query_after_start_is_one_round_trip_downstream() {
+    let mut fleet = Fleet::start(1, 0);
+    let operator = fleet.operator("acme", &["prop-01"], vec![Operation::Query]);
+    // The orchestrator reaches the Totebox only through the counting proxy.
+    let (proxy, counted) = flights::proxy(fleet.toteboxes[0].address.parse().unwrap());
+    fleet.toteboxes[0].address = proxy.to_string();
+    let config = fleet.orchestrator_config(
+        "orchestrator.toml",
+        &format!(
+            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\"]\n",
+            operator.key
+        ),
+    );
+    let orchestrator = fleet.serve(&config);
+    // The background dialer connects the Totebox without being asked: TLS, then `identify`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let listed = orchestrator.json(&fleet, &operator, &["fleet"]);
+        if listed[0]["health"] == "up" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never connected: {listed}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(counted.so_far(), 2, "the handshake and identify");
+    // The first query: one round trip downstream, the call and its answer.
+    let answered = orchestrator.json(
+        &fleet,
+        &operator,
+        &[
+            "query",
+            "--collection",
+            "statements",
+            "--aggregate",
+            "sum(noi) as noi",
+        ],
+    );
+    assert_eq!(answered["outcomes"][0]["status"], "ok", "{answered}");
+    assert_eq!(counted.so_far(), 3, "one more round trip for the query");
 }

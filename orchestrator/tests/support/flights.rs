@@ -1,11 +1,10 @@
 //! A TCP proxy that counts round trips: it holds the server's bytes back for [`DELAY`] before
-//! delivering them, and each time the client sends after bytes were delivered to it (or first),
-//! a new round trip starts. Bytes the client sends without waiting (pipelined, or right behind
-//! its TLS Finished) join the round trip they follow, even if the server has spoken meanwhile
-//! (TLS session tickets, say). TCP's own handshake is with the proxy and not counted, so a fresh
-//! TLS connection plus one call counts 2; a network adds 1 for TCP. A last flight the client
-//! sends and then closes without waiting for an answer (capnp's releases, TLS's close_notify) is
-//! teardown, not a round trip.
+//! delivering them. Each time the client sends after bytes were delivered to it (or first), a
+//! new flight starts, and a flight is a round trip once the server's answer to it is delivered.
+//! Bytes the client sends without waiting (pipelined, or right behind its TLS Finished) join the
+//! flight they follow. A flight the server never answers is not a round trip: capnp's finishes
+//! and releases, TLS's close_notify, sent without waiting. TCP's own handshake is with the proxy
+//! and not counted, so a fresh TLS connection plus one call counts 2; a network adds 1 for TCP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// without waiting, on a loaded machine.
 pub const DELAY: Duration = Duration::from_millis(250);
 
+/// Server bytes that follow each other within this long are one flight.
+const BURST: Duration = Duration::from_millis(30);
+
 /// Round trips seen, over every connection through the proxy.
 #[derive(Clone, Default)]
 pub struct Flights {
@@ -27,6 +29,11 @@ pub struct Flights {
 }
 
 impl Flights {
+    /// Round trips counted so far, connections still open (their current flight counts).
+    pub fn so_far(&self) -> usize {
+        self.rounds.load(Ordering::SeqCst)
+    }
+
     /// Round trips counted, once every connection through the proxy has closed (waits up to
     /// 10 s for that: the client has usually exited, but the proxy may not have seen it yet).
     pub fn count(&self) -> usize {
@@ -71,12 +78,15 @@ pub fn proxy(upstream: SocketAddr) -> (SocketAddr, Flights) {
 }
 
 async fn relay(client: TcpStream, server: TcpStream, flights: Flights) {
-    // Whether bytes reached the client since it last sent: its next bytes begin a round trip.
+    // Whether bytes reached the client since it last sent: its next bytes begin a flight.
     let server_spoke = Arc::new(AtomicBool::new(true));
+    // Whether the client's last flight is still unanswered: the next delivery answers it.
+    let awaiting = Arc::new(AtomicBool::new(false));
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let up = {
         let server_spoke = server_spoke.clone();
+        let awaiting = awaiting.clone();
         async move {
             let mut buffer = vec![0; 64 * 1024];
             while let Ok(n) = client_read.read(&mut buffer).await {
@@ -84,17 +94,15 @@ async fn relay(client: TcpStream, server: TcpStream, flights: Flights) {
                     break;
                 }
                 if server_spoke.swap(false, Ordering::SeqCst) {
-                    flights.rounds.fetch_add(1, Ordering::SeqCst);
+                    awaiting.store(true, Ordering::SeqCst);
                 }
                 if server_write.write_all(&buffer[..n]).await.is_err() {
                     break;
                 }
             }
-            // The client closed: if nothing reached it since its last flight, that flight was
-            // teardown it never waited on.
-            if !server_spoke.load(Ordering::SeqCst) {
-                flights.rounds.fetch_sub(1, Ordering::SeqCst);
-            }
+            // The client closed: whatever the server says now (its close, an abort) answers
+            // nobody waiting.
+            awaiting.store(false, Ordering::SeqCst);
             let _ = server_write.shutdown().await;
         }
     };
@@ -104,11 +112,30 @@ async fn relay(client: TcpStream, server: TcpStream, flights: Flights) {
             if n == 0 {
                 break;
             }
+            // Whatever the server sends in the same burst is one flight: gather it, so the
+            // client is not handed half of an answer and made to speak in between.
+            let mut flight = buffer[..n].to_vec();
+            let mut closed = false;
+            while let Ok(more) = tokio::time::timeout(BURST, server_read.read(&mut buffer)).await {
+                match more {
+                    Ok(0) | Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(m) => flight.extend_from_slice(&buffer[..m]),
+                }
+            }
             tokio::time::sleep(DELAY).await;
-            if client_write.write_all(&buffer[..n]).await.is_err() {
+            if client_write.write_all(&flight).await.is_err() {
                 break;
             }
             server_spoke.store(true, Ordering::SeqCst);
+            if awaiting.swap(false, Ordering::SeqCst) {
+                flights.rounds.fetch_add(1, Ordering::SeqCst);
+            }
+            if closed {
+                break;
+            }
         }
         let _ = client_write.shutdown().await;
     };
