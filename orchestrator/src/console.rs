@@ -132,8 +132,9 @@ pub struct Console {
     identity: IdentityKey,
     orchestrator_key: PublicKey,
     /// The tenant's archives as the orchestrator listed them when the session was confirmed:
-    /// how a selection by label or "all" becomes the archive ids a request link names.
-    archives: Vec<ArchiveStatus>,
+    /// how a selection by label or "all" becomes the archive ids a request link names. `None`
+    /// for a console opened without asking ([`Console::open`]).
+    archives: Option<Vec<ArchiveStatus>>,
 }
 
 impl Drop for Console {
@@ -143,13 +144,49 @@ impl Drop for Console {
 }
 
 fn failed(e: capnp::Error) -> CallError {
-    CallError::from_capnp(&e)
+    let error = CallError::from_capnp(&e);
+    // With pinned-key TLS the handshake "succeeds" on the console's side even when the
+    // orchestrator does not know its key; the orchestrator's refusal arrives as a TLS alert on
+    // the first call, whichever call that is.
+    if error.message.contains("AccessDenied") {
+        return CallError::new(
+            "tenant.not-an-operator",
+            format!(
+                "the orchestrator refused this console's key: it is no operator of any tenant ({})",
+                error.message
+            ),
+        );
+    }
+    error
 }
 
 impl Console {
     /// Connects as `identity` to the orchestrator whose key is `orchestrator_key`, and confirms
-    /// the session (an operator key the orchestrator does not know is refused here).
+    /// the session by asking for the tenant's archives (an operator key the orchestrator does
+    /// not know is refused here, with `tenant.not-an-operator`): the TLS handshake and one round
+    /// trip. The listing is what selections by label or "all" are resolved against.
     pub async fn connect(
+        address: SocketAddr,
+        identity: &IdentityKey,
+        orchestrator_key: PublicKey,
+        limits: Limits,
+    ) -> Result<Console, CallError> {
+        let attempt = async {
+            let mut console = Self::open(address, identity, orchestrator_key, limits).await?;
+            console.archives = Some(console.fleet().await?);
+            Ok(console)
+        };
+        tokio::time::timeout(limits.handshake_timeout, attempt)
+            .await
+            .map_err(|_| CallError::timed_out("connect", limits.handshake_timeout))?
+    }
+
+    /// Connects without asking anything: the TLS handshake only, so the first request goes out
+    /// in the next flight and the session costs one round trip less. An unknown operator key
+    /// is then refused by that first request (`tenant.not-an-operator`). Requests from an opened
+    /// console select archives by id: a selection by label or "all" needs the tenant's listing
+    /// ([`Console::connect`]) and is refused with `tenant.nothing-selected`.
+    pub async fn open(
         address: SocketAddr,
         identity: &IdentityKey,
         orchestrator_key: PublicKey,
@@ -177,25 +214,14 @@ impl Console {
             let rpc = tokio::task::spawn_local(async move {
                 let _ = rpc.await;
             });
-            let mut console = Console {
+            Ok(Console {
                 orchestrator,
                 limits,
                 rpc,
                 identity: identity.clone(),
                 orchestrator_key,
-                archives: Vec::new(),
-            };
-            console.archives = console.fleet().await.map_err(|e| {
-                if e.message.contains("AccessDenied") {
-                    CallError::new(
-                        "tenant.not-an-operator",
-                        format!("this orchestrator does not know key {}", identity.public()),
-                    )
-                } else {
-                    e
-                }
-            })?;
-            Ok(console)
+                archives: None,
+            })
         };
         tokio::time::timeout(limits.handshake_timeout, attempt)
             .await
@@ -203,10 +229,11 @@ impl Console {
     }
 
     /// The tenant's archives with their health as listed when this console connected (the
-    /// answer that confirmed the operator's key), at no further round trip. Call
-    /// [`Console::fleet`] for health as it is now.
+    /// answer that confirmed the operator's key), at no further round trip; empty for a
+    /// console that was [opened](Console::open). Call [`Console::fleet`] for health as it is
+    /// now.
     pub fn listed_at_connect(&self) -> &[ArchiveStatus] {
-        &self.archives
+        self.archives.as_deref().unwrap_or_default()
     }
 
     /// The tenant's archives with their health.
@@ -251,18 +278,26 @@ impl Console {
         read().map_err(failed)
     }
 
-    /// The archive ids `selector` names, as this console last saw the tenant's archives.
-    pub fn selected(&self, selector: &Selector) -> Vec<String> {
-        match selector {
+    /// The archive ids `selector` names, as this console last saw the tenant's archives. A
+    /// console [opened](Console::open) without the listing can only name archives by id.
+    pub fn selected(&self, selector: &Selector) -> Result<Vec<String>, CallError> {
+        let listed = |archives: &Option<Vec<ArchiveStatus>>| {
+            archives.clone().ok_or_else(|| {
+                CallError::new(
+                    "tenant.nothing-selected",
+                    "this console was opened without the tenant's listing: select archives by id, or connect (Console::connect) to select by label or all",
+                )
+            })
+        };
+        Ok(match selector {
             Selector::Ids(ids) => ids.clone(),
-            Selector::All => self.archives.iter().map(|a| a.id.clone()).collect(),
-            Selector::Labels(labels) => self
-                .archives
-                .iter()
+            Selector::All => listed(&self.archives)?.into_iter().map(|a| a.id).collect(),
+            Selector::Labels(labels) => listed(&self.archives)?
+                .into_iter()
                 .filter(|a| labels.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
-                .map(|a| a.id.clone())
+                .map(|a| a.id)
                 .collect(),
-        }
+        })
     }
 
     /// The chain to send for one request: `grant` delegated to the orchestrator with only what
@@ -306,7 +341,7 @@ impl Console {
         query: &Query,
         options: Options,
     ) -> Result<InFlight, CallError> {
-        let needs = Needs::query(query, self.selected(selector));
+        let needs = Needs::query(query, self.selected(selector)?);
         let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
         let mut request = self.orchestrator.query_request();
         {
@@ -338,7 +373,7 @@ impl Console {
         viewport: &NamedViewport,
         options: Options,
     ) -> Result<InFlight, CallError> {
-        let needs = Needs::viewport(&viewport.viewport, self.selected(selector));
+        let needs = Needs::viewport(&viewport.viewport, self.selected(selector)?);
         let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
         let mut request = self.orchestrator.view_request();
         {
@@ -404,7 +439,7 @@ impl Console {
         command: &CommandSpec,
         options: Options,
     ) -> Result<Vec<(SourceOutcome, Option<CommandAnswer>)>, CallError> {
-        let needs = Needs::command(command, self.selected(selector));
+        let needs = Needs::command(command, self.selected(selector)?);
         let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
         let mut request = self.orchestrator.command_request();
         {

@@ -396,7 +396,7 @@ fn main() -> ExitCode {
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
             let grant = target.grant(&request.chain)?;
-            let console = target.connect().await?;
+            let console = target.connect_for(&selector).await?;
             let in_flight = console
                 .start_query(&selector, &grant, &query, request.options())
                 .map_err(|e| e.to_string())?;
@@ -465,7 +465,7 @@ fn main() -> ExitCode {
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
             let grant = target.grant(&request.chain)?;
-            let console = target.connect().await?;
+            let console = target.connect_for(&selector).await?;
             let results = console
                 .command(&selector, &grant, &command, request.options())
                 .await

@@ -47,15 +47,41 @@ impl Target {
         })
     }
 
-    /// Connects, with a deadline long enough for a fan-out's own deadline to pass first.
+    /// Connects, with a deadline long enough for a fan-out's own deadline to pass first, and
+    /// confirms the session with the tenant's listing (which selections by label or all need).
     pub async fn connect(&self) -> Result<Console, String> {
-        let limits = Limits {
+        Console::connect(
+            self.address,
+            &self.identity,
+            self.orchestrator,
+            Self::limits(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Connects for one request that selects `selector`: by id, without asking anything first,
+    /// so the request leaves in the flight after the TLS handshake (an unknown operator key is
+    /// refused by the request itself); by label or all, with the listing ([`Target::connect`]).
+    pub async fn connect_for(&self, selector: &Selector) -> Result<Console, String> {
+        match selector {
+            Selector::Ids(_) => Console::open(
+                self.address,
+                &self.identity,
+                self.orchestrator,
+                Self::limits(),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            _ => self.connect().await,
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
             call_timeout: Duration::from_secs(120),
             ..Limits::default()
-        };
-        Console::connect(self.address, &self.identity, self.orchestrator, limits)
-            .await
-            .map_err(|e| e.to_string())
+        }
     }
 
     /// Reads the capability file given with `--chain`: held by this operator (the console

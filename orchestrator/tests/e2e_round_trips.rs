@@ -74,3 +74,39 @@ fn the_first_query_after_start_is_one_round_trip_downstream() {
     assert_eq!(answered["outcomes"][0]["status"], "ok", "{answered}");
     assert_eq!(counted.so_far(), 3, "one more round trip for the query");
 }
+
+#[test]
+fn a_request_by_id_is_the_tls_handshake_and_one_call() {
+    let fleet = Fleet::start(2, 0);
+    let operator = fleet.operator("acme", &["prop-01", "prop-02"], vec![Operation::Query]);
+    let stranger = fleet.operator("stranger", &["prop-01"], vec![Operation::Query]);
+    let config = fleet.orchestrator_config(
+        "orchestrator.toml",
+        &format!(
+            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
+            operator.key
+        ),
+    );
+    let mut orchestrator = fleet.serve(&config);
+    let (proxy, counted) = flights::proxy(orchestrator.address.parse().unwrap());
+    orchestrator.address = proxy.to_string();
+
+    let query = [
+        "query",
+        "--archives",
+        "prop-01,prop-02",
+        "--collection",
+        "statements",
+        "--aggregate",
+        "sum(noi) as noi",
+    ];
+    let answered = orchestrator.json(&fleet, &operator, &query);
+    assert_eq!(answered["complete"], true, "{answered}");
+    // The handshake, then the request itself: no call before it to confirm the key.
+    assert_eq!(counted.count(), 2);
+
+    // A key the orchestrator does not know is refused by that request, with the code a
+    // confirming call would have given.
+    let refused = orchestrator.refused(&fleet, &stranger, &query);
+    assert!(refused.contains("tenant.not-an-operator"), "{refused}");
+}
