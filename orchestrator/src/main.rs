@@ -414,7 +414,7 @@ fn main() -> ExitCode {
             let selector = operate::selector(request.archives.as_deref(), &request.labels)?;
             let target = target(&connection)?;
             let grant = target.grant(&request.chain)?;
-            let console = target.connect().await?;
+            let console = target.connect_for(&selector).await?;
             let viewport = match (name, file) {
                 (Some(name), _) => console.viewport(&name).await.map_err(|e| e.to_string())?,
                 (None, Some(file)) => {

@@ -109,4 +109,22 @@ fn a_request_by_id_is_the_tls_handshake_and_one_call() {
     // confirming call would have given.
     let refused = orchestrator.refused(&fleet, &stranger, &query);
     assert!(refused.contains("tenant.not-an-operator"), "{refused}");
+
+    // A config viewport by name: its definition, then the view (the console needs the
+    // definition to narrow the request link to the viewport's collections and fields).
+    let (proxy, counted) = flights::proxy(proxy);
+    orchestrator.address = proxy.to_string();
+    let viewed = orchestrator.json(
+        &fleet,
+        &operator,
+        &[
+            "view",
+            "--name",
+            "noi-by-region",
+            "--archives",
+            "prop-01,prop-02",
+        ],
+    );
+    assert_eq!(viewed["complete"], true, "{viewed}");
+    assert_eq!(counted.count(), 3);
 }
