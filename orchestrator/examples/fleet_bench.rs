@@ -594,17 +594,25 @@ fn render(rows: &[Row]) -> String {
             .push((row.n, row.percentile(0.5)));
     }
     for ((split, _), sizes) in ratios {
-        if let (Some(one), Some(largest)) = (
-            sizes.iter().find(|(n, _)| *n == 1),
-            sizes.iter().max_by_key(|(n, _)| *n),
-        ) && largest.0 > 1
-        {
+        let Some(one) = sizes.iter().find(|(n, _)| *n == 1) else {
+            continue;
+        };
+        let against: Vec<String> = sizes
+            .iter()
+            .filter(|(n, _)| *n > 1)
+            .map(|(n, p50)| {
+                format!(
+                    "{n} archives {:.1}×",
+                    p50.as_secs_f64() / one.1.as_secs_f64()
+                )
+            })
+            .collect();
+        if !against.is_empty() {
             let _ = writeln!(
                 out,
-                "\n{} placement: a {}-archive warm query costs {:.1}× a one-archive query (p50).",
+                "\n{} placement, warm p50 against one archive's: {}.",
                 if split { "Split" } else { "Shared" },
-                largest.0,
-                largest.1.as_secs_f64() / one.1.as_secs_f64()
+                against.join(", ")
             );
         }
     }

@@ -65,8 +65,8 @@ fn a_warm_cache_still_refuses_a_replay_from_another_key() {
     scene.check(&verifier, NOW).unwrap();
     assert_eq!(
         verifier.cache().len(),
-        1,
-        "the first check must fill the cache"
+        2,
+        "the first check must fill the cache: the chain, and the grant it extends"
     );
 
     let thief = scene.keys.stranger.public();
@@ -99,7 +99,7 @@ fn revoking_or_distrusting_after_caching_takes_effect_at_once() {
     let chain = verifier
         .verify(&bytes(&scene.links), &scene.presenter(), &QUERY, NOW)
         .unwrap();
-    assert_eq!(cache.len(), 1);
+    assert_eq!(cache.len(), 2);
 
     // Reloads sharing the warm cache: one revokes the console's delegation, one stops trusting
     // the owner.
@@ -111,8 +111,8 @@ fn revoking_or_distrusting_after_caching_takes_effect_at_once() {
     assert_eq!(scene.check(&distrusting, NOW), Err("untrusted-root"));
     assert_eq!(
         cache.len(),
-        1,
-        "the cached entry was consulted, not replaced"
+        2,
+        "the cached entries were consulted, not replaced"
     );
 }
 
@@ -122,7 +122,8 @@ fn a_cached_chain_expires_and_leaves_the_cache() {
     let verifier = Verifier::new([scene.keys.owner.public()]);
     scene.check(&verifier, NOW).unwrap();
     assert_eq!(scene.check(&verifier, NOW + 3_600), Err("expired"));
-    assert!(verifier.cache().is_empty(), "an expired chain is not kept");
+    // The ten-minute request link is gone; the day-long grant it extended stays.
+    assert_eq!(verifier.cache().len(), 1, "an expired chain is not kept");
 }
 
 #[test]
@@ -151,4 +152,52 @@ fn the_cache_stays_within_its_capacity() {
         assert!(cache.len() <= 3);
     }
     assert_eq!(cache.len(), 3);
+}
+
+#[test]
+fn a_cached_grant_vouches_for_nothing_that_extends_it() {
+    // The grant (the root link) is verified once and cached; every later chain that extends it
+    // has its own links checked in full: a bad signature, a widened scope, another parent.
+    let scene = Scene::new();
+    let verifier = Verifier::new([scene.keys.owner.public()]);
+    scene.check(&verifier, NOW).unwrap();
+    let fresh = |edit: &dyn Fn(&mut psp_core::capability::CapabilityBody)| {
+        let mut links = raw_chain(&scene.keys, |i, b| {
+            if i == 1 {
+                edit(b)
+            }
+        });
+        links[0] = scene.links[0].clone(); // the cached grant, byte for byte
+        let mut leaf = psp_core::capability::CapabilityBody::parse(&links[1].body).unwrap();
+        leaf.parent = Some(links[0].signature);
+        links[1] = psp_core::capability::SignedLink::sign(&scene.keys.console, &leaf);
+        links
+    };
+    let present = |links: &[psp_core::capability::SignedLink]| {
+        verifier
+            .verify(&bytes(links), &scene.presenter(), &QUERY, NOW)
+            .map(drop)
+            .map_err(|e| e.rule())
+    };
+    // A new, honest request link on the cached grant: accepted.
+    assert_eq!(present(&fresh(&|_| {})), Ok(()));
+    // Its signature broken.
+    let mut forged = fresh(&|_| {});
+    forged[1].signature[0] ^= 1;
+    assert_eq!(present(&forged), Err("bad-signature"));
+    // Wider than the grant.
+    let widened = fresh(&|b| b.scope.collections = psp_core::Collections::All);
+    assert_eq!(present(&widened), Err("widened-scope"));
+    // Naming another parent.
+    let mut orphan = fresh(&|_| {});
+    let mut leaf = psp_core::capability::CapabilityBody::parse(&orphan[1].body).unwrap();
+    leaf.parent = Some([7; 64]);
+    orphan[1] = psp_core::capability::SignedLink::sign(&scene.keys.console, &leaf);
+    assert_eq!(present(&orphan), Err("parent-mismatch"));
+    // Signed by someone other than the grant's holder.
+    let mut stranger = fresh(&|_| {});
+    let mut leaf = psp_core::capability::CapabilityBody::parse(&stranger[1].body).unwrap();
+    leaf.issuer = scene.keys.stranger.public();
+    stranger[1] = psp_core::capability::SignedLink::sign(&scene.keys.stranger, &leaf);
+    assert_eq!(present(&stranger), Err("broken-delegation"));
 }

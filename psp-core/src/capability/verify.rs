@@ -86,7 +86,8 @@ pub struct VerifiedChain {
     operations: Vec<Vec<Operation>>,
     /// Each link's archive set, root first, as its body names it.
     archives: Vec<LinkArchives>,
-    scope: Scope,
+    /// Each link's scope, root first (the last is what the chain allows).
+    scopes: Vec<Scope>,
 }
 
 impl VerifiedChain {
@@ -126,7 +127,18 @@ impl VerifiedChain {
 
     /// What the chain allows (the last link's scope, the narrowest).
     pub fn scope(&self) -> &Scope {
-        &self.scope
+        self.scopes.last().expect("a verified chain has at least one link")
+    }
+
+    /// The chain of its first `links` links (as valid as the whole: each link was checked
+    /// against the one before it).
+    fn prefix(&self, links: usize) -> VerifiedChain {
+        VerifiedChain {
+            links: self.links[..links].to_vec(),
+            operations: self.operations[..links].to_vec(),
+            archives: self.archives[..links].to_vec(),
+            scopes: self.scopes[..links].to_vec(),
+        }
     }
 
     /// The idempotency namespace of the command `name` with `digest` under this chain: the key
@@ -159,7 +171,7 @@ impl VerifiedChain {
         &self,
         access: &Access<'_>,
     ) -> Result<Option<CollectionAccess<'_>>, CapabilityError> {
-        self.scope.authorize(access)
+        self.scope().authorize(access)
     }
 }
 
@@ -239,16 +251,26 @@ impl Verifier {
         let chain = match self.cache.lookup(links, now) {
             Some(chain) => chain,
             None => {
-                let chain = Arc::new(self.check_links(links)?);
+                // A request link is new every time, but what it extends (an operator's grant)
+                // is not: start from the longest prefix already verified, so a request costs
+                // the new link's signature alone.
+                let known = (1..links.len())
+                    .rev()
+                    .find_map(|k| self.cache.lookup(&links[..k], now));
+                let chain = Arc::new(self.check_links_after(links, known.as_deref())?);
                 // Cached before the context checks: a replay from a wrong machine or a stale
                 // request then costs no signature work the second time, and the context is
                 // checked on every call anyway.
-                let expires = chain
-                    .last()
-                    .window
-                    .not_after()
-                    .saturating_add(self.policy.clock_skew);
-                self.cache.insert(links, &chain, expires, now);
+                let skew = self.policy.clock_skew;
+                let expires = |chain: &VerifiedChain| {
+                    chain.last().window.not_after().saturating_add(skew)
+                };
+                self.cache.insert(links, &chain, expires(&chain), now);
+                if known.is_none() && links.len() > 1 {
+                    let prefix = Arc::new(chain.prefix(links.len() - 1));
+                    self.cache
+                        .insert(&links[..links.len() - 1], &prefix, expires(&prefix), now);
+                }
                 chain
             }
         };
@@ -319,6 +341,17 @@ impl Verifier {
     /// Each link's signature is checked before its body is interpreted; the only field read before
     /// that is the issuer, which says which key to check it with.
     pub fn check_links(&self, links: &[LinkBytes<'_>]) -> Result<VerifiedChain, CapabilityError> {
+        self.check_links_after(links, None)
+    }
+
+    /// [`Verifier::check_links`], where `known` (if any) is the verified chain of the first
+    /// links, as the cache holds it for exactly those bytes: only the links after it are
+    /// checked, each against the one before it.
+    fn check_links_after(
+        &self,
+        links: &[LinkBytes<'_>],
+        known: Option<&VerifiedChain>,
+    ) -> Result<VerifiedChain, CapabilityError> {
         let policy = &self.policy;
         if links.is_empty() {
             return Err(CapabilityError::EmptyChain);
@@ -346,22 +379,28 @@ impl Verifier {
             });
         }
 
-        let mut signed = Vec::with_capacity(SIGNING_DOMAIN.len() + links[0].body.len());
-        let mut verified: Vec<VerifiedLink> = Vec::with_capacity(links.len());
-        let mut operations = Vec::with_capacity(links.len());
-        let mut archives = Vec::with_capacity(links.len());
-        let mut previous: Option<(CapabilityBody, &[u8])> = None;
-        for (i, link) in links.iter().enumerate() {
+        let start = known.map_or(0, |k| k.links.len()).min(links.len());
+        let mut chain = match known {
+            Some(known) if start > 0 => known.prefix(start),
+            _ => VerifiedChain {
+                links: Vec::with_capacity(links.len()),
+                operations: Vec::with_capacity(links.len()),
+                archives: Vec::with_capacity(links.len()),
+                scopes: Vec::with_capacity(links.len()),
+            },
+        };
+        let mut signed = Vec::with_capacity(SIGNING_DOMAIN.len() + links[start].body.len());
+        for (i, link) in links.iter().enumerate().skip(start) {
             let signature: &[u8; 64] = link
                 .signature
                 .try_into()
                 .map_err(|_| CapabilityError::malformed(i, "a signature is 64 bytes"))?;
             let issuer = CapabilityBody::peek_issuer(link.body, i)?;
-            match &previous {
+            match chain.links.last() {
                 None if !self.trusted_roots.contains(&issuer) => {
                     return Err(CapabilityError::UntrustedRoot { issuer });
                 }
-                Some((parent, _)) if parent.holder != issuer => {
+                Some(parent) if parent.holder != issuer => {
                     return Err(CapabilityError::BrokenDelegation {
                         link: i,
                         issuer,
@@ -377,52 +416,46 @@ impl Verifier {
                 return Err(CapabilityError::BadSignature { link: i });
             }
             let body = CapabilityBody::decode(link.body, i)?;
-            match &previous {
-                None if body.parent.is_some() => {
+            match i {
+                0 if body.parent.is_some() => {
                     return Err(CapabilityError::ParentMismatch { link: i });
                 }
-                None => {}
-                Some((parent, parent_signature)) => {
-                    check_narrowing(i, &body, parent, parent_signature)?
-                }
+                0 => {}
+                _ => check_narrowing(i, &body, &chain, links[i - 1].signature)?,
             }
-            verified.push(VerifiedLink {
+            chain.links.push(VerifiedLink {
                 id: body.id,
                 issuer: body.issuer,
                 holder: body.holder,
                 window: body.window,
             });
-            operations.push(body.scope.operations.clone());
-            archives.push(body.archives.clone());
-            previous = Some((body, link.signature));
+            chain.operations.push(body.scope.operations.clone());
+            chain.archives.push(body.archives);
+            chain.scopes.push(body.scope);
         }
-        let (last, _) = previous.expect("the chain is not empty");
-        Ok(VerifiedChain {
-            links: verified,
-            operations,
-            archives,
-            scope: last.scope,
-        })
+        Ok(chain)
     }
 }
 
-/// A delegated link must name its parent and narrow it in archives, scope and window.
+/// A delegated link must name its parent (the last link of `chain`, verified) and narrow it in
+/// archives, scope and window.
 fn check_narrowing(
     link: usize,
     body: &CapabilityBody,
-    parent: &CapabilityBody,
+    chain: &VerifiedChain,
     parent_signature: &[u8],
 ) -> Result<(), CapabilityError> {
     if body.parent.as_ref().map(|p| &p[..]) != Some(parent_signature) {
         return Err(CapabilityError::ParentMismatch { link });
     }
-    if !body.archives.may_follow(&parent.archives) {
+    let parent_archives = chain.archives.last().expect("a parent link");
+    if !body.archives.may_follow(parent_archives) {
         return Err(CapabilityError::WidenedArchives { link });
     }
     body.scope
-        .is_within(&parent.scope)
+        .is_within(chain.scope())
         .map_err(|detail| CapabilityError::WidenedScope { link, detail })?;
-    if !parent.window.contains_window(&body.window) {
+    if !chain.last().window.contains_window(&body.window) {
         return Err(CapabilityError::WidenedWindow { link });
     }
     Ok(())
