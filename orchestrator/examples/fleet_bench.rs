@@ -591,16 +591,30 @@ fn render(rows: &[Row]) -> String {
         ratios
             .entry((row.split, row.workers))
             .or_insert_with(Vec::new)
-            .push((row.n, row.percentile(0.5)));
+            .push((
+                row.n,
+                row.percentile(0.5),
+                row.rss_per_archive * row.n as f64,
+            ));
     }
     for ((split, _), sizes) in ratios {
-        let Some(one) = sizes.iter().find(|(n, _)| *n == 1) else {
+        // What each further connection costs, without the fixed overhead that dominates small
+        // fleets: the slope of the memory growth between the two largest sizes.
+        if let [.., (small, _, small_rss), (large, _, large_rss)] = sizes.as_slice() {
+            let _ = writeln!(
+                out,
+                "\n{} placement, memory per connected archive between {small} and {large} archives: {:.1} KiB.",
+                if split { "Split" } else { "Shared" },
+                (large_rss - small_rss) / (large - small) as f64 / 1024.0
+            );
+        }
+        let Some(one) = sizes.iter().find(|(n, _, _)| *n == 1) else {
             continue;
         };
         let against: Vec<String> = sizes
             .iter()
-            .filter(|(n, _)| *n > 1)
-            .map(|(n, p50)| {
+            .filter(|(n, _, _)| *n > 1)
+            .map(|(n, p50, _)| {
                 format!(
                     "{n} archives {:.1}×",
                     p50.as_secs_f64() / one.1.as_secs_f64()

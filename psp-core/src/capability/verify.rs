@@ -127,7 +127,9 @@ impl VerifiedChain {
 
     /// What the chain allows (the last link's scope, the narrowest).
     pub fn scope(&self) -> &Scope {
-        self.scopes.last().expect("a verified chain has at least one link")
+        self.scopes
+            .last()
+            .expect("a verified chain has at least one link")
     }
 
     /// The chain of its first `links` links (as valid as the whole: each link was checked
@@ -262,9 +264,8 @@ impl Verifier {
                 // request then costs no signature work the second time, and the context is
                 // checked on every call anyway.
                 let skew = self.policy.clock_skew;
-                let expires = |chain: &VerifiedChain| {
-                    chain.last().window.not_after().saturating_add(skew)
-                };
+                let expires =
+                    |chain: &VerifiedChain| chain.last().window.not_after().saturating_add(skew);
                 self.cache.insert(links, &chain, expires(&chain), now);
                 if known.is_none() && links.len() > 1 {
                     let prefix = Arc::new(chain.prefix(links.len() - 1));
