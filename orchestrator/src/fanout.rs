@@ -261,7 +261,7 @@ impl Fleet {
     }
 
     /// Keeps `sources` (the fleet in config) connected from now on: each worker dials its share
-    /// at once and redials any that drop every `redial` (see [`crate::pool`]); `None` stops
+    /// at once and redials any that drop every `redial`; `None` stops
     /// that. Call again after a reload: the new list replaces the old, and Toteboxes no longer in
     /// it are let go.
     pub fn keep_connected(&self, sources: &[Source], redial: Option<Duration>) {
