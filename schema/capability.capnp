@@ -66,7 +66,9 @@ struct CapabilityBody {
 
 struct ArchiveSet {
   # A set of archives. Archives are named by digest, not by id, so a Totebox that finds itself in
-  # the set learns nothing about the other members beyond what it could guess:
+  # the set can learn other members only by guessing their ids and hashing them (from a listed
+  # set it can test every guess; from a committed set's inclusion proof only the set's size and
+  # its neighbouring leaf):
   #
   #   archiveDigest(id) = SHA-256("PSP-ARCHIVE-v1\0" || UTF-8 bytes of the archive id)
 

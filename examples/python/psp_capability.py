@@ -74,8 +74,9 @@ def inclusion_path(leaves: list[bytes], index: int) -> list[bytes]:
 
 
 def verify_inclusion(root: bytes, size: int, index: int, leaf: bytes, path: list[bytes]) -> bool:
-    """Whether ``path`` proves ``leaf`` is leaf ``index`` of the tree of ``size`` leaves with
-    ``root`` (RFC 9162, section 2.1.3.2)."""
+    """Whether ``path`` proves ``leaf`` (the leaf's bytes, an archive digest: hashed here, where
+    Rust's ``merkle::verify_inclusion`` takes the leaf hash) is leaf ``index`` of the tree of
+    ``size`` leaves with ``root`` (RFC 9162, section 2.1.3.2)."""
     if index >= size:
         return False
     fn, sn, r = index, size - 1, leaf_hash(leaf)
@@ -166,6 +167,21 @@ def _archives(link: Link) -> set[bytes] | None:
     if which == "committed":
         return set(link.members)
     return set(_digests(bytes(link.body.archives.members)))
+
+
+def _may_follow(child: Link, parent: Link) -> bool:
+    """The `widened-archives` rule, as a Totebox applies it: two listed sets compare as sets, an
+    any-archive parent allows anything and an any-archive child under a named parent is wider; a
+    committed set on either side is judged per archive (every link must hold the archive),
+    since a Totebox sees only its own proof."""
+    kinds = (child.body.archives.which(), parent.body.archives.which())
+    if kinds[1] == "anyArchive":
+        return True
+    if kinds[0] == "anyArchive":
+        return False
+    if "committed" in kinds:
+        return True
+    return _archives(child) <= _archives(parent)
 
 
 def reached(links: list[Link]) -> set[bytes] | None:
@@ -292,8 +308,7 @@ def verify(links: list[Link], trusted_roots: list[bytes], now: int | None = None
             p = previous.body
             if body.notBefore < p.notBefore or body.notAfter > p.notAfter:
                 raise Refused("widened-window", f"link {i} outlives its parent")
-            theirs, ours = _archives(previous), _archives(link)
-            if theirs is not None and (ours is None or not ours <= theirs):
+            if not _may_follow(link, previous):
                 raise Refused("widened-archives", f"link {i} names archives its parent does not")
             why = _scope_within(body.scope, p.scope)
             if why:

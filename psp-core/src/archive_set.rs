@@ -138,8 +138,13 @@ impl LinkArchives {
                 (Self::Listed(members.clone()), None)
             }
             ArchiveSet::Members(members) => {
-                let tree = MemberTree::new(members.clone())
-                    .expect("a set of more than LISTED_AT_MOST members is not empty");
+                // Sorted and deduplicated again: the variant's field is public, and a tree is
+                // only defined over ascending, unique digests.
+                let mut members = members.clone();
+                members.sort_unstable();
+                members.dedup();
+                let tree = MemberTree::new(members)
+                    .expect("more than LISTED_AT_MOST members, now ascending and unique");
                 (
                     Self::Committed(tree.commitment()),
                     Some(std::sync::Arc::new(tree)),

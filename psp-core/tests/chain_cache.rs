@@ -181,6 +181,21 @@ fn a_cached_grant_vouches_for_nothing_that_extends_it() {
     };
     // A new, honest request link on the cached grant: accepted.
     assert_eq!(present(&fresh(&|_| {})), Ok(()));
+    // The grant revoked (or its root no longer trusted) after it was cached: a fresh request
+    // link on it is refused at once, by the per-call checks.
+    let root_id = psp_core::capability::CapabilityBody::parse(&scene.links[0].body)
+        .unwrap()
+        .id;
+    let revoking = Verifier::new([scene.keys.owner.public()])
+        .with_revoked([root_id])
+        .with_cache(verifier.cache().clone());
+    let refused = revoking
+        .verify(&bytes(&fresh(&|_| {})), &scene.presenter(), &QUERY, NOW)
+        .unwrap_err();
+    assert_eq!(refused.rule(), "revoked");
+    // Narrower in scope but outliving the grant.
+    let outliving = fresh(&|b| b.window = psp_core::Window::lasting(NOW - 60, 200_000));
+    assert_eq!(present(&outliving), Err("widened-window"));
     // Its signature broken.
     let mut forged = fresh(&|_| {});
     forged[1].signature[0] ^= 1;
@@ -200,4 +215,26 @@ fn a_cached_grant_vouches_for_nothing_that_extends_it() {
     leaf.issuer = scene.keys.stranger.public();
     stranger[1] = psp_core::capability::SignedLink::sign(&scene.keys.stranger, &leaf);
     assert_eq!(present(&stranger), Err("broken-delegation"));
+}
+
+#[test]
+fn a_chain_of_a_million_links_is_refused_before_any_work() {
+    // Far past the depth limit, with empty links: refused by its length, before a cache lookup
+    // or a signature (each prefix lookup would hash every signature before it).
+    let scene = Scene::new();
+    let verifier = Verifier::new([scene.keys.owner.public()]);
+    let empty = vec![LinkBytes::new(&[], &[]); 1_000_000];
+    let refused = verifier
+        .check_chain(&empty, &scene.presenter(), NOW)
+        .unwrap_err();
+    assert_eq!(refused.rule(), "chain-too-deep");
+    // And proofs count toward the chain's size: a member list of 10,000 archives (320,000
+    // bytes) beside a valid chain is over the 256 KiB limit.
+    let members = vec![0u8; 320_000];
+    let mut links = bytes(&scene.links);
+    links[1].proof = psp_core::archive_set::ArchiveProof::Members(&members);
+    let refused = verifier
+        .check_chain(&links, &scene.presenter(), NOW)
+        .unwrap_err();
+    assert_eq!(refused.rule(), "chain-too-large");
 }

@@ -21,6 +21,10 @@ use crate::window::UnixSeconds;
 /// Default number of chains remembered.
 const DEFAULT_CAPACITY: usize = 4096;
 
+/// Most bytes of chains remembered (the verified bytes each entry keeps), whatever their number:
+/// 4,096 chains at the 256 KiB a chain may reach would be a gigabyte.
+const MAX_BYTES: usize = 64 << 20;
+
 /// A bounded, thread-safe cache of verified chains. See the module docs for what it may store.
 #[derive(Debug)]
 pub struct ChainCache {
@@ -35,6 +39,16 @@ struct Entries {
     by_key: HashMap<u64, Entry>,
     /// Insertion order, for eviction when full. May hold keys already removed.
     order: VecDeque<u64>,
+    /// The bytes the entries in `by_key` keep.
+    bytes: usize,
+}
+
+impl Entries {
+    fn remove(&mut self, key: &u64) {
+        if let Some(entry) = self.by_key.remove(key) {
+            self.bytes -= entry.bytes.len();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -77,6 +91,7 @@ impl ChainCache {
         let mut entries = self.lock();
         entries.by_key.clear();
         entries.order.clear();
+        entries.bytes = 0;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -105,7 +120,7 @@ impl ChainCache {
         let mut entries = self.lock();
         let entry = entries.by_key.get(&key)?;
         if now >= entry.expires {
-            entries.by_key.remove(&key);
+            entries.remove(&key);
             return None;
         }
         same_bytes(&entry.bytes, links).then(|| entry.chain.clone())
@@ -130,25 +145,31 @@ impl ChainCache {
                 bytes.extend_from_slice(part);
             }
         }
+        if bytes.len() > MAX_BYTES {
+            return;
+        }
         let mut entries = self.lock();
-        while entries.by_key.len() >= self.capacity {
+        entries.remove(&key);
+        while entries.by_key.len() >= self.capacity || entries.bytes + bytes.len() > MAX_BYTES {
             let Some(oldest) = entries.order.pop_front() else {
                 break;
             };
-            entries.by_key.remove(&oldest);
+            entries.remove(&oldest);
         }
+        entries.bytes += bytes.len();
         let entry = Entry {
             bytes: bytes.into_boxed_slice(),
             chain: chain.clone(),
             expires,
         };
-        if entries.by_key.insert(key, entry).is_none() {
-            entries.order.push_back(key);
-        }
+        entries.by_key.insert(key, entry);
+        // Queued again even if it was already: an older place in the queue only means it may
+        // be evicted sooner, which costs a verification, never a wrong answer.
+        entries.order.push_back(key);
         // Expired entries leave `by_key` on lookup but stay queued; drop such stale keys before
         // the queue outgrows the cache.
         if entries.order.len() > 2 * self.capacity + 16 {
-            let Entries { by_key, order } = &mut *entries;
+            let Entries { by_key, order, .. } = &mut *entries;
             order.retain(|k| by_key.contains_key(k));
         }
     }

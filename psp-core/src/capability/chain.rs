@@ -310,6 +310,15 @@ impl Chain {
         if links.is_empty() {
             return Err(CapabilityError::EmptyChain);
         }
+        // A holder reads what no verifier would accept no further: every link is decoded (and
+        // a committed one's members hashed) before anything else is judged.
+        let max = super::VerifyPolicy::default().max_depth;
+        if links.len() > max {
+            return Err(CapabilityError::ChainTooDeep {
+                depth: links.len(),
+                max,
+            });
+        }
         let mut chain = Chain {
             links: Vec::with_capacity(links.len()),
             bodies: Vec::with_capacity(links.len()),

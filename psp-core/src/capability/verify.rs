@@ -22,7 +22,7 @@ use super::body::CapabilityBody;
 use super::cache::ChainCache;
 use super::chain::{LinkBytes, SIGNING_DOMAIN};
 use super::{CapabilityError, CapabilityId};
-use crate::archive_set::{ArchiveDigest, LinkArchives};
+use crate::archive_set::{ArchiveDigest, ArchiveProof, LinkArchives};
 use crate::identity::PublicKey;
 use crate::scope::{Access, CollectionAccess, CommandDigest, Operation, Scope};
 use crate::window::{UnixSeconds, Window};
@@ -86,8 +86,7 @@ pub struct VerifiedChain {
     operations: Vec<Vec<Operation>>,
     /// Each link's archive set, root first, as its body names it.
     archives: Vec<LinkArchives>,
-    /// Each link's scope, root first (the last is what the chain allows).
-    scopes: Vec<Scope>,
+    scope: Scope,
 }
 
 impl VerifiedChain {
@@ -127,20 +126,7 @@ impl VerifiedChain {
 
     /// What the chain allows (the last link's scope, the narrowest).
     pub fn scope(&self) -> &Scope {
-        self.scopes
-            .last()
-            .expect("a verified chain has at least one link")
-    }
-
-    /// The chain of its first `links` links (as valid as the whole: each link was checked
-    /// against the one before it).
-    fn prefix(&self, links: usize) -> VerifiedChain {
-        VerifiedChain {
-            links: self.links[..links].to_vec(),
-            operations: self.operations[..links].to_vec(),
-            archives: self.archives[..links].to_vec(),
-            scopes: self.scopes[..links].to_vec(),
-        }
+        &self.scope
     }
 
     /// The idempotency namespace of the command `name` with `digest` under this chain: the key
@@ -173,7 +159,7 @@ impl VerifiedChain {
         &self,
         access: &Access<'_>,
     ) -> Result<Option<CollectionAccess<'_>>, CapabilityError> {
-        self.scope().authorize(access)
+        self.scope.authorize(access)
     }
 }
 
@@ -250,6 +236,9 @@ impl Verifier {
         presenter: &Presenter<'_>,
         now: UnixSeconds,
     ) -> Result<Arc<VerifiedChain>, CapabilityError> {
+        // The limits first, before any work that grows with the chain: a presented chain of a
+        // million empty links costs one length check, not a million cache lookups.
+        self.check_sizes(links)?;
         let chain = match self.cache.lookup(links, now) {
             Some(chain) => chain,
             None => {
@@ -259,7 +248,10 @@ impl Verifier {
                 let known = (1..links.len())
                     .rev()
                     .find_map(|k| self.cache.lookup(&links[..k], now));
-                let chain = Arc::new(self.check_links_after(links, known.as_deref())?);
+                let want_prefix = known.is_none() && links.len() > 1;
+                let (chain, prefix) =
+                    self.check_links_after(links, known.as_deref(), want_prefix)?;
+                let chain = Arc::new(chain);
                 // Cached before the context checks: a replay from a wrong machine or a stale
                 // request then costs no signature work the second time, and the context is
                 // checked on every call anyway.
@@ -267,8 +259,8 @@ impl Verifier {
                 let expires =
                     |chain: &VerifiedChain| chain.last().window.not_after().saturating_add(skew);
                 self.cache.insert(links, &chain, expires(&chain), now);
-                if known.is_none() && links.len() > 1 {
-                    let prefix = Arc::new(chain.prefix(links.len() - 1));
+                if let Some(prefix) = prefix {
+                    let prefix = Arc::new(prefix);
                     self.cache
                         .insert(&links[..links.len() - 1], &prefix, expires(&prefix), now);
                 }
@@ -342,17 +334,13 @@ impl Verifier {
     /// Each link's signature is checked before its body is interpreted; the only field read before
     /// that is the issuer, which says which key to check it with.
     pub fn check_links(&self, links: &[LinkBytes<'_>]) -> Result<VerifiedChain, CapabilityError> {
-        self.check_links_after(links, None)
+        self.check_sizes(links)?;
+        Ok(self.check_links_after(links, None, false)?.0)
     }
 
-    /// [`Verifier::check_links`], where `known` (if any) is the verified chain of the first
-    /// links, as the cache holds it for exactly those bytes: only the links after it are
-    /// checked, each against the one before it.
-    fn check_links_after(
-        &self,
-        links: &[LinkBytes<'_>],
-        known: Option<&VerifiedChain>,
-    ) -> Result<VerifiedChain, CapabilityError> {
+    /// The depth and size limits, proofs included (a member list is bytes to hash like any
+    /// other).
+    fn check_sizes(&self, links: &[LinkBytes<'_>]) -> Result<(), CapabilityError> {
         let policy = &self.policy;
         if links.is_empty() {
             return Err(CapabilityError::EmptyChain);
@@ -371,7 +359,12 @@ impl Verifier {
                     max: policy.max_link_bytes,
                 });
             }
-            total += link.body.len() + link.signature.len();
+            let proof = match link.proof {
+                ArchiveProof::None => 0,
+                ArchiveProof::Members(bytes) => bytes.len(),
+                ArchiveProof::Inclusion { path, .. } => path.len(),
+            };
+            total += link.body.len() + link.signature.len() + proof;
         }
         if total > policy.max_chain_bytes {
             return Err(CapabilityError::ChainTooLarge {
@@ -379,17 +372,34 @@ impl Verifier {
                 max: policy.max_chain_bytes,
             });
         }
+        Ok(())
+    }
 
+    /// The links after `known` (the verified chain of the first links, as the cache holds it
+    /// for exactly those bytes), each checked against the one before it; the sizes are already
+    /// checked. With `want_prefix`, also the verified chain of all links but the last, for the
+    /// cache.
+    fn check_links_after(
+        &self,
+        links: &[LinkBytes<'_>],
+        known: Option<&VerifiedChain>,
+        want_prefix: bool,
+    ) -> Result<(VerifiedChain, Option<VerifiedChain>), CapabilityError> {
         let start = known.map_or(0, |k| k.links.len()).min(links.len());
         let mut chain = match known {
-            Some(known) if start > 0 => known.prefix(start),
+            Some(known) if start > 0 => known.clone(),
             _ => VerifiedChain {
                 links: Vec::with_capacity(links.len()),
                 operations: Vec::with_capacity(links.len()),
                 archives: Vec::with_capacity(links.len()),
-                scopes: Vec::with_capacity(links.len()),
+                // Grants nothing; replaced by the first link's scope.
+                scope: Scope {
+                    collections: crate::scope::Collections::Only(Default::default()),
+                    operations: Vec::new(),
+                },
             },
         };
+        let mut prefix = None;
         let mut signed = Vec::with_capacity(SIGNING_DOMAIN.len() + links[start].body.len());
         for (i, link) in links.iter().enumerate().skip(start) {
             let signature: &[u8; 64] = link
@@ -432,9 +442,12 @@ impl Verifier {
             });
             chain.operations.push(body.scope.operations.clone());
             chain.archives.push(body.archives);
-            chain.scopes.push(body.scope);
+            chain.scope = body.scope;
+            if want_prefix && i + 2 == links.len() {
+                prefix = Some(chain.clone());
+            }
         }
-        Ok(chain)
+        Ok((chain, prefix))
     }
 }
 
