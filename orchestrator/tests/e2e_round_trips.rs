@@ -5,13 +5,12 @@
 mod support;
 
 use psp_core::Operation;
-use support::flights;
-use support::processes::Fleet;
+use support::flights::{self, Flights};
+use support::processes::{Fleet, Operator, Orchestrator};
 
-#[test]
-fn fleet_is_the_tls_handshake_and_one_call() {
-    let fleet = Fleet::start(2, 0);
-    let operator = fleet.operator("acme", &["prop-01", "prop-02"], vec![Operation::Query]);
+/// `orchestrator serve` over `fleet` with one tenant, acme, whose operator is `operator`,
+/// reached by consoles through a round-trip counting proxy.
+fn behind_a_proxy(fleet: &Fleet, operator: &Operator) -> (Orchestrator, Flights) {
     let config = fleet.orchestrator_config(
         "orchestrator.toml",
         &format!(
@@ -22,6 +21,14 @@ fn fleet_is_the_tls_handshake_and_one_call() {
     let mut orchestrator = fleet.serve(&config);
     let (proxy, counted) = flights::proxy(orchestrator.address.parse().unwrap());
     orchestrator.address = proxy.to_string();
+    (orchestrator, counted)
+}
+
+#[test]
+fn fleet_is_the_tls_handshake_and_one_call() {
+    let fleet = Fleet::start(2, 0);
+    let operator = fleet.operator("acme", &["prop-01", "prop-02"], vec![Operation::Query]);
+    let (orchestrator, counted) = behind_a_proxy(&fleet, &operator);
 
     let listed = orchestrator.json(&fleet, &operator, &["fleet"]);
     assert_eq!(listed.as_array().unwrap().len(), 2);
@@ -80,16 +87,7 @@ fn a_request_by_id_is_the_tls_handshake_and_one_call() {
     let fleet = Fleet::start(2, 0);
     let operator = fleet.operator("acme", &["prop-01", "prop-02"], vec![Operation::Query]);
     let stranger = fleet.operator("stranger", &["prop-01"], vec![Operation::Query]);
-    let config = fleet.orchestrator_config(
-        "orchestrator.toml",
-        &format!(
-            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
-            operator.key
-        ),
-    );
-    let mut orchestrator = fleet.serve(&config);
-    let (proxy, counted) = flights::proxy(orchestrator.address.parse().unwrap());
-    orchestrator.address = proxy.to_string();
+    let (mut orchestrator, counted) = behind_a_proxy(&fleet, &operator);
 
     let query = [
         "query",
@@ -112,7 +110,7 @@ fn a_request_by_id_is_the_tls_handshake_and_one_call() {
 
     // A config viewport by name: its definition, then the view (the console needs the
     // definition to narrow the request link to the viewport's collections and fields).
-    let (proxy, counted) = flights::proxy(proxy);
+    let (proxy, counted) = flights::proxy(orchestrator.address.parse().unwrap());
     orchestrator.address = proxy.to_string();
     let viewed = orchestrator.json(
         &fleet,
