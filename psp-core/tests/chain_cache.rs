@@ -238,3 +238,63 @@ fn a_chain_of_a_million_links_is_refused_before_any_work() {
         .unwrap_err();
     assert_eq!(refused.rule(), "chain-too-large");
 }
+
+#[test]
+fn a_cached_two_link_prefix_is_extended_and_checked() {
+    use psp_core::{ArchiveSet, Chain, Grant, Operation, Scope, Window};
+    let keys = keys();
+    let everything = |holder: psp_core::PublicKey, lifetime: u32| Grant {
+        holder,
+        archives: ArchiveSet::of_ids(["tower-a", "tower-b"]),
+        scope: Scope::everything(vec![Operation::Query]),
+        window: Window::lasting(NOW - 60, lifetime),
+    };
+    // owner -> console -> a middle machine (the stranger key) -> orchestrator.
+    let middle = Chain::mint(&keys.owner, everything(keys.console.public(), 86_400))
+        .unwrap()
+        .delegate(&keys.console, everything(keys.stranger.public(), 3_600))
+        .unwrap();
+    let leaf = |grant: Grant| middle.delegate(&keys.stranger, grant).unwrap();
+    let verifier = Verifier::new([keys.owner.public()]);
+    let peer = keys.orchestrator.public();
+    let archive = ArchiveDigest::of("tower-a");
+    let presenter = Presenter {
+        peer: &peer,
+        archive: &archive,
+    };
+    let present = |chain: &Chain| {
+        let links: Vec<LinkBytes<'_>> = chain
+            .links()
+            .iter()
+            .map(|l| LinkBytes::new(&l.body, &l.signature))
+            .collect();
+        verifier
+            .verify(&links, &presenter, &QUERY, NOW)
+            .map(drop)
+            .map_err(|e| e.rule())
+    };
+    assert_eq!(present(&leaf(everything(peer, 600))), Ok(()));
+    assert_eq!(
+        verifier.cache().len(),
+        2,
+        "the chain and its two-link prefix"
+    );
+    // A fresh last link on the cached two-link prefix: accepted, checked in full.
+    assert_eq!(present(&leaf(everything(peer, 300))), Ok(()));
+    // One that outlives the middle link, built raw (the safe API refuses to).
+    let mut body = leaf(everything(peer, 300)).last().clone();
+    body.window = Window::lasting(NOW - 60, 7_200);
+    let mut raw = middle.links().to_vec();
+    raw.push(psp_core::capability::SignedLink::sign(
+        &keys.stranger,
+        &body,
+    ));
+    let links: Vec<LinkBytes<'_>> = raw
+        .iter()
+        .map(|l| LinkBytes::new(&l.body, &l.signature))
+        .collect();
+    let refused = verifier
+        .verify(&links, &presenter, &QUERY, NOW)
+        .unwrap_err();
+    assert_eq!(refused.rule(), "widened-window");
+}

@@ -34,8 +34,10 @@ enum Attack {
     CallInsteadOfIdentify,
     /// Answers `open` with a capability it claims we host.
     CapabilityItDoesNotHost,
-    /// Answers our pipelined `query` with a capability.
+    /// Answers our `query` with a capability.
     CapabilityAnsweringQuery,
+    /// Answers our `command` with a capability.
+    CapabilityAnsweringCommand,
     /// Resolves a promise to a new capability.
     ResolveToCapability,
     /// Starts a three-party handoff.
@@ -132,8 +134,8 @@ async fn rogue(
                 })
                 .await;
             }
-            // `open`, or `query` (the one-call form the client sends for a query).
-            (true, 1 | 2) => match attack {
+            // `open`, or `query` and `command` (the one-call forms the client sends).
+            (true, 1..=3) => match attack {
                 Attack::Bootstrap => {
                     send(&mut writer, |m| m.init_bootstrap().set_question_id(0)).await
                 }
@@ -163,7 +165,9 @@ async fn rogue(
                     })
                     .await
                 }
-                Attack::CapabilityAnsweringQuery if method == 2 => {
+                Attack::CapabilityAnsweringQuery | Attack::CapabilityAnsweringCommand
+                    if method >= 2 =>
+                {
                     send(&mut writer, |m| {
                         let mut ret = m.init_return();
                         ret.set_answer_id(question);
@@ -174,7 +178,7 @@ async fn rogue(
                     })
                     .await
                 }
-                Attack::CapabilityAnsweringQuery => {} // waits for the query below
+                Attack::CapabilityAnsweringQuery | Attack::CapabilityAnsweringCommand => {} // waits for the call below
                 Attack::ResolveToCapability => {
                     send(&mut writer, |m| {
                         let mut r = m.init_resolve();
@@ -242,6 +246,10 @@ async fn every_attempt_to_send_upstream_cuts_only_that_connection() {
             Attack::CapabilityAnsweringQuery,
             "not our Bootstrap or open",
         ),
+        (
+            Attack::CapabilityAnsweringCommand,
+            "not our Bootstrap or open",
+        ),
         (Attack::ResolveToCapability, "Resolve to a new capability"),
         (Attack::Provide, "three-party"),
         (Attack::Join, "three-party"),
@@ -289,11 +297,21 @@ async fn every_attempt_to_send_upstream_cuts_only_that_connection() {
                 }
                 let victim = connected
                     .unwrap_or_else(|e| panic!("{attack:?}: the rogue behaves until open: {e}"));
-                let outcome = tokio::time::timeout(
-                    Duration::from_secs(5),
-                    victim.query(&chain(&m, &m.orchestrator, "rogue", 60), &query),
-                )
-                .await;
+                let held = chain(&m, &m.orchestrator, "rogue", 60);
+                let call = async {
+                    if let Attack::CapabilityAnsweringCommand = attack {
+                        let ping = psp_rpc::client::CommandSpec {
+                            name: "ping".into(),
+                            collection: String::new(),
+                            idempotency_key: b"diode-test-ping-0001".to_vec(),
+                            arguments: Vec::new(),
+                        };
+                        victim.command(&held, &ping).await.map(drop)
+                    } else {
+                        victim.query(&held, &query).await.map(drop)
+                    }
+                };
+                let outcome = tokio::time::timeout(Duration::from_secs(5), call).await;
                 let error = outcome
                     .unwrap_or_else(|_| panic!("{attack:?}: the guarded side must not hang"))
                     .unwrap_err();
