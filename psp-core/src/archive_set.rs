@@ -339,4 +339,26 @@ mod tests {
             LinkArchives::Listed(_)
         ));
     }
+
+    #[test]
+    fn extreme_indexes_and_sizes_prove_nothing_and_never_panic() {
+        let archive = ArchiveDigest::of("prop-03");
+        let leaf = merkle::leaf_hash(archive.as_bytes());
+        for size in [1, 2, u32::MAX - 1, u32::MAX] {
+            let set = LinkArchives::Committed(SetCommitment { root: leaf, size });
+            for index in [0, 1, size / 2, size - 1, size, u32::MAX] {
+                for hashes in [0usize, 1, 31, 32, 33, 64] {
+                    let path = vec![0x5a; 32 * hashes];
+                    let proof = ArchiveProof::Inclusion { index, path: &path };
+                    let admitted = set.admits(&archive, &proof);
+                    // Only the one-leaf tree whose root is the leaf itself, with no path.
+                    assert_eq!(
+                        admitted,
+                        size == 1 && index == 0 && hashes == 0,
+                        "size {size} index {index} hashes {hashes}"
+                    );
+                }
+            }
+        }
+    }
 }
