@@ -166,13 +166,6 @@ impl Fleet {
             operator,
         })
     }
-
-    fn config(&self, i: usize) -> PathBuf {
-        self.dir
-            .join("fleet")
-            .join(&self.ids[i])
-            .join("archive.toml")
-    }
 }
 
 /// A child process serving some of the fleet's Toteboxes.
@@ -499,31 +492,30 @@ fn serve_toteboxes(dir: &Path, from: usize, to: usize) -> Result<(), String> {
         let manifest =
             std::fs::read_to_string(dir.join("fleet/manifest.toml")).map_err(|e| e.to_string())?;
         let manifest: toml::Table = manifest.parse().map_err(|e| format!("{e}"))?;
-        manifest["archives"]
-            .as_array()
-            .ok_or("no archives")?
+        manifest
+            .get("archives")
+            .and_then(toml::Value::as_array)
+            .ok_or("the manifest lists no archives")?
             .iter()
             .filter_map(|a| a.get("id")?.as_str().map(str::to_owned))
             .collect()
     };
-    let fleet = Fleet {
-        dir: dir.to_path_buf(),
-        ids,
-        owner: IdentityKey::from_seed([0; 32]),
-        operator: IdentityKey::from_seed([0; 32]),
-    };
+    let served = ids
+        .get(from..to)
+        .ok_or_else(|| format!("archives {from}..{to} of {}", ids.len()))?;
     let toteboxes = runtime.block_on(async {
         let mut toteboxes = Vec::new();
         let mut out = std::io::stdout().lock();
-        for i in from..to {
-            let totebox = RunningTotebox::start(&fleet.config(i))
+        for id in served {
+            let config = dir.join("fleet").join(id).join("archive.toml");
+            let totebox = RunningTotebox::start(&config)
                 .await
-                .map_err(|e| format!("{}: {e}", fleet.ids[i]))?;
+                .map_err(|e| format!("{id}: {e}"))?;
             // One line per entry (TOML newlines escaped), read back by the parent.
             writeln!(
                 out,
                 "[[fleet]]\\nid = {:?}\\naddress = \"{}\"\\nkey = \"{}\"\\nlabels = {{ entity = \"property\" }}",
-                fleet.ids[i],
+                id,
                 totebox.local_addr(),
                 totebox.key()
             )

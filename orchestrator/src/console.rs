@@ -281,8 +281,8 @@ impl Console {
     /// The archive ids `selector` names, as this console last saw the tenant's archives. A
     /// console [opened](Console::open) without the listing can only name archives by id.
     pub fn selected(&self, selector: &Selector) -> Result<Vec<String>, CallError> {
-        let listed = |archives: &Option<Vec<ArchiveStatus>>| {
-            archives.clone().ok_or_else(|| {
+        let listed = || {
+            self.archives.as_deref().ok_or_else(|| {
                 CallError::new(
                     "tenant.nothing-selected",
                     "this console was opened without the tenant's listing: select archives by id, or connect (Console::connect) to select by label or all",
@@ -291,11 +291,11 @@ impl Console {
         };
         Ok(match selector {
             Selector::Ids(ids) => ids.clone(),
-            Selector::All => listed(&self.archives)?.into_iter().map(|a| a.id).collect(),
-            Selector::Labels(labels) => listed(&self.archives)?
-                .into_iter()
+            Selector::All => listed()?.iter().map(|a| a.id.clone()).collect(),
+            Selector::Labels(labels) => listed()?
+                .iter()
                 .filter(|a| labels.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
-                .map(|a| a.id)
+                .map(|a| a.id.clone())
                 .collect(),
         })
     }

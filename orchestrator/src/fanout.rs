@@ -44,6 +44,17 @@ pub struct Source {
     pub key: PublicKey,
 }
 
+impl Source {
+    /// The source an archive of the fleet config is asked as.
+    pub fn of(archive: &crate::config::FleetArchive) -> Source {
+        Source {
+            archive: archive.id.clone(),
+            address: archive.address,
+            key: archive.key,
+        }
+    }
+}
+
 /// How one source ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceStatus {

@@ -140,6 +140,16 @@ struct Slot {
 
 use std::net::SocketAddr;
 
+impl Slot {
+    /// The pooled connection, if it is up and to `endpoint` (a reloaded config may have moved
+    /// the archive).
+    fn live(&self, endpoint: (SocketAddr, PublicKey)) -> Option<&Rc<ToteboxClient>> {
+        self.client
+            .as_ref()
+            .filter(|c| self.endpoint == Some(endpoint) && c.is_connected())
+    }
+}
+
 impl Pool {
     fn slot<'a>(&self, connections: &'a mut HashMap<String, Slot>, archive: &str) -> &'a mut Slot {
         connections
@@ -183,14 +193,11 @@ impl Pool {
                 self.quarantine(source, why.clone());
                 return Err(SourceStatus::Quarantined(why));
             }
-            if let Some(client) = &slot.client {
-                let same_endpoint = slot.endpoint == Some(endpoint);
-                if same_endpoint && client.is_connected() {
-                    return Ok(client.clone());
-                }
-                // Dropping our reference closes it once calls still holding it end.
-                slot.client = None;
+            if let Some(client) = slot.live(endpoint) {
+                return Ok(client.clone());
             }
+            // Dropping our reference closes it once calls still holding it end.
+            slot.client = None;
             let joined = slot
                 .dialing
                 .as_ref()
@@ -275,13 +282,11 @@ impl Pool {
 
     /// Connects `source` if it is not connected, and records how that went.
     async fn keep(self: &Rc<Self>, source: &Source) {
-        let connected = {
-            let connections = self.connections.borrow();
-            connections.get(&source.archive).is_some_and(|slot| {
-                slot.endpoint == Some((source.address, source.key))
-                    && slot.client.as_ref().is_some_and(|c| c.is_connected())
-            })
-        };
+        let connected = self
+            .connections
+            .borrow()
+            .get(&source.archive)
+            .is_some_and(|slot| slot.live((source.address, source.key)).is_some());
         if connected {
             return;
         }

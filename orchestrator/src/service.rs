@@ -49,15 +49,7 @@ struct Snapshot {
 
 /// Every archive of `config`'s fleet, as the fleet workers dial it.
 fn sources_of(config: &Config) -> Vec<Source> {
-    config
-        .fleet
-        .iter()
-        .map(|a| Source {
-            archive: a.id.clone(),
-            address: a.address,
-            key: a.key,
-        })
-        .collect()
+    config.fleet.iter().map(Source::of).collect()
 }
 
 /// What every console connection shares.
@@ -219,15 +211,7 @@ impl Console {
             "{what}"
         );
         let reach = Reach {
-            sources: reached
-                .asked
-                .iter()
-                .map(|a| Source {
-                    archive: a.id.clone(),
-                    address: a.address,
-                    key: a.key,
-                })
-                .collect(),
+            sources: reached.asked.iter().map(|a| Source::of(a)).collect(),
             labels: reached.asked.iter().map(|a| a.labels.clone()).collect(),
             not_asked: reached
                 .outside_capability

@@ -229,8 +229,7 @@ pub enum ArchiveProof<'a> {
 /// inclusion proof.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberTree {
-    members: Vec<ArchiveDigest>,
-    /// The members as they travel (`ArchiveProof.members`), kept for writing.
+    /// The members as they travel (`ArchiveProof.members`): digests concatenated, ascending.
     wire: Vec<u8>,
     tree: MerkleTree,
 }
@@ -239,39 +238,46 @@ impl MemberTree {
     /// The tree over `members`, which must be ascending and unique (as [`ArchiveSet`] keeps
     /// them); `None` when empty or out of order.
     pub fn new(members: Vec<ArchiveDigest>) -> Option<Self> {
-        if members.windows(2).any(|pair| pair[0] >= pair[1]) {
-            return None;
-        }
-        let tree = MerkleTree::new(&members.iter().map(|d| d.0).collect::<Vec<_>>())?;
-        let wire = members.iter().flat_map(|d| d.0).collect();
-        Some(Self {
-            members,
-            wire,
-            tree,
-        })
+        Self::over(&members.iter().map(|d| d.0).collect::<Vec<_>>())
     }
 
     /// The tree over a member list as it travels (`ArchiveProof.members`); `None` when the bytes
     /// are not whole, ascending, unique digests.
     pub fn from_wire(bytes: &[u8]) -> Option<Self> {
         let (digests, rest) = bytes.as_chunks::<32>();
-        if !rest.is_empty() || u32::try_from(digests.len()).is_err() {
+        if !rest.is_empty() {
             return None;
         }
-        Self::new(digests.iter().map(|d| ArchiveDigest(*d)).collect())
+        Self::over(digests)
+    }
+
+    fn over(digests: &[[u8; 32]]) -> Option<Self> {
+        if u32::try_from(digests.len()).is_err() || digests.windows(2).any(|p| p[0] >= p[1]) {
+            return None;
+        }
+        let tree = MerkleTree::new(digests)?;
+        Some(Self {
+            wire: digests.concat(),
+            tree,
+        })
+    }
+
+    fn digests(&self) -> &[[u8; 32]] {
+        self.wire.as_chunks::<32>().0
     }
 
     /// What a link signs for this set.
     pub fn commitment(&self) -> SetCommitment {
         SetCommitment {
             root: self.tree.root(),
-            size: self.members.len() as u32,
+            // At most u32::MAX leaves: checked when the tree was built.
+            size: self.tree.size() as u32,
         }
     }
 
     /// The members, ascending.
-    pub fn members(&self) -> &[ArchiveDigest] {
-        &self.members
+    pub fn members(&self) -> impl Iterator<Item = ArchiveDigest> + '_ {
+        self.digests().iter().map(|d| ArchiveDigest(*d))
     }
 
     /// The members as they travel: digests concatenated, ascending.
@@ -281,7 +287,7 @@ impl MemberTree {
 
     /// The leaf index of `archive`, if it is a member.
     pub fn position(&self, archive: &ArchiveDigest) -> Option<usize> {
-        self.members.binary_search(archive).ok()
+        self.digests().binary_search(&archive.0).ok()
     }
 
     /// The inclusion proof of `archive`: its leaf index and audit path, or `None` when it is not

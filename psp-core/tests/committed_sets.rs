@@ -330,3 +330,16 @@ fn a_committed_set_of_zero_members_or_a_short_root_is_malformed() {
         assert_eq!(error.rule(), "malformed", "{error}");
     }
 }
+
+#[test]
+fn a_holder_refuses_a_chain_deeper_than_any_verifier_accepts() {
+    // A console could hand an orchestrator thousands of links; it reads none of them.
+    let mut message = Builder::new_default();
+    {
+        let root: chain::Builder<'_> = message.init_root();
+        root.init_links(10_000);
+    }
+    let bytes = serialize::write_message_to_words(&message);
+    let error = Chain::from_reader(read(&bytes).get_root().unwrap()).unwrap_err();
+    assert_eq!(error.rule(), "chain-too-deep", "{error}");
+}

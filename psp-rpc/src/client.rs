@@ -129,6 +129,17 @@ pub struct Identity {
     pub now: i64,
 }
 
+impl Identity {
+    /// Reads an `identify` answer.
+    fn read(r: totebox::identify_results::Reader<'_>) -> capnp::Result<Identity> {
+        Ok(Identity {
+            archive: r.get_archive()?.to_string()?,
+            format_version: r.get_format_version(),
+            now: r.get_now(),
+        })
+    }
+}
+
 /// A command to send (see `Command` in `schema/totebox.capnp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandSpec {
@@ -295,13 +306,7 @@ impl ToteboxClient {
             };
             let identified = response
                 .get()
-                .and_then(|r| {
-                    Ok(Identity {
-                        archive: r.get_archive()?.to_string()?,
-                        format_version: r.get_format_version(),
-                        now: r.get_now(),
-                    })
-                })
+                .and_then(Identity::read)
                 .map_err(|e| failed(&guard, format!("a malformed identify answer: {e}")))?;
             Ok::<_, ConnectError>((totebox, rpc, identified, guard))
         };
@@ -342,15 +347,7 @@ impl ToteboxClient {
         let response = within(self.limits.call_timeout, "identify", request.send().promise)
             .await
             .map_err(|e| explain(&self.guard, e))?;
-        let r = response.get().map_err(malformed)?;
-        Ok(Identity {
-            archive: r
-                .get_archive()
-                .and_then(|t| Ok(t.to_string()?))
-                .map_err(malformed)?,
-            format_version: r.get_format_version(),
-            now: r.get_now(),
-        })
+        response.get().and_then(Identity::read).map_err(malformed)
     }
 
     /// Why the diode guard cut this connection, if it did: the Totebox broke the one-way rule

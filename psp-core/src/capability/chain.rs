@@ -350,7 +350,7 @@ impl Chain {
                             )
                         })?;
                     (
-                        ArchiveSet::Members(tree.members().to_vec()),
+                        ArchiveSet::Members(tree.members().collect()),
                         Some(Arc::new(tree)),
                     )
                 }
