@@ -373,11 +373,40 @@ impl Console {
         viewport: &NamedViewport,
         options: Options,
     ) -> Result<InFlight, CallError> {
+        self.start_view_of(selector, grant, viewport, options, false)
+    }
+
+    /// [`Console::start_view`] of a copy of the config's viewport `viewport.name` (from an
+    /// earlier [`Console::viewport`]): one call instead of two. The orchestrator computes it only
+    /// if its config still holds that very definition, and otherwise refuses with
+    /// `viewport.changed` (ask for it again) or `viewport.unknown`.
+    ///
+    /// The request link is narrowed to the copy's collections and fields, so a definition that
+    /// changed is refused whole rather than run under a link that no longer covers it.
+    pub fn start_configured_view(
+        &self,
+        selector: &Selector,
+        grant: &Chain,
+        copy: &NamedViewport,
+        options: Options,
+    ) -> Result<InFlight, CallError> {
+        self.start_view_of(selector, grant, copy, options, true)
+    }
+
+    fn start_view_of(
+        &self,
+        selector: &Selector,
+        grant: &Chain,
+        viewport: &NamedViewport,
+        options: Options,
+        as_configured: bool,
+    ) -> Result<InFlight, CallError> {
         let needs = Needs::viewport(&viewport.viewport, self.selected(selector)?);
         let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
         let mut request = self.orchestrator.view_request();
         {
             let mut params = request.get();
+            params.set_as_configured(as_configured);
             fill_request(params.reborrow().init_request(), selector, &chain, options);
             write_viewport(viewport, params.init_viewport());
         }

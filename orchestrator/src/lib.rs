@@ -49,6 +49,7 @@ pub mod server;
 pub mod service;
 pub mod spec;
 pub mod view;
+pub mod viewport_cache;
 pub mod viewports;
 pub mod wire;
 

@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use orchestrator::operate::{self, Target};
 use orchestrator::render;
+use orchestrator::viewport_cache::ViewportCache;
 
 #[derive(Parser)]
 #[command(
@@ -142,7 +143,9 @@ enum Action {
         connection: Connection,
         #[command(flatten)]
         request: RequestArgs,
-        /// A viewport defined in the orchestrator's config.
+        /// A viewport defined in the orchestrator's config. Its definition is kept under
+        /// $XDG_CACHE_HOME/os-orchestration/ (or ~/.cache/) so the next run is one call; the
+        /// orchestrator refuses a copy its config no longer matches, and it is asked for again.
         #[arg(long, conflicts_with = "file", required_unless_present = "file")]
         name: Option<String>,
         /// A TOML file with one viewport (as in the config's [[viewports]]).
@@ -416,7 +419,38 @@ fn main() -> ExitCode {
             let grant = target.grant(&request.chain)?;
             let console = target.connect_for(&selector).await?;
             let viewport = match (name, file) {
-                (Some(name), _) => console.viewport(&name).await.map_err(|e| e.to_string())?,
+                (Some(name), _) => {
+                    // The copy kept from an earlier run: one call, if the config still has it.
+                    let copies = ViewportCache::for_user(&target.orchestrator);
+                    let copy = copies.as_ref().and_then(|c| c.get(&name));
+                    if let Some(copy) = copy {
+                        let in_flight = console
+                            .start_configured_view(&selector, &grant, &copy, request.options())
+                            .map_err(|e| e.to_string())?;
+                        match operate::wait(&in_flight).await {
+                            Ok(report) => {
+                                print_report(&report, connection.json, exceptions);
+                                return Ok(());
+                            }
+                            Err(e)
+                                if e.code == "viewport.changed" || e.code == "viewport.unknown" =>
+                            {
+                                tracing::debug!("the kept copy of viewport {name:?} is stale: {e}");
+                            }
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
+                    let viewport = console.viewport(&name).await.map_err(|e| {
+                        if let Some(copies) = &copies {
+                            copies.forget(&name);
+                        }
+                        e.to_string()
+                    })?;
+                    if let Some(copies) = &copies {
+                        copies.put(&viewport);
+                    }
+                    viewport
+                }
                 (None, Some(file)) => {
                     let text = std::fs::read_to_string(&file)
                         .map_err(|e| format!("reading {}: {e}", file.display()))?;

@@ -216,11 +216,19 @@ impl Pool {
         dialing.await
     }
 
-    /// Dials `source` and, if it comes up, pools the connection.
+    /// Dials `source` and, once TLS is up, pools the connection: its `identify` is in flight,
+    /// and the first request's call goes out beside it (each call waits for the confirmation
+    /// before it answers, and a failed confirmation marks the connection down).
     async fn dial(self: Rc<Self>, source: Source) -> Result<Rc<ToteboxClient>, SourceStatus> {
         // A failed attempt leaves nothing open behind it: the client closes what it opened.
-        let connected =
-            ToteboxClient::connect(source.address, &self.identity, source.key, self.limits).await;
+        let connected = ToteboxClient::connect_serving(
+            source.address,
+            &self.identity,
+            source.key,
+            &source.archive,
+            self.limits,
+        )
+        .await;
         let endpoint = (source.address, source.key);
         {
             let mut connections = self.connections.borrow_mut();
@@ -229,27 +237,32 @@ impl Pool {
                 slot.dialing = None;
             }
         }
-        let client = connected.map_err(|e| match e {
-            ConnectError::DiodeViolation { reason, .. } => {
-                let why = format!(
-                    "broke the diode while connecting: it sent {}",
-                    bounded(reason, MAX_TEXT)
-                );
-                self.quarantine(&source, why.clone());
-                SourceStatus::Quarantined(why)
-            }
-            ConnectError::Unreachable { .. } | ConnectError::Timeout { .. } => {
-                SourceStatus::Unreachable(bounded(e.to_string(), MAX_TEXT))
-            }
-            // May quote the Totebox's own exception text.
-            other => SourceStatus::Error(bounded(other.to_string(), MAX_TEXT)),
-        })?;
-        let client = Rc::new(client);
+        let client = Rc::new(connected.map_err(|e| self.unconfirmed(&source, e))?);
         let mut connections = self.connections.borrow_mut();
         let slot = self.slot(&mut connections, &source.archive);
         slot.client = Some(client.clone());
         slot.endpoint = Some(endpoint);
         Ok(client)
+    }
+
+    /// A connection that could not be made or confirmed, as `source`'s outcome: a Totebox that
+    /// broke the diode doing so is quarantined.
+    fn unconfirmed(&self, source: &Source, error: ConnectError) -> SourceStatus {
+        match error {
+            ConnectError::DiodeViolation { reason, .. } => {
+                let why = format!(
+                    "broke the diode while connecting: it sent {}",
+                    bounded(reason, MAX_TEXT)
+                );
+                self.quarantine(source, why.clone());
+                SourceStatus::Quarantined(why)
+            }
+            e @ (ConnectError::Unreachable { .. } | ConnectError::Timeout { .. }) => {
+                SourceStatus::Unreachable(bounded(e.to_string(), MAX_TEXT))
+            }
+            // May quote the Totebox's own exception text.
+            other => SourceStatus::Error(bounded(other.to_string(), MAX_TEXT)),
+        }
     }
 
     /// Replaces the list of Toteboxes to keep connected, letting go of the connections of any
@@ -292,7 +305,15 @@ impl Pool {
         }
         let started = Instant::now();
         let deadline = started + self.limits.handshake_timeout + Duration::from_secs(1);
-        let status = match tokio::time::timeout_at(deadline, self.connection(source)).await {
+        // Connected means confirmed: the health it reports is the Totebox's `identify` answer.
+        let confirmed = async {
+            let client = self.connection(source).await?;
+            client
+                .confirmed()
+                .await
+                .map_err(|e| self.unconfirmed(source, e))
+        };
+        let status = match tokio::time::timeout_at(deadline, confirmed).await {
             Ok(Ok(_)) => SourceStatus::Ok,
             Ok(Err(status)) => status,
             Err(_) => SourceStatus::TimedOut,
@@ -348,6 +369,11 @@ impl Pool {
                     if let Some(why) = client.diode_violation() {
                         self.quarantine(source, why.clone());
                         return Err(SourceStatus::Quarantined(why));
+                    }
+                    // The session itself was refused (not paired, another archive): say so,
+                    // as a connect that waited for the confirmation would have.
+                    if let Some(refused) = client.confirmation_error() {
+                        return Err(self.unconfirmed(source, refused.clone()));
                     }
                     Err(status_of(e))
                 }

@@ -1,8 +1,9 @@
 //! End to end with an `orchestrator serve` process: a Totebox that completes TLS and then never
-//! confirms the session (hangs, closes, refuses `identify`) costs the
-//! orchestrator nothing that lasts. After 100 failed connects its file descriptors are back
-//! where they were, and it still serves consoles. The background dialer is off here, so that
-//! each request makes a connect of its own (the dialer's connects take the same path).
+//! confirms the session (closes, refuses `identify`, hangs) costs the orchestrator nothing that
+//! lasts. After 100 failed connects its file descriptors are back where they were, and it still
+//! serves consoles; a session that hangs is shared by the requests that meet it and closed at
+//! its handshake deadline, with no request needed to notice. The background dialer is off here,
+//! so that each request makes a connect of its own (the dialer's connects take the same path).
 
 mod support;
 
@@ -37,21 +38,19 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
     let fleet = Fleet::start(1, 0);
     let rogue = Rogue::start(
         fleet.orchestrator.public(),
-        vec![
-            Misbehaviour::Hang,
-            Misbehaviour::Close,
-            Misbehaviour::RefuseIdentify,
-        ],
+        vec![Misbehaviour::Close, Misbehaviour::RefuseIdentify],
     )
     .await;
+    let hung = Rogue::start(fleet.orchestrator.public(), vec![Misbehaviour::Hang]).await;
     let operator = IdentityKey::generate().unwrap();
     let config = fleet.path("orchestrator.toml");
     std::fs::write(
         &config,
         format!(
-            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 200\ndeadline_ms = 500\nredial_ms = 0\n{}{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"rogue\", \"prop-01\"]\nquotas = {{ concurrent_queries = 100, requests_per_minute = 100000 }}\n",
+            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 200\ndeadline_ms = 500\nredial_ms = 0\n{}{}{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"rogue\", \"hung\", \"prop-01\"]\nquotas = {{ concurrent_queries = 100, requests_per_minute = 100000 }}\n",
             fleet.fleet_toml(),
             rogue.fleet_toml("rogue", "entity = \"property\""),
+            hung.fleet_toml("hung", "entity = \"property\""),
             operator.public()
         ),
     )
@@ -66,21 +65,27 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
             operator: operator.clone(),
             orchestrator: fleet.orchestrator.clone(),
         };
-        support::grant(&w, &operator, &["rogue", "prop-01"], vec![Operation::Query])
+        support::grant(
+            &w,
+            &operator,
+            &["rogue", "hung", "prop-01"],
+            vec![Operation::Query],
+        )
     };
     let count = Query::aggregate("statements", [], [Aggregate::count()]);
+    let failing = Selector::Ids(vec!["prop-01".into(), "rogue".into()]);
     LocalSet::new()
         .run_until(async {
             let console = orchestrator.connect(&operator, Limits::default()).await;
             // Warm: the honest Totebox's pooled connection and everything else a request opens.
-            let first = console.query(&Selector::All, &grant, &count).await.unwrap();
+            let first = console.query(&failing, &grant, &count).await.unwrap();
             assert_eq!(first.outcomes[0].status, SourceStatus::Ok);
             let baseline = settled(&orchestrator.process).await;
 
             // One after another, so each is a connect of its own (concurrent requests would
             // share one dial).
             for attempt in 0..100 {
-                let report = console.query(&Selector::All, &grant, &count).await.unwrap();
+                let report = console.query(&failing, &grant, &count).await.unwrap();
                 assert_eq!(
                     report.outcomes[0].status,
                     SourceStatus::Ok,
@@ -102,8 +107,27 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
                 "file descriptors: {baseline} before 100 failed connects, {now} after"
             );
             // And the orchestrator still serves.
-            let last = console.query(&Selector::All, &grant, &count).await.unwrap();
+            let last = console.query(&failing, &grant, &count).await.unwrap();
             assert_eq!(last.outcomes[0].status, SourceStatus::Ok);
+
+            // A Totebox that hangs after TLS: each request times out on it, sharing its one
+            // pending session rather than opening one each.
+            let stalled = Selector::Ids(vec!["hung".into()]);
+            for _ in 0..3 {
+                let report = console.query(&stalled, &grant, &count).await.unwrap();
+                assert_eq!(report.outcomes[0].status, SourceStatus::TimedOut);
+            }
+            assert_eq!(hung.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+            // Past the handshake deadline (5 s) the session is closed, unasked.
+            tokio::time::sleep(Limits::default().handshake_timeout).await;
+            let now = settled(&orchestrator.process).await;
+            assert!(
+                now <= baseline,
+                "file descriptors: {baseline} before, {now} after a hung session's deadline"
+            );
+            // The next request dials again.
+            console.query(&stalled, &grant, &count).await.unwrap();
+            assert_eq!(hung.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
         })
         .await;
 }

@@ -40,12 +40,13 @@ fn a_killed_orchestrator_restarts_and_answers_as_before() {
         "--idempotency-key",
         "nightly-snapshot-2026-11-28",
     ];
-    // Everything in the folder but logs, before any orchestrator ran.
+    // Everything in the folder but logs (and the consoles' kept viewport copies, which are the
+    // consoles' own), before any orchestrator ran.
     let files = || {
         let mut names: Vec<String> = std::fs::read_dir(fleet.path(""))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.ends_with(".log"))
+            .filter(|n| !n.ends_with(".log") && n != "cache")
             .collect();
         names.sort();
         names

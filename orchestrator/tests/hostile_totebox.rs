@@ -496,3 +496,74 @@ async fn a_hostile_totebox_cannot_end_a_consoles_connection() {
         .await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_totebox_listed_as_another_archive_cannot_answer_for_it() {
+    let w = world(2).await;
+    // A Totebox listed as "prop-99" that announces itself as prop-01 and answers like it, under
+    // an owner's grant that reaches any archive: counted, it would add prop-01's figures twice.
+    let impostor = HostileTotebox::start(
+        &w.sources[0].archive,
+        w.orchestrator.public(),
+        answering(groups(
+            right_columns(),
+            vec![noi_group(
+                Value::Decimal(Decimal::new(100_000_000, 2).unwrap()),
+                10,
+                10,
+            )],
+        )),
+    )
+    .await;
+    let listed = impostor.fleet_toml("entity = \"property\"").replacen(
+        &format!("id = \"{}\"", impostor.archive),
+        "id = \"prop-99\"",
+        1,
+    );
+    let text = format!(
+        "identity = \"unused.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 3000\ndeadline_ms = 6000\n{}{listed}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"{}\", \"{}\", \"prop-99\"]\n",
+        support::fleet_toml(&w),
+        w.operator.public(),
+        w.sources[0].archive,
+        w.sources[1].archive,
+    );
+    let (server, _) = support::serve(&w, &Config::parse(&text).unwrap()).await;
+    let anywhere = Chain::mint(
+        &w.owner,
+        psp_core::Grant {
+            holder: w.operator.public(),
+            archives: psp_core::ArchiveSet::Any,
+            scope: psp_core::Scope::everything(vec![Operation::Query]),
+            window: psp_core::Window::lasting(psp_core::window::now() - 5, 3_600),
+        },
+    )
+    .unwrap();
+    LocalSet::new()
+        .run_until(async {
+            let console = connect(&w, server.local_addr()).await;
+            let honest: Vec<String> = w.sources.iter().map(|s| s.archive.clone()).collect();
+            let alone = console
+                .query(&Selector::Ids(honest), &anywhere, &noi())
+                .await
+                .unwrap();
+            let all = console
+                .query(&Selector::All, &anywhere, &noi())
+                .await
+                .unwrap();
+            let misdialed = all
+                .outcomes
+                .iter()
+                .find(|o| o.archive == "prop-99")
+                .unwrap();
+            match &misdialed.status {
+                SourceStatus::Error(why) => {
+                    assert!(why.contains("serves archive"), "{why}")
+                }
+                other => panic!("prop-99 answered as {other:?}"),
+            }
+            // Its answer is not counted.
+            assert_eq!(all.body, alone.body);
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}

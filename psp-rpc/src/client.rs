@@ -2,16 +2,21 @@
 //!
 //! A client runs on a tokio `LocalSet` (capnp-rpc is single-threaded). Its side of the connection
 //! exports nothing: no bootstrap capability, and no method it calls takes a capability, so the
-//! Totebox has nothing to call back (the diode). `connect` confirms the session with a round trip,
-//! because with TLS 1.3 a client the server refuses only learns so at its first exchange.
+//! Totebox has nothing to call back (the diode). Every session is confirmed by the Totebox's
+//! `identify` answer, because with TLS 1.3 a client the server refuses only learns so at its
+//! first exchange: [`ToteboxClient::connect`] waits for it, [`ToteboxClient::connect_serving`]
+//! sends the first call alongside it and holds that call's answer until it arrives.
 //!
-//! [`ToteboxClient::query`] sends `open(chain)` and `session.query(q)` together, pipelined: one
-//! network round trip. Every call has a deadline.
+//! [`ToteboxClient::query`] sends `Totebox.query(chain, q)`: the chain checked and the query run
+//! in one call, one network round trip. Every call has a deadline.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
+use futures::FutureExt;
+use futures::future::{Either, LocalBoxFuture, Shared};
 use psp_core::query::wire::{read_result, write_query};
 use psp_core::query::{Query, QueryResult};
 use psp_core::{ArchiveDigest, Chain, IdentityKey, PublicKey};
@@ -23,7 +28,7 @@ use crate::limits::{CallError, Limits};
 use crate::tls::{self, PairedKeys};
 
 /// Why a connection to a Totebox could not be made.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConnectError {
     /// Nothing answered at the address.
@@ -67,6 +72,17 @@ pub enum ConnectError {
         address: SocketAddr,
         /// What it sent.
         reason: String,
+    },
+    /// The Totebox announced another archive than the one it was dialed for: a config naming
+    /// the wrong machine, which must not answer for the archive it was listed as.
+    #[error("{address} serves archive {announced:?}, not {expected:?} as configured")]
+    WrongArchive {
+        /// Where.
+        address: SocketAddr,
+        /// The archive it was dialed for.
+        expected: String,
+        /// The archive it announced.
+        announced: String,
     },
     /// TLS or PSP failed otherwise.
     #[error("session with {address} failed: {reason}")]
@@ -181,8 +197,9 @@ impl Drop for RpcTask {
 pub struct ToteboxClient {
     totebox: totebox::Client,
     peer: PublicKey,
-    identity: Identity,
-    /// The digest of the archive it announced: which inclusion proofs it is sent.
+    /// Its `identify` answer, which every call waits for before it answers.
+    confirmation: Confirmation,
+    /// The digest of the archive it serves: which inclusion proofs it is sent.
     archive: ArchiveDigest,
     limits: Limits,
     rpc: RpcTask,
@@ -193,7 +210,7 @@ impl std::fmt::Debug for ToteboxClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ToteboxClient")
             .field("peer", &self.peer)
-            .field("identity", &self.identity)
+            .field("identity", &self.identity())
             .finish_non_exhaustive()
     }
 }
@@ -246,9 +263,90 @@ async fn within<T>(
     }
 }
 
+/// Awaits the `identify` answer by `give_up`: the Totebox accepted our key, kept the diode and,
+/// if `expected` is given, serves that archive.
+async fn confirm(
+    address: SocketAddr,
+    ours: PublicKey,
+    expected: Option<String>,
+    guard: DiodeGuard,
+    identify: capnp::capability::Promise<
+        capnp::capability::Response<totebox::identify_results::Owned>,
+        capnp::Error,
+    >,
+    (give_up, deadline): (tokio::time::Instant, Duration),
+) -> Result<Rc<Identity>, ConnectError> {
+    // Any failure may be the guard cutting a Totebox that broke the diode.
+    let failed = |reason: String| match guard.violation() {
+        Some(reason) => ConnectError::DiodeViolation { address, reason },
+        None => ConnectError::Protocol { address, reason },
+    };
+    let response = match tokio::time::timeout_at(give_up, identify).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            let reason = e.to_string();
+            return Err(
+                if reason.contains("AccessDenied") && guard.violation().is_none() {
+                    ConnectError::NotPaired { ours }
+                } else {
+                    failed(reason)
+                },
+            );
+        }
+        Err(_) => {
+            return Err(match guard.violation() {
+                Some(reason) => ConnectError::DiodeViolation { address, reason },
+                None => ConnectError::Timeout {
+                    address,
+                    after: deadline,
+                },
+            });
+        }
+    };
+    let identified = response
+        .get()
+        .and_then(Identity::read)
+        .map_err(|e| failed(format!("a malformed identify answer: {e}")))?;
+    match expected {
+        Some(expected) if expected != identified.archive => Err(ConnectError::WrongArchive {
+            address,
+            expected,
+            announced: identified.archive,
+        }),
+        _ => Ok(Rc::new(identified)),
+    }
+}
+
+impl ConnectError {
+    /// The stable code a call on a session whose confirmation failed this way ends with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConnectError::Unreachable { .. } => "transport.unreachable",
+            ConnectError::Timeout { .. } => "transport.timeout",
+            ConnectError::UnknownServer { .. } => "transport.unknown-server",
+            ConnectError::NotPaired { .. } => "transport.not-paired",
+            ConnectError::WrongArchive { .. } => "transport.wrong-archive",
+            ConnectError::DiodeViolation { .. } => "diode.violation",
+            ConnectError::Protocol { .. } => "transport.failed",
+        }
+    }
+}
+
+/// The Totebox's `identify` answer, awaited alongside the session's first calls: shared by every
+/// call that needs it, and settled once.
+type Confirmation = Shared<LocalBoxFuture<'static, Result<Rc<Identity>, ConnectError>>>;
+
+/// A session opened (TCP and TLS done, `identify` sent) but not yet confirmed.
+struct Opened {
+    totebox: totebox::Client,
+    rpc: RpcTask,
+    guard: DiodeGuard,
+    confirmation: Confirmation,
+}
+
 impl ToteboxClient {
     /// Connects to the Totebox at `address` whose machine key is `totebox_key`, as `identity`,
-    /// and confirms the session with one round trip. Everything happens within
+    /// and confirms the session with one round trip (`identify`). Everything happens within
     /// `limits.handshake_timeout`.
     pub async fn connect(
         address: SocketAddr,
@@ -256,78 +354,151 @@ impl ToteboxClient {
         totebox_key: PublicKey,
         limits: Limits,
     ) -> Result<Self, ConnectError> {
+        let opened = Self::open_session(address, identity, totebox_key, None, limits).await?;
+        let identified = opened.confirmation.clone().await?;
+        Ok(Self::from_opened(
+            opened,
+            totebox_key,
+            ArchiveDigest::of(&identified.archive),
+            limits,
+        ))
+    }
+
+    /// Connects to the Totebox that serves `archive`, returning as soon as TLS is up: its
+    /// `identify` is sent but not awaited, so the session's first call travels in the same
+    /// flight (one round trip after the handshake instead of two).
+    ///
+    /// Every call on the session still waits for the confirmation before it answers: if the
+    /// Totebox refuses our key, breaks the diode, does not answer within
+    /// `limits.handshake_timeout` or announces another archive than `archive`, the call fails
+    /// with that reason ([`ConnectError::code`]) and the connection counts as down.
+    pub async fn connect_serving(
+        address: SocketAddr,
+        identity: &IdentityKey,
+        totebox_key: PublicKey,
+        archive: &str,
+        limits: Limits,
+    ) -> Result<Self, ConnectError> {
+        let opened =
+            Self::open_session(address, identity, totebox_key, Some(archive), limits).await?;
+        Ok(Self::from_opened(
+            opened,
+            totebox_key,
+            ArchiveDigest::of(archive),
+            limits,
+        ))
+    }
+
+    fn from_opened(
+        opened: Opened,
+        peer: PublicKey,
+        archive: ArchiveDigest,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            totebox: opened.totebox,
+            peer,
+            archive,
+            confirmation: opened.confirmation,
+            limits,
+            rpc: opened.rpc,
+            guard: opened.guard,
+        }
+    }
+
+    /// Dials, completes TLS and sends `identify`, within `limits.handshake_timeout`; the
+    /// confirmation (the answer, checked against `expected` if given) must also arrive within it.
+    async fn open_session(
+        address: SocketAddr,
+        identity: &IdentityKey,
+        totebox_key: PublicKey,
+        expected: Option<&str>,
+        limits: Limits,
+    ) -> Result<Opened, ConnectError> {
         let deadline = limits.handshake_timeout;
+        let give_up = tokio::time::Instant::now() + deadline;
         // Every frame from the Totebox passes the diode guard before capnp-rpc reads it.
         let guard = DiodeGuard::new(totebox_key, limits.max_message_words);
-        let attempt = async {
-            let stream = dial(address, identity, totebox_key).await?;
-            let (reader, writer) = tokio::io::split(stream);
-            let guard = guard.clone();
-            let (reader, writer) = guard.wrap(reader.compat(), writer.compat_write());
-            // The guard holds every frame to the message limit; reading may traverse twice
-            // that, because an answer is measured (`total_size`) before it is decoded.
-            let network = twoparty::VatNetwork::new(
-                reader,
-                writer,
-                rpc_twoparty_capnp::Side::Client,
-                *limits
-                    .reader_options()
-                    .traversal_limit_in_words(Some(limits.max_message_words.saturating_mul(2))),
-            );
-            // No bootstrap capability: this side exports nothing for the Totebox to call.
-            let mut rpc = RpcSystem::new(Box::new(network), None);
-            let totebox: totebox::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
-            // Held by this future: if the confirmation fails, hangs past the deadline or the
-            // attempt is dropped, the task stops and the socket closes with it.
-            let rpc = RpcTask(tokio::task::spawn_local(async move {
-                if let Err(e) = rpc.await {
-                    tracing::debug!("Totebox connection ended: {e}");
-                }
-            }));
-            // Any failure from here on may be the guard cutting a Totebox that broke the diode.
-            let failed = |guard: &DiodeGuard, reason: String| match guard.violation() {
-                Some(reason) => ConnectError::DiodeViolation { address, reason },
-                None => ConnectError::Protocol { address, reason },
-            };
-            let response = match totebox.identify_request().send().promise.await {
-                Ok(response) => response,
-                Err(e) => {
-                    let reason = e.to_string();
-                    return Err(
-                        if reason.contains("AccessDenied") && guard.violation().is_none() {
-                            ConnectError::NotPaired {
-                                ours: identity.public(),
-                            }
-                        } else {
-                            failed(&guard, reason)
-                        },
-                    );
-                }
-            };
-            let identified = response
-                .get()
-                .and_then(Identity::read)
-                .map_err(|e| failed(&guard, format!("a malformed identify answer: {e}")))?;
-            Ok::<_, ConnectError>((totebox, rpc, identified, guard))
-        };
-        let (totebox, rpc, identified, guard) = tokio::time::timeout(deadline, attempt)
+        let stream = tokio::time::timeout_at(give_up, dial(address, identity, totebox_key))
             .await
-            .map_err(|_| match guard.violation() {
-                Some(reason) => ConnectError::DiodeViolation { address, reason },
-                None => ConnectError::Timeout {
-                    address,
-                    after: deadline,
-                },
+            .map_err(|_| ConnectError::Timeout {
+                address,
+                after: deadline,
             })??;
-        Ok(Self {
+        let (reader, writer) = tokio::io::split(stream);
+        let (reader, writer) = guard.wrap(reader.compat(), writer.compat_write());
+        // The guard holds every frame to the message limit; reading may traverse twice that,
+        // because an answer is measured (`total_size`) before it is decoded.
+        let network = twoparty::VatNetwork::new(
+            reader,
+            writer,
+            rpc_twoparty_capnp::Side::Client,
+            *limits
+                .reader_options()
+                .traversal_limit_in_words(Some(limits.max_message_words.saturating_mul(2))),
+        );
+        // No bootstrap capability: this side exports nothing for the Totebox to call.
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let totebox: totebox::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        // Held by the client (or by `connect` until confirmed): when it is dropped, the task
+        // stops and the socket closes with it.
+        let rpc = RpcTask(tokio::task::spawn_local(async move {
+            if let Err(e) = rpc.await {
+                tracing::debug!("Totebox connection ended: {e}");
+            }
+        }));
+        let identify = totebox.identify_request().send().promise;
+        let confirmation = confirm(
+            address,
+            identity.public(),
+            expected.map(str::to_owned),
+            guard.clone(),
+            identify,
+            (give_up, deadline),
+        )
+        .boxed_local()
+        .shared();
+        // Settled by its deadline even if no call waits for it: a session that fails its
+        // confirmation (a Totebox that hangs after TLS, refuses our key, or announces another
+        // archive) closes its socket then, rather than when its holder next looks at it.
+        let stop = rpc.0.abort_handle();
+        tokio::task::spawn_local(confirmation.clone().map(move |confirmed| {
+            if confirmed.is_err() {
+                stop.abort();
+            }
+        }));
+        Ok(Opened {
             totebox,
-            peer: totebox_key,
-            archive: ArchiveDigest::of(&identified.archive),
-            identity: identified,
-            limits,
             rpc,
             guard,
+            confirmation,
         })
+    }
+
+    /// What the Totebox said about itself, once it has confirmed the session: waits for its
+    /// `identify` answer (sent when the connection was made).
+    pub async fn confirmed(&self) -> Result<Rc<Identity>, ConnectError> {
+        self.confirmation.clone().await
+    }
+
+    /// `call`'s outcome once the session is confirmed: a call answered on a session that then
+    /// fails its confirmation is refused with the confirmation's reason.
+    async fn after_confirmation<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, CallError>>,
+    ) -> Result<T, CallError> {
+        let refused = |e: ConnectError| CallError::new(e.code(), e.to_string());
+        // Whichever comes first: a failed confirmation ends the call at once (the session is
+        // closed then, and its calls would only end at their own deadline).
+        let call = std::pin::pin!(call);
+        match futures::future::select(self.confirmation.clone(), call).await {
+            Either::Left((Err(e), _)) => Err(refused(e)),
+            Either::Left((Ok(_), call)) => call.await.map_err(|e| explain(&self.guard, e)),
+            Either::Right((answered, confirmation)) => {
+                confirmation.await.map_err(refused)?;
+                answered.map_err(|e| explain(&self.guard, e))
+            }
+        }
     }
 
     /// The Totebox's machine key.
@@ -336,8 +507,13 @@ impl ToteboxClient {
     }
 
     /// What the Totebox said about itself when the session was confirmed.
-    pub fn identity(&self) -> &Identity {
-        &self.identity
+    /// `None` until its `identify` answer has arrived (see [`ToteboxClient::confirmed`]), or if
+    /// the confirmation failed.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self.confirmation.peek() {
+            Some(Ok(identity)) => Some(identity),
+            _ => None,
+        }
     }
 
     /// Asks the Totebox to identify itself again: one round trip that needs no capability, for a
@@ -357,8 +533,17 @@ impl ToteboxClient {
     }
 
     /// Whether the connection is still up (its RPC system still running).
+    /// Why the session's confirmation failed, if it has (and it has settled).
+    pub fn confirmation_error(&self) -> Option<&ConnectError> {
+        match self.confirmation.peek() {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// A session whose confirmation failed counts as down: nothing it answers is used.
     pub fn is_connected(&self) -> bool {
-        !self.rpc.0.is_finished()
+        !self.rpc.0.is_finished() && !matches!(self.confirmation.peek(), Some(Err(_)))
     }
 
     /// `Totebox.query(chain, q)`: the chain checked and the query run in one call, one round trip.
@@ -385,9 +570,13 @@ impl ToteboxClient {
             chain.write_for(params.reborrow().init_chain(), &self.archive);
             write_query(query, params.init_query());
         }
-        let response = within(self.limits.call_timeout, "query", request.send().promise)
-            .await
-            .map_err(|e| explain(&self.guard, e))?;
+        let response = self
+            .after_confirmation(within(
+                self.limits.call_timeout,
+                "query",
+                request.send().promise,
+            ))
+            .await?;
         let reader = response
             .get()
             .and_then(|r| r.get_result())
@@ -419,9 +608,13 @@ impl ToteboxClient {
             chain.write_for(params.reborrow().init_chain(), &self.archive);
             write_command(command, params.init_command());
         }
-        let response = within(self.limits.call_timeout, "command", request.send().promise)
-            .await
-            .map_err(|e| explain(&self.guard, e))?;
+        let response = self
+            .after_confirmation(within(
+                self.limits.call_timeout,
+                "command",
+                request.send().promise,
+            ))
+            .await?;
         let outcome = response
             .get()
             .and_then(|r| r.get_outcome())
@@ -434,9 +627,13 @@ impl ToteboxClient {
     pub async fn open(&self, chain: &Chain) -> Result<Session, CallError> {
         let mut open = self.totebox.open_request();
         chain.write_for(open.get().init_chain(), &self.archive);
-        let response = within(self.limits.call_timeout, "open", open.send().promise)
-            .await
-            .map_err(|e| explain(&self.guard, e))?;
+        let response = self
+            .after_confirmation(within(
+                self.limits.call_timeout,
+                "open",
+                open.send().promise,
+            ))
+            .await?;
         let session = response
             .get()
             .and_then(|r| r.get_session())

@@ -333,3 +333,54 @@ async fn every_attempt_to_send_upstream_cuts_only_that_connection() {
         .await;
     good.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn an_attack_on_a_pipelined_identify_refuses_the_call_that_rode_with_it() {
+    let m = machines();
+    let rogue_key = IdentityKey::from_seed([67; 32]);
+    let attacks = [
+        (Attack::CapabilityAnsweringIdentify, "not our Bootstrap"),
+        (Attack::BootstrapInsteadOfIdentify, "Bootstrap"),
+        (Attack::CallInsteadOfIdentify, "a Call"),
+    ];
+    LocalSet::new()
+        .run_until(async {
+            let query = Query::aggregate("units", [], [Aggregate::count()]);
+            for (attack, says) in attacks {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let address = listener.local_addr().unwrap();
+                let config =
+                    tls::server_config(&rogue_key, PairedKeys::new([m.orchestrator.public()]))
+                        .unwrap();
+                let rogue = tokio::task::spawn_local(rogue(listener, config, attack));
+                // TLS comes up; the query goes out beside `identify`.
+                let victim = ToteboxClient::connect_serving(
+                    address,
+                    &m.orchestrator,
+                    rogue_key.public(),
+                    "rogue",
+                    Limits::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{attack:?}: TLS should come up: {e}"));
+                let held = chain(&m, &m.orchestrator, "rogue", 60);
+                let outcome =
+                    tokio::time::timeout(Duration::from_secs(5), victim.query(&held, &query)).await;
+                let error = outcome
+                    .unwrap_or_else(|_| panic!("{attack:?}: the guarded side must not hang"))
+                    .unwrap_err();
+                assert_eq!(error.code, "diode.violation", "{attack:?}: {error}");
+                assert!(
+                    matches!(
+                        victim.confirmation_error(),
+                        Some(ConnectError::DiodeViolation { reason, .. }) if reason.contains(says)
+                    ),
+                    "{attack:?}: {:?}",
+                    victim.confirmation_error()
+                );
+                assert!(!victim.is_connected(), "{attack:?}: still counted as up");
+                rogue.abort();
+            }
+        })
+        .await;
+}

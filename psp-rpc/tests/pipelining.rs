@@ -96,3 +96,57 @@ async fn the_proxy_delays_each_direction() {
     );
     assert_eq!(proxy.round_trips(), 1);
 }
+
+#[tokio::test]
+async fn a_fresh_connection_sends_its_first_query_beside_identify() {
+    let m = machines();
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        Limits::default(),
+    )
+    .await;
+    let proxy = DelayProxy::start(server.local_addr(), Duration::from_millis(30))
+        .await
+        .unwrap();
+    LocalSet::new()
+        .run_until(async {
+            let query = Query::aggregate("units", [], [Aggregate::count()]);
+            let chain = chain(&m, &m.orchestrator, "tower-a", 60);
+
+            // Confirmed first: the handshake, `identify`, then the query.
+            proxy.reset();
+            let client = support::connect(&m, proxy.local_addr(), Limits::default()).await;
+            client.query(&chain, &query).await.unwrap();
+            assert_eq!(proxy.round_trips(), 3, "handshake, identify, query");
+            drop(client);
+
+            // Pipelined: the query rides in the same flight as `identify`.
+            proxy.reset();
+            let client = psp_rpc::client::ToteboxClient::connect_serving(
+                proxy.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                "tower-a",
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            assert!(
+                client.identity().is_none(),
+                "not confirmed before any answer"
+            );
+            let counted = client.query(&chain, &query).await.unwrap();
+            assert_eq!(counted.finalize(&query).unwrap().rows.len(), 1);
+            assert_eq!(
+                proxy.round_trips(),
+                2,
+                "handshake, then identify and query together"
+            );
+            assert_eq!(client.identity().expect("confirmed").archive, "tower-a");
+            assert!(client.is_connected());
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}

@@ -6,7 +6,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use psp_core::query::{Aggregate, AggregateFunction, Query, Value};
-use psp_core::{Verifier, capability::VerifyPolicy};
+use psp_core::{
+    ArchiveSet, Chain, Grant, Operation, Scope, Verifier, Window, capability::VerifyPolicy,
+};
 use psp_rpc::client::{CommandSpec, ConnectError, ToteboxClient};
 use psp_rpc::limits::Limits;
 use support::{MemoryArchive, chain, machines, start};
@@ -37,7 +39,7 @@ async fn a_pipelined_query_answers_through_the_exposure_policy() {
     LocalSet::new()
         .run_until(async {
             let client = support::connect(&m, server.local_addr(), Limits::default()).await;
-            assert_eq!(client.identity().archive, "tower-a");
+            assert_eq!(client.identity().expect("confirmed").archive, "tower-a");
             let query = rent_by_floor();
             let result = client
                 .query(&chain(&m, &m.orchestrator, "tower-a", 60), &query)
@@ -384,7 +386,10 @@ async fn a_client_redials_until_the_totebox_comes_up() {
                 .unwrap()
             };
             let (client, server) = tokio::join!(dialing, starting);
-            assert_eq!(client.unwrap().identity().archive, "tower-a");
+            assert_eq!(
+                client.unwrap().identity().expect("confirmed").archive,
+                "tower-a"
+            );
             // A refusal is not retried: it fails at once, long before the deadline.
             let started = Instant::now();
             let refused = ToteboxClient::connect_with_backoff(
@@ -468,6 +473,74 @@ async fn a_twenty_megabyte_message_gets_the_documented_error_not_a_reset() {
                 .await
                 .unwrap_err();
             assert_eq!(error.code, "limit.message", "{error}");
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_pipelined_session_that_fails_its_confirmation_answers_nothing() {
+    let m = machines();
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        Limits::default(),
+    )
+    .await;
+    LocalSet::new()
+        .run_until(async {
+            let query = rent_by_floor();
+            // A machine the Totebox is not paired with: TLS comes up, the first query is refused
+            // with the confirmation's reason, and the connection counts as down.
+            let stranger = ToteboxClient::connect_serving(
+                server.local_addr(),
+                &m.stranger,
+                m.totebox.public(),
+                "tower-a",
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let error = stranger
+                .query(&chain(&m, &m.stranger, "tower-a", 60), &query)
+                .await
+                .unwrap_err();
+            assert_eq!(error.code, "transport.not-paired", "{error}");
+            assert!(!stranger.is_connected());
+            assert!(matches!(
+                stranger.confirmation_error(),
+                Some(ConnectError::NotPaired { .. })
+            ));
+
+            // Dialed as another archive's Totebox (a config pointing at the wrong machine): the
+            // Totebox would answer a chain that reaches any archive, but the answer is not used.
+            let misdialed = ToteboxClient::connect_serving(
+                server.local_addr(),
+                &m.orchestrator,
+                m.totebox.public(),
+                "tower-b",
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let anywhere = Chain::mint(
+                &m.owner,
+                Grant {
+                    holder: m.orchestrator.public(),
+                    archives: ArchiveSet::Any,
+                    scope: Scope::everything(vec![Operation::Query]),
+                    window: Window::lasting(psp_core::window::now() - 5, 65),
+                },
+            )
+            .unwrap();
+            let error = misdialed.query(&anywhere, &query).await.unwrap_err();
+            assert_eq!(error.code, "transport.wrong-archive", "{error}");
+            assert!(error.message.contains("tower-b"), "{error}");
+            assert!(!misdialed.is_connected());
+            // Every later call gives the same answer, without asking again.
+            let again = misdialed.query(&anywhere, &query).await.unwrap_err();
+            assert_eq!(again.code, "transport.wrong-archive");
         })
         .await;
     server.shutdown(Duration::from_secs(1)).await;

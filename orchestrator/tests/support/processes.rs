@@ -329,6 +329,8 @@ impl Orchestrator {
     pub fn console(&self, fleet: &Fleet, operator: &Operator, args: &[&str]) -> Output {
         let key = fleet.path(&format!("{}.pem", operator.name));
         let mut command = Command::new(ORCHESTRATOR);
+        // The console's kept viewport copies live with the fleet, not in the runner's home.
+        command.env("XDG_CACHE_HOME", fleet.path("cache"));
         command.arg(args[0]).args([
             "--connect",
             &self.address,
