@@ -30,12 +30,8 @@ interface Orchestrator {
   # Fans a query out to the selected archives and merges the answers. Returns at once; the merged
   # view arrives through the returned `FleetQuery` (pipeline `query(...).fleetQuery.view()`).
 
-  view @2 (request :FleetRequest, viewport :Viewport, asConfigured :Bool) -> (fleetQuery :FleetQuery);
+  view @2 (request :FleetRequest, viewport :Viewport) -> (fleetQuery :FleetQuery);
   # Computes a viewport (rollup, reconciliation or executive summary) over the selected archives.
-  # With `asConfigured`, `viewport` is a console's copy of the config's viewport of that name (from
-  # an earlier `viewport(name)`): computed only if the config's still equals it, so a viewport by
-  # name costs one call, not two; otherwise refused with `viewport.changed` (ask again) or
-  # `viewport.unknown`.
 
   viewport @3 (name :Text) -> (viewport :Viewport);
   # A viewport defined in the orchestrator's config, by name, to send back with `view`.
@@ -43,6 +39,13 @@ interface Orchestrator {
   command @4 (request :FleetRequest, command :Totebox.Command) -> (outcomes :List(CommandResult));
   # Sends a command to every selected archive and reports each archive's outcome. Retrying with the
   # same idempotency key never applies it twice.
+
+  viewConfigured @5 (request :FleetRequest, viewport :Viewport) -> (fleetQuery :FleetQuery);
+  # `view` of a console's copy of the config's viewport of that name (from an earlier
+  # `viewport(name)`): computed only if the config still holds exactly that definition, so a
+  # viewport by name costs one call, not two; otherwise refused with `viewport.changed` (ask
+  # again) or `viewport.unknown`. An orchestrator older than this method answers it with
+  # `unimplemented`, and never computes a copy it has not checked.
 }
 
 interface FleetQuery {

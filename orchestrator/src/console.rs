@@ -373,13 +373,22 @@ impl Console {
         viewport: &NamedViewport,
         options: Options,
     ) -> Result<InFlight, CallError> {
-        self.start_view_of(selector, grant, viewport, options, false)
+        let needs = Needs::viewport(&viewport.viewport, self.selected(selector)?);
+        let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
+        let mut request = self.orchestrator.view_request();
+        {
+            let mut params = request.get();
+            fill_request(params.reborrow().init_request(), selector, &chain, options);
+            write_viewport(viewport, params.init_viewport());
+        }
+        Ok(self.in_flight(request.send().pipeline.get_fleet_query()))
     }
 
-    /// [`Console::start_view`] of a copy of the config's viewport `viewport.name` (from an
-    /// earlier [`Console::viewport`]): one call instead of two. The orchestrator computes it only
-    /// if its config still holds that very definition, and otherwise refuses with
-    /// `viewport.changed` (ask for it again) or `viewport.unknown`.
+    /// [`Console::start_view`] of a copy of the config's viewport `copy.name` (from an earlier
+    /// [`Console::viewport`]): one call instead of two. The orchestrator computes it only if its
+    /// config still holds that very definition, and otherwise refuses with `viewport.changed`
+    /// (ask for it again) or `viewport.unknown`; one that predates the check answers
+    /// `transport.unimplemented`.
     ///
     /// The request link is narrowed to the copy's collections and fields, so a definition that
     /// changed is refused whole rather than run under a link that no longer covers it.
@@ -390,25 +399,13 @@ impl Console {
         copy: &NamedViewport,
         options: Options,
     ) -> Result<InFlight, CallError> {
-        self.start_view_of(selector, grant, copy, options, true)
-    }
-
-    fn start_view_of(
-        &self,
-        selector: &Selector,
-        grant: &Chain,
-        viewport: &NamedViewport,
-        options: Options,
-        as_configured: bool,
-    ) -> Result<InFlight, CallError> {
-        let needs = Needs::viewport(&viewport.viewport, self.selected(selector)?);
+        let needs = Needs::viewport(&copy.viewport, self.selected(selector)?);
         let chain = self.request_chain(grant, &needs, options.deadline_or_default())?;
-        let mut request = self.orchestrator.view_request();
+        let mut request = self.orchestrator.view_configured_request();
         {
             let mut params = request.get();
-            params.set_as_configured(as_configured);
             fill_request(params.reborrow().init_request(), selector, &chain, options);
-            write_viewport(viewport, params.init_viewport());
+            write_viewport(copy, params.init_viewport());
         }
         Ok(self.in_flight(request.send().pipeline.get_fleet_query()))
     }

@@ -432,8 +432,14 @@ fn main() -> ExitCode {
                                 print_report(&report, connection.json, exceptions);
                                 return Ok(());
                             }
+                            // Stale, or an orchestrator that cannot check a copy: ask.
                             Err(e)
-                                if e.code == "viewport.changed" || e.code == "viewport.unknown" =>
+                                if [
+                                    "viewport.changed",
+                                    "viewport.unknown",
+                                    "transport.unimplemented",
+                                ]
+                                .contains(&e.code.as_str()) =>
                             {
                                 tracing::debug!("the kept copy of viewport {name:?} is stale: {e}");
                             }

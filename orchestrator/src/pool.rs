@@ -257,6 +257,16 @@ impl Pool {
                 self.quarantine(source, why.clone());
                 SourceStatus::Quarantined(why)
             }
+            // The archive it named may be another tenant's: that goes to the operator's log,
+            // not into this tenant's outcome.
+            e @ ConnectError::WrongArchive { .. } => {
+                tracing::warn!(archive = %source.archive, "{e}");
+                SourceStatus::Error(format!(
+                    "{}: the Totebox at {} serves another archive (the orchestrator's log names it)",
+                    e.code(),
+                    source.address
+                ))
+            }
             e @ (ConnectError::Unreachable { .. } | ConnectError::Timeout { .. }) => {
                 SourceStatus::Unreachable(bounded(e.to_string(), MAX_TEXT))
             }

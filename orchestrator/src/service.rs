@@ -363,32 +363,45 @@ impl orchestrator::Server for Console {
         let _running = self.connection.begin_call()?;
         let params = params.get()?;
         let viewport = read_viewport(params.get_viewport()?)?;
-        if params.get_as_configured() {
-            // A console's copy of a config viewport: computed only as the config has it now.
-            // As `viewport(name)` does, only a tenant's operator learns what the config holds.
-            let config = self.service.config();
-            self.tenant(&config)?;
-            match config.viewports.iter().find(|v| v.name == viewport.name) {
-                Some(configured) if *configured == viewport => {}
-                Some(_) => {
-                    return Err(refuse(
-                        "viewport.changed",
-                        format!(
-                            "the config's viewport {:?} is not the copy this console sent: ask for it again",
-                            viewport.name
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(refuse(
-                        "viewport.unknown",
-                        format!("no viewport {:?} in the config", viewport.name),
-                    ));
-                }
-            }
-        }
         let what = format!("viewport {:?}", viewport.name);
         let fleet_query = self.start(params.get_request()?, viewport.viewport, &what)?;
+        results.get().set_fleet_query(fleet_query);
+        Ok(())
+    }
+
+    async fn view_configured(
+        self: Rc<Self>,
+        params: orchestrator::ViewConfiguredParams,
+        mut results: orchestrator::ViewConfiguredResults,
+    ) -> Result<(), capnp::Error> {
+        // Counted against the connection's calls-in-flight limit; a draining server refuses it.
+        let _running = self.connection.begin_call()?;
+        let params = params.get()?;
+        let copy = read_viewport(params.get_viewport()?)?;
+        // A console's copy of a config viewport: computed only as the config has it now. As
+        // `viewport(name)` does, only a tenant's operator learns what the config holds.
+        let config = self.service.config();
+        self.tenant(&config)?;
+        match config.viewports.iter().find(|v| v.name == copy.name) {
+            Some(configured) if *configured == copy => {}
+            Some(_) => {
+                return Err(refuse(
+                    "viewport.changed",
+                    format!(
+                        "the config's viewport {:?} is not the copy this console sent: ask for it again",
+                        copy.name
+                    ),
+                ));
+            }
+            None => {
+                return Err(refuse(
+                    "viewport.unknown",
+                    format!("no viewport {:?} in the config", copy.name),
+                ));
+            }
+        }
+        let what = format!("viewport {:?}", copy.name);
+        let fleet_query = self.start(params.get_request()?, copy.viewport, &what)?;
         results.get().set_fleet_query(fleet_query);
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! A console's copies of the config viewports it has asked for, kept between runs so that
-//! `view --name` costs one call: the copy is sent with `asConfigured`, and the orchestrator computes
-//! it only if its config still holds that very definition (see `view` in
+//! `view --name` costs one call: the copy is sent with `viewConfigured`, and the orchestrator computes
+//! it only if its config still holds that very definition (see `viewConfigured` in
 //! `schema/orchestrator.capnp`). A copy is a hint, never trusted: a stale one is refused and
 //! asked for again, and a file that cannot be read is ignored.
 //!
@@ -60,9 +60,10 @@ impl ViewportCache {
     pub fn get(&self, name: &str) -> Option<NamedViewport> {
         let file = self.file(name)?;
         let bytes = read_bounded(&file)?;
+        let mut options = ReaderOptions::new();
+        options.traversal_limit_in_words(Some(MAX_COPY_BYTES as usize / 8));
         let message =
-            capnp::serialize::read_message_from_flat_slice(&mut &bytes[..], ReaderOptions::new())
-                .ok()?;
+            capnp::serialize::read_message_from_flat_slice(&mut &bytes[..], options).ok()?;
         let copy = message
             .get_root::<viewport::Reader<'_>>()
             .and_then(read_viewport)
@@ -79,15 +80,37 @@ impl ViewportCache {
         let mut message = Builder::new_default();
         write_viewport(viewport, message.init_root());
         let bytes = capnp::serialize::write_message_to_words(&message);
-        // Written aside and renamed, so a concurrent reader sees the old copy or the new one.
-        let aside = file.with_extension(format!("{}.tmp", std::process::id()));
-        let kept = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| std::fs::write(&aside, &bytes))
-            .and_then(|()| std::fs::rename(&aside, &file));
-        if let Err(e) = kept {
-            let _ = std::fs::remove_file(&aside);
+        if let Err(e) = self.replace(&file, &bytes) {
             tracing::debug!("could not keep a copy of viewport {:?}: {e}", viewport.name);
         }
+    }
+
+    /// Writes `bytes` aside and renames them over `file`, so a concurrent reader sees the old
+    /// copy or the new one. The folder is the user's alone (0700, as a tenant's viewports are
+    /// not for other local users), and the file aside is created new (0600): a link placed where
+    /// it is to be written is refused, never followed.
+    fn replace(&self, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let aside = file.with_extension(format!("{}-{nanos}.tmp", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&aside)
+            .and_then(|mut f| f.write_all(bytes))
+            .and_then(|()| std::fs::rename(&aside, file));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&aside);
+        }
+        written
     }
 
     /// Drops the copy of viewport `name` (the orchestrator refused it as stale).
@@ -98,12 +121,21 @@ impl ViewportCache {
     }
 }
 
-/// The file's bytes, if it exists and is no larger than a copy can be.
+/// The file's bytes, if it is a regular file (not a link, a pipe or a device: opening those could
+/// read another file or block) no larger than a copy can be.
 fn read_bounded(file: &Path) -> Option<Vec<u8>> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(file)
+        .ok()?;
+    if !opened.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut bytes = Vec::new();
-    std::fs::File::open(file)
-        .ok()?
+    opened
         .take(MAX_COPY_BYTES + 1)
         .read_to_end(&mut bytes)
         .ok()?;
@@ -139,7 +171,24 @@ mod tests {
             cache.get("../../etc/passwd"),
             Some(rollup("../../etc/passwd"))
         );
+        let mut kept: Vec<String> = std::fs::read_dir(dir.path().join("copies"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                format!("{}.viewport", hex::encode("../../etc/passwd")),
+                format!("{}.viewport", hex::encode("by-region")),
+            ]
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // The folder and its copies are the user's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("copies")), 0o700);
+        assert_eq!(mode(&cache.file("by-region").unwrap()), 0o600);
         cache.forget("by-region");
         assert_eq!(cache.get("by-region"), None);
     }
@@ -164,6 +213,14 @@ mod tests {
         // Another viewport's copy under this name's file is not this viewport.
         cache.put(&rollup("b"));
         std::fs::copy(cache.file("b").unwrap(), &file).unwrap();
+        assert_eq!(cache.get("a"), None);
+        // A link or a pipe where a copy should be is not read (nor waited on).
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(cache.file("b").unwrap(), &file).unwrap();
+        assert_eq!(cache.get("a"), None);
+        std::fs::remove_file(&file).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&file).status();
+        assert!(made.unwrap().success());
         assert_eq!(cache.get("a"), None);
         // A name too long for a file is never kept.
         let long = "x".repeat(MAX_NAME_BYTES + 1);

@@ -118,9 +118,15 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
                 assert_eq!(report.outcomes[0].status, SourceStatus::TimedOut);
             }
             assert_eq!(hung.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-            // Past the handshake deadline (5 s) the session is closed, unasked.
-            tokio::time::sleep(Limits::default().handshake_timeout).await;
-            let now = settled(&orchestrator.process).await;
+            // Past the handshake deadline (the server's default, 5 s) the session is closed,
+            // with no request to notice it: watched for up to 5 s more.
+            let until =
+                Instant::now() + Limits::default().handshake_timeout + Duration::from_secs(5);
+            let mut now = settled(&orchestrator.process).await;
+            while now > baseline && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                now = settled(&orchestrator.process).await;
+            }
             assert!(
                 now <= baseline,
                 "file descriptors: {baseline} before, {now} after a hung session's deadline"

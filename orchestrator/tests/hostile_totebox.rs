@@ -557,7 +557,9 @@ async fn a_totebox_listed_as_another_archive_cannot_answer_for_it() {
                 .unwrap();
             match &misdialed.status {
                 SourceStatus::Error(why) => {
-                    assert!(why.contains("serves archive"), "{why}")
+                    assert!(why.contains("transport.wrong-archive"), "{why}");
+                    // The archive it named is not quoted to the tenant.
+                    assert!(!why.contains(&w.sources[0].archive), "{why}");
                 }
                 other => panic!("prop-99 answered as {other:?}"),
             }

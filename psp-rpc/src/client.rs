@@ -5,7 +5,7 @@
 //! Totebox has nothing to call back (the diode). Every session is confirmed by the Totebox's
 //! `identify` answer, because with TLS 1.3 a client the server refuses only learns so at its
 //! first exchange: [`ToteboxClient::connect`] waits for it, [`ToteboxClient::connect_serving`]
-//! sends the first call alongside it and holds that call's answer until it arrives.
+//! sends the first query alongside it and holds that query's answer until it arrives.
 //!
 //! [`ToteboxClient::query`] sends `Totebox.query(chain, q)`: the chain checked and the query run
 //! in one call, one network round trip. Every call has a deadline.
@@ -365,8 +365,9 @@ impl ToteboxClient {
     }
 
     /// Connects to the Totebox that serves `archive`, returning as soon as TLS is up: its
-    /// `identify` is sent but not awaited, so the session's first call travels in the same
-    /// flight (one round trip after the handshake instead of two).
+    /// `identify` is sent but not awaited, so the session's first query travels in the same
+    /// flight (one round trip after the handshake instead of two). A command waits for the
+    /// answer: it must never be applied by a machine that serves another archive.
     ///
     /// Every call on the session still waits for the confirmation before it answers: if the
     /// Totebox refuses our key, breaks the diode, does not answer within
@@ -481,16 +482,33 @@ impl ToteboxClient {
         self.confirmation.clone().await
     }
 
-    /// `call`'s outcome once the session is confirmed: a call answered on a session that then
-    /// fails its confirmation is refused with the confirmation's reason.
-    async fn after_confirmation<T>(
+    /// The outcome of the call `send` makes, once the session is confirmed. On a session whose
+    /// confirmation already failed nothing is sent; otherwise the call goes out at once, beside
+    /// `identify` on a fresh session (or, with `confirmed_first`, only after its answer: for a
+    /// command, which must never be applied by a machine that turns out to serve another
+    /// archive). A call answered on a session that then fails its confirmation is refused with
+    /// the confirmation's reason.
+    async fn after_confirmation<T, F>(
         &self,
-        call: impl std::future::Future<Output = Result<T, CallError>>,
-    ) -> Result<T, CallError> {
+        confirmed_first: bool,
+        send: impl FnOnce() -> F,
+    ) -> Result<T, CallError>
+    where
+        F: std::future::Future<Output = Result<T, CallError>>,
+    {
         let refused = |e: ConnectError| CallError::new(e.code(), e.to_string());
+        match self.confirmation.peek() {
+            Some(Err(e)) => return Err(refused(e.clone())),
+            Some(Ok(_)) => return send().await.map_err(|e| explain(&self.guard, e)),
+            None if confirmed_first => {
+                self.confirmation.clone().await.map_err(refused)?;
+                return send().await.map_err(|e| explain(&self.guard, e));
+            }
+            None => {}
+        }
         // Whichever comes first: a failed confirmation ends the call at once (the session is
         // closed then, and its calls would only end at their own deadline).
-        let call = std::pin::pin!(call);
+        let call = std::pin::pin!(send());
         match futures::future::select(self.confirmation.clone(), call).await {
             Either::Left((Err(e), _)) => Err(refused(e)),
             Either::Left((Ok(_), call)) => call.await.map_err(|e| explain(&self.guard, e)),
@@ -571,11 +589,9 @@ impl ToteboxClient {
             write_query(query, params.init_query());
         }
         let response = self
-            .after_confirmation(within(
-                self.limits.call_timeout,
-                "query",
-                request.send().promise,
-            ))
+            .after_confirmation(false, || {
+                within(self.limits.call_timeout, "query", request.send().promise)
+            })
             .await?;
         let reader = response
             .get()
@@ -608,12 +624,12 @@ impl ToteboxClient {
             chain.write_for(params.reborrow().init_chain(), &self.archive);
             write_command(command, params.init_command());
         }
+        // A command waits for the confirmation on a fresh session (one round trip, once per
+        // connection): a machine that announces another archive must never apply it.
         let response = self
-            .after_confirmation(within(
-                self.limits.call_timeout,
-                "command",
-                request.send().promise,
-            ))
+            .after_confirmation(true, || {
+                within(self.limits.call_timeout, "command", request.send().promise)
+            })
             .await?;
         let outcome = response
             .get()
@@ -628,11 +644,9 @@ impl ToteboxClient {
         let mut open = self.totebox.open_request();
         chain.write_for(open.get().init_chain(), &self.archive);
         let response = self
-            .after_confirmation(within(
-                self.limits.call_timeout,
-                "open",
-                open.send().promise,
-            ))
+            .after_confirmation(false, || {
+                within(self.limits.call_timeout, "open", open.send().promise)
+            })
             .await?;
         let session = response
             .get()

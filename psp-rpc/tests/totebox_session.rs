@@ -478,6 +478,25 @@ async fn a_twenty_megabyte_message_gets_the_documented_error_not_a_reset() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// `as_machine`'s session with the test Totebox, dialed as the one serving `archive`, with its
+/// first call sent beside `identify`.
+async fn serving(
+    m: &support::Machines,
+    server: &psp_rpc::runtime::ServerHandle,
+    as_machine: &psp_core::IdentityKey,
+    archive: &str,
+) -> ToteboxClient {
+    ToteboxClient::connect_serving(
+        server.local_addr(),
+        as_machine,
+        m.totebox.public(),
+        archive,
+        Limits::default(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_pipelined_session_that_fails_its_confirmation_answers_nothing() {
     let m = machines();
@@ -493,15 +512,7 @@ async fn a_pipelined_session_that_fails_its_confirmation_answers_nothing() {
             let query = rent_by_floor();
             // A machine the Totebox is not paired with: TLS comes up, the first query is refused
             // with the confirmation's reason, and the connection counts as down.
-            let stranger = ToteboxClient::connect_serving(
-                server.local_addr(),
-                &m.stranger,
-                m.totebox.public(),
-                "tower-a",
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let stranger = serving(&m, &server, &m.stranger, "tower-a").await;
             let error = stranger
                 .query(&chain(&m, &m.stranger, "tower-a", 60), &query)
                 .await
@@ -515,15 +526,7 @@ async fn a_pipelined_session_that_fails_its_confirmation_answers_nothing() {
 
             // Dialed as another archive's Totebox (a config pointing at the wrong machine): the
             // Totebox would answer a chain that reaches any archive, but the answer is not used.
-            let misdialed = ToteboxClient::connect_serving(
-                server.local_addr(),
-                &m.orchestrator,
-                m.totebox.public(),
-                "tower-b",
-                Limits::default(),
-            )
-            .await
-            .unwrap();
+            let misdialed = serving(&m, &server, &m.orchestrator, "tower-b").await;
             let anywhere = Chain::mint(
                 &m.owner,
                 Grant {
@@ -538,9 +541,43 @@ async fn a_pipelined_session_that_fails_its_confirmation_answers_nothing() {
             assert_eq!(error.code, "transport.wrong-archive", "{error}");
             assert!(error.message.contains("tower-b"), "{error}");
             assert!(!misdialed.is_connected());
-            // Every later call gives the same answer, without asking again.
+            // Every later call gives the same answer, and nothing more is sent.
+            let received = server.bytes_received();
             let again = misdialed.query(&anywhere, &query).await.unwrap_err();
             assert_eq!(again.code, "transport.wrong-archive");
+            assert_eq!(server.bytes_received(), received);
+
+            // A command waits for the confirmation on a fresh session: the misdialed machine
+            // never applies it. Sent again with the same key to the right archive, it is applied
+            // there for the first time (not replayed).
+            let ping = CommandSpec {
+                name: "ping".into(),
+                collection: String::new(),
+                idempotency_key: b"misdialed-ping-0001".to_vec(),
+                arguments: Vec::new(),
+            };
+            let commands_anywhere = Chain::mint(
+                &m.owner,
+                Grant {
+                    holder: m.orchestrator.public(),
+                    archives: ArchiveSet::Any,
+                    scope: Scope::everything(vec![Operation::command("ping")]),
+                    window: Window::lasting(psp_core::window::now() - 5, 65),
+                },
+            )
+            .unwrap();
+            let misdialed = serving(&m, &server, &m.orchestrator, "tower-b").await;
+            let error = misdialed
+                .command(&commands_anywhere, &ping)
+                .await
+                .unwrap_err();
+            assert_eq!(error.code, "transport.wrong-archive", "{error}");
+            let right = serving(&m, &server, &m.orchestrator, "tower-a").await;
+            let answer = right.command(&commands_anywhere, &ping).await.unwrap();
+            assert!(
+                answer.applied,
+                "the misdialed session applied it: {answer:?}"
+            );
         })
         .await;
     server.shutdown(Duration::from_secs(1)).await;
