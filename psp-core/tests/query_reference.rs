@@ -475,3 +475,25 @@ fn answers_past_the_row_limit_are_refused() {
     let error = acc.push(&record(3)).unwrap_err();
     assert_eq!(error.code(), "limit.rows");
 }
+
+/// Found by the `query_eval` fuzz target: an ordered rows query whose limit is near `u64::MAX`
+/// overflowed the buffer bound (`2 * limit`) as soon as 64 rows had matched, a panic in a debug
+/// build of a Totebox. It now keeps every row (fewer than its limit) and answers.
+#[test]
+fn an_ordered_query_with_the_largest_limit_answers() {
+    let records: Vec<Vec<Value>> = (0..200)
+        .map(|id: i64| {
+            let mut r = vec![Value::Null; 8];
+            r[0] = Value::Int(id);
+            r[4] = Value::Int(id % 7);
+            r
+        })
+        .collect();
+    for limit in [u64::MAX, u64::MAX / 2 + 1, usize::MAX as u64] {
+        let query = Query::rows("ledger", ["id", "qty"])
+            .order_by("qty", true)
+            .limit(limit);
+        let result = evaluate(&query, &records);
+        assert_eq!(result.finalize(&query).unwrap().rows.len(), 200);
+    }
+}

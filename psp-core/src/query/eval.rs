@@ -141,7 +141,7 @@ impl Accumulator<'_> {
                 let limit = usize::try_from(plan.query.limit).unwrap_or(usize::MAX);
                 if plan.query.limit > 0
                     && !plan.query.order_by.is_empty()
-                    && rows.len() >= 2 * limit.max(64)
+                    && rows.len() >= limit.max(64).saturating_mul(2)
                 {
                     sort_and_limit(rows, &plan.columns, &plan.query)?;
                 }
