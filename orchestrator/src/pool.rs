@@ -334,6 +334,21 @@ impl Pool {
         self.record_health(source, &status, started.elapsed());
     }
 
+    /// Takes `client` out of the pool after a call on it timed out: the link may be stalled,
+    /// half-open or dripping (or its stream cut short under TLS), and a new request must not
+    /// queue behind it. Calls still running on it keep it until they end (so no other tenant's
+    /// call is cut); the next request dials a fresh connection. A Totebox that is only slow
+    /// costs one reconnect per timeout.
+    fn retire(&self, source: &Source, client: &Rc<ToteboxClient>) {
+        let mut connections = self.connections.borrow_mut();
+        if let Some(slot) = connections.get_mut(&source.archive)
+            && slot.client.as_ref().is_some_and(|c| Rc::ptr_eq(c, client))
+        {
+            tracing::debug!(archive = %source.archive, "retired a connection after a timeout");
+            slot.client = None;
+        }
+    }
+
     /// Records a diode violation: drop the connection and quarantine the source.
     fn quarantine(&self, source: &Source, why: String) {
         tracing::error!(target: "psp::security", archive = %source.archive, "quarantined a Totebox: {why}");
@@ -355,11 +370,14 @@ impl Pool {
     ) -> (SourceStatus, Option<Answer>, Duration) {
         let started = Instant::now();
         let until = deadline.min(started + limits.source_timeout);
+        // The connection a call went out on, if one did: what a timeout retires.
+        let sent_on: RefCell<Option<Rc<ToteboxClient>>> = RefCell::new(None);
         let attempt = async {
             let client = self.connection(source).await?;
             // The tenant's fair share of this connection; the wait counts against the timeout.
             let gate = self.gate(source);
             let _permit = gate.enter(tenant).await;
+            *sent_on.borrow_mut() = Some(client.clone());
             let answer = match work {
                 Work::Query(query) => client
                     .query_bounded(chain, query, limits.max_answer_bytes)
@@ -390,7 +408,12 @@ impl Pool {
             }
         };
         let (status, answer) = match tokio::time::timeout_at(until, attempt).await {
-            Err(_) => (SourceStatus::TimedOut, None),
+            Err(_) => {
+                if let Some(client) = sent_on.take() {
+                    self.retire(source, &client);
+                }
+                (SourceStatus::TimedOut, None)
+            }
             Ok(Err(status)) => (status, None),
             Ok(Ok(Answer::Result(result))) if rows_of(&result) > limits.max_rows_per_source => (
                 SourceStatus::Rejected {

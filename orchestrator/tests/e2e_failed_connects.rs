@@ -1,13 +1,11 @@
 //! End to end with an `orchestrator serve` process: a Totebox that completes TLS and then never
 //! confirms the session (closes, refuses `identify`, hangs) costs the orchestrator nothing that
 //! lasts. After 100 failed connects its file descriptors are back where they were, and it still
-//! serves consoles; a session that hangs is shared by the requests that meet it and closed at
-//! its handshake deadline, with no request needed to notice. The background dialer is off here,
-//! so that each request makes a connect of its own (the dialer's connects take the same path).
+//! serves consoles; a session that hangs is closed when the request that met it times out. The
+//! background dialer is off here, so that each request makes a connect of its own (the dialer's
+//! connects take the same path).
 
 mod support;
-
-use std::time::{Duration, Instant};
 
 use orchestrator::fanout::SourceStatus;
 use orchestrator::selection::Selector;
@@ -17,21 +15,6 @@ use psp_rpc::limits::Limits;
 use support::hostile::{Misbehaviour, Rogue};
 use support::processes::Fleet;
 use tokio::task::LocalSet;
-
-/// The process's open files once the count holds still for a quarter of a second (a busy
-/// machine may be closing a socket at the moment of any one reading); at most five seconds.
-async fn settled(process: &support::processes::Proc) -> usize {
-    let until = Instant::now() + Duration::from_secs(5);
-    let mut last = process.open_files();
-    let mut steady = 0;
-    while steady < 5 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = process.open_files();
-        steady = if now == last { steady + 1 } else { 0 };
-        last = now;
-    }
-    last
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_connects_leave_no_file_descriptor_behind() {
@@ -56,22 +39,11 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
     )
     .unwrap();
     let orchestrator = fleet.serve(&config);
-    let grant = {
-        let w = support::World {
-            dir: tempfile::tempdir().unwrap(),
-            toteboxes: Vec::new(),
-            sources: Vec::new(),
-            owner: fleet.owner.clone(),
-            operator: operator.clone(),
-            orchestrator: fleet.orchestrator.clone(),
-        };
-        support::grant(
-            &w,
-            &operator,
-            &["rogue", "hung", "prop-01"],
-            vec![Operation::Query],
-        )
-    };
+    let grant = fleet.grant(
+        &operator,
+        &["rogue", "hung", "prop-01"],
+        vec![Operation::Query],
+    );
     let count = Query::aggregate("statements", [], [Aggregate::count()]);
     let failing = Selector::Ids(vec!["prop-01".into(), "rogue".into()]);
     LocalSet::new()
@@ -80,7 +52,7 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
             // Warm: the honest Totebox's pooled connection and everything else a request opens.
             let first = console.query(&failing, &grant, &count).await.unwrap();
             assert_eq!(first.outcomes[0].status, SourceStatus::Ok);
-            let baseline = settled(&orchestrator.process).await;
+            let baseline = orchestrator.process.settled_files().await;
 
             // One after another, so each is a connect of its own (concurrent requests would
             // share one dial).
@@ -101,7 +73,7 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
 
             // Every failed session is closed: once the last closes have happened, the count is
             // back where it was.
-            let now = settled(&orchestrator.process).await;
+            let now = orchestrator.process.settled_files().await;
             assert!(
                 now <= baseline,
                 "file descriptors: {baseline} before 100 failed connects, {now} after"
@@ -110,30 +82,22 @@ async fn failed_connects_leave_no_file_descriptor_behind() {
             let last = console.query(&failing, &grant, &count).await.unwrap();
             assert_eq!(last.outcomes[0].status, SourceStatus::Ok);
 
-            // A Totebox that hangs after TLS: each request times out on it, sharing its one
-            // pending session rather than opening one each.
+            // A Totebox that hangs after TLS: each request times out on it, and each timed-out
+            // session is retired and closed at once (a stalled link is not queued behind).
             let stalled = Selector::Ids(vec!["hung".into()]);
             for _ in 0..3 {
                 let report = console.query(&stalled, &grant, &count).await.unwrap();
                 assert_eq!(report.outcomes[0].status, SourceStatus::TimedOut);
             }
-            assert_eq!(hung.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-            // Past the handshake deadline (the server's default, 5 s) the session is closed,
-            // with no request to notice it: watched for up to 5 s more.
-            let until =
-                Instant::now() + Limits::default().handshake_timeout + Duration::from_secs(5);
-            let mut now = settled(&orchestrator.process).await;
-            while now > baseline && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                now = settled(&orchestrator.process).await;
-            }
+            assert_eq!(hung.accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+            let now = orchestrator.process.settled_files().await;
             assert!(
                 now <= baseline,
-                "file descriptors: {baseline} before, {now} after a hung session's deadline"
+                "file descriptors: {baseline} before, {now} after three hung sessions"
             );
             // The next request dials again.
             console.query(&stalled, &grant, &count).await.unwrap();
-            assert_eq!(hung.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+            assert_eq!(hung.accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
         })
         .await;
 }

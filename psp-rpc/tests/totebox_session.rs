@@ -582,3 +582,56 @@ async fn a_pipelined_session_that_fails_its_confirmation_answers_nothing() {
         .await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_session_never_confirmed_closes_at_its_deadline_unasked() {
+    let m = machines();
+    // Completes TLS, then reads and never answers; says when its peer closed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let config = psp_rpc::tls::server_config(
+        &m.totebox,
+        psp_rpc::tls::PairedKeys::new([m.orchestrator.public()]),
+    )
+    .unwrap();
+    let (closed, mut peer_closed) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = tokio_rustls::TlsAcceptor::from(config)
+            .accept(tcp)
+            .await
+            .unwrap();
+        let mut sink = [0u8; 1024];
+        while matches!(
+            tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await,
+            Ok(n) if n > 0
+        ) {}
+        let _ = closed.send(());
+    });
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    LocalSet::new()
+        .run_until(async {
+            let client = ToteboxClient::connect_serving(
+                address,
+                &m.orchestrator,
+                m.totebox.public(),
+                "tower-a",
+                limits,
+            )
+            .await
+            .unwrap();
+            assert!(client.is_connected(), "pending, not failed");
+            // Nobody calls or waits on it: past the deadline it is down and its socket closed.
+            let closed = tokio::time::timeout(Duration::from_secs(3), &mut peer_closed).await;
+            assert!(closed.is_ok(), "the socket stayed open past the deadline");
+            assert!(!client.is_connected());
+            assert!(matches!(
+                client.confirmation_error(),
+                Some(ConnectError::Timeout { .. })
+            ));
+        })
+        .await;
+}

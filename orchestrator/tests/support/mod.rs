@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod faults;
 pub mod flights;
 pub mod hostile;
 pub mod processes;

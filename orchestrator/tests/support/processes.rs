@@ -101,6 +101,20 @@ impl Proc {
             .unwrap_or(0)
     }
 
+    /// Its open files once the count holds still for a quarter of a second (a busy machine may
+    /// be closing a socket at the moment of any one reading); at most five seconds.
+    pub async fn settled_files(&self) -> usize {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let (mut last, mut steady) = (self.open_files(), 0);
+        while steady < 5 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = self.open_files();
+            steady = if now == last { steady + 1 } else { 0 };
+            last = now;
+        }
+        last
+    }
+
     /// What it logged so far.
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
@@ -223,6 +237,26 @@ impl Fleet {
                 )
             })
             .collect()
+    }
+
+    /// The owner's grant of `operations` on `archives` to `holder`, for an hour (for a console
+    /// run in the test's own process).
+    pub fn grant(
+        &self,
+        holder: &IdentityKey,
+        archives: &[&str],
+        operations: Vec<Operation>,
+    ) -> Chain {
+        Chain::mint(
+            &self.owner,
+            Grant {
+                holder: holder.public(),
+                archives: ArchiveSet::of_ids(archives.iter().copied()),
+                scope: Scope::everything(operations),
+                window: Window::lasting(psp_core::window::now() - 5, 3_600),
+            },
+        )
+        .unwrap()
     }
 
     /// A new operator: its key saved as `<name>.pem`, and a capability from the owner for

@@ -1,0 +1,105 @@
+//! Faults below the RPC layer, between a real `orchestrator serve` and one of its Toteboxes: the
+//! fault proxy stalls, cuts mid-frame, resets, drips, garbles, duplicates or half-closes the
+//! pooled connection while a request runs. Each fault gives that source its outcome within its
+//! timeout plus 100 ms (the other source answers), the next request dials afresh and answers,
+//! and the orchestrator's file descriptors and threads are back where they were.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use orchestrator::fanout::SourceStatus;
+use orchestrator::selection::Selector;
+use psp_core::query::{Aggregate, Query};
+use psp_core::{IdentityKey, Operation};
+use psp_rpc::limits::Limits;
+use support::faults::{FAULTS, Fault, FaultProxy};
+use support::processes::{Fleet, Proc};
+use tokio::task::LocalSet;
+
+/// The orchestrator's per-source timeout here.
+const SOURCE_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// How late past its deadline a source's outcome may arrive.
+const MARGIN: Duration = Duration::from_millis(100);
+
+fn threads(process: &Proc) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", process.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_fault_on_a_totebox_link_ends_that_source_alone_and_the_next_request_reconnects() {
+    let mut fleet = Fleet::start(2, 0);
+    let proxy = FaultProxy::start(fleet.toteboxes[0].address.parse().unwrap());
+    fleet.toteboxes[0].address = proxy.address.to_string();
+    let operator = IdentityKey::generate().unwrap();
+    let config = fleet.path("orchestrator.toml");
+    // No background dialer: every reconnect is the next request's own.
+    std::fs::write(
+        &config,
+        format!(
+            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = {}\ndeadline_ms = 3000\nredial_ms = 0\n{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
+            SOURCE_TIMEOUT.as_millis(),
+            fleet.fleet_toml(),
+            operator.public()
+        ),
+    )
+    .unwrap();
+    let orchestrator = fleet.serve(&config);
+    let grant = fleet.grant(&operator, &["prop-01", "prop-02"], vec![Operation::Query]);
+    let count = Query::aggregate("statements", [], [Aggregate::count()]);
+    let both = Selector::Ids(vec!["prop-01".into(), "prop-02".into()]);
+    LocalSet::new()
+        .run_until(async {
+            let console = orchestrator.connect(&operator, Limits::default()).await;
+            let warm = console.query(&both, &grant, &count).await.unwrap();
+            assert!(warm.complete, "{:?}", warm.outcomes);
+            let (files, tasks) = (
+                orchestrator.process.settled_files().await,
+                threads(&orchestrator.process),
+            );
+            for fault in FAULTS {
+                proxy.inject(Some(fault));
+                let started = Instant::now();
+                let report = console.query(&both, &grant, &count).await.unwrap();
+                let took = started.elapsed();
+                let status = &report.outcomes[0].status;
+                // The figures RELIABILITY.md quotes (`--nocapture`).
+                eprintln!("{fault:?}: {status:?} after {took:?}");
+                match fault {
+                    // Nothing arrives in time: the source's timeout.
+                    Fault::Stall | Fault::SlowDrip => {
+                        assert_eq!(status, &SourceStatus::TimedOut, "{fault:?}")
+                    }
+                    // The link breaks, or TLS refuses what arrives: a transport error at once.
+                    _ => assert!(
+                        matches!(status, SourceStatus::Error(why) if why.starts_with("transport.")),
+                        "{fault:?}: {status:?}"
+                    ),
+                }
+                assert!(
+                    took <= SOURCE_TIMEOUT + MARGIN,
+                    "{fault:?}: the outcome took {took:?}"
+                );
+                assert_eq!(report.outcomes[1].status, SourceStatus::Ok, "{fault:?}");
+
+                // Cleared: the very next request dials afresh and answers.
+                proxy.inject(None);
+                let next = console.query(&both, &grant, &count).await.unwrap();
+                assert!(next.complete, "{fault:?}: then {:?}", next.outcomes);
+                assert_eq!(next.body, warm.body, "{fault:?}");
+            }
+            // Every faulted connection is closed: the proxy holds only the live one, and the
+            // orchestrator's files and threads are back where they were.
+            let until = Instant::now() + Duration::from_secs(5);
+            while proxy.open_connections() > 1 && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(proxy.open_connections(), 1);
+            assert!(proxy.accepted() > FAULTS.len());
+            assert!(orchestrator.process.settled_files().await <= files);
+            assert_eq!(threads(&orchestrator.process), tasks);
+        })
+        .await;
+}

@@ -1,0 +1,119 @@
+//! The fault proxy itself, against an echo server and a raw TCP client: each fault does what it
+//! says, so the fault tests that use it test the product, not the proxy.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::faults::{Fault, FaultProxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An echo server that answers each read twice over ("ping" -> "pingping").
+async fn echo() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 64];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 || s.write_all(&[&b[..n], &b[..n]].concat()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// What a client that sends "ping" reads within `window`: the bytes, and how the read ended
+/// (`Ok(true)` end of stream, `Ok(false)` still open, `Err` a reset or other error).
+async fn ping(proxy: &FaultProxy, window: Duration) -> (Vec<u8>, std::io::Result<bool>) {
+    let mut s = TcpStream::connect(proxy.address).await.unwrap();
+    // Through the proxy faithfully first, so the fault meets an established connection.
+    s.write_all(b"ping").await.unwrap();
+    let mut first = [0u8; 8];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"pingping");
+    ping_on(&mut s, window).await
+}
+
+/// Sends "ping" on `s` and reads for `window` (see [`ping`]).
+async fn ping_on(s: &mut TcpStream, window: Duration) -> (Vec<u8>, std::io::Result<bool>) {
+    s.write_all(b"ping").await.unwrap();
+    let until = Instant::now() + window;
+    let mut got = Vec::new();
+    let mut b = [0u8; 64];
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut b)).await {
+            Err(_) => return (got, Ok(false)),
+            Ok(Ok(0)) => return (got, Ok(true)),
+            Ok(Ok(n)) => got.extend_from_slice(&b[..n]),
+            Ok(Err(e)) => return (got, Err(e)),
+        }
+    }
+}
+
+/// What a client must read under a fault: the bytes, and how the read ended.
+type Expected = fn(&[u8], &std::io::Result<bool>) -> bool;
+
+#[tokio::test]
+async fn each_fault_does_what_it_says() {
+    let proxy = FaultProxy::start(echo().await);
+    let window = Duration::from_millis(1_500);
+
+    let (got, end) = ping(&proxy, window).await;
+    assert_eq!((got.as_slice(), end.unwrap()), (&b"pingping"[..], false));
+
+    let cases: [(Fault, Expected); 7] = [
+        (Fault::Stall, |got, end| {
+            got.is_empty() && matches!(end, Ok(false))
+        }),
+        (Fault::CutMidFrame, |got, end| {
+            got == b"ping" && matches!(end, Ok(true))
+        }),
+        (Fault::Reset, |got, end| {
+            got.is_empty()
+                && matches!(end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        }),
+        // 8 bytes at 100 ms each: the window sees most but not all of them.
+        (Fault::SlowDrip, |got, end| {
+            (3..8).contains(&got.len()) && b"pingping".starts_with(got) && matches!(end, Ok(false))
+        }),
+        (Fault::Garbage, |got, end| {
+            got.len() == 8 && got != b"pingping" && matches!(end, Ok(false))
+        }),
+        (Fault::Duplicate, |got, end| {
+            got == b"pingpingpingping" && matches!(end, Ok(false))
+        }),
+        (Fault::HalfOpen, |got, end| {
+            got.is_empty() && matches!(end, Ok(true))
+        }),
+    ];
+    for (fault, expected) in cases {
+        proxy.inject(None);
+        let mut s = TcpStream::connect(proxy.address).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut first = [0u8; 8];
+        s.read_exact(&mut first).await.unwrap();
+        proxy.inject(Some(fault));
+        let window = if fault == Fault::SlowDrip {
+            Duration::from_millis(650)
+        } else {
+            window
+        };
+        let (got, end) = ping_on(&mut s, window).await;
+        assert!(
+            expected(&got, &end),
+            "{fault:?}: read {got:?}, then {end:?}"
+        );
+    }
+
+    // Cleared, the proxy forwards faithfully again.
+    proxy.inject(None);
+    let (got, end) = ping(&proxy, Duration::from_millis(300)).await;
+    assert_eq!((got.as_slice(), end.unwrap()), (&b"pingping"[..], false));
+}
