@@ -131,14 +131,8 @@ pub fn archive() -> (&'static RecordArchive, &'static Loaded) {
     (archive, loaded)
 }
 
-/// A folder in memory where the machine has one (fuzzing writes files for every input).
+/// A scratch folder under `TMPDIR` (`scripts/fuzz` points it at memory and removes it after).
 fn scratch_dir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir()
-        && let Ok(dir) = tempfile::tempdir_in(shm)
-    {
-        return dir;
-    }
     tempfile::tempdir().expect("a scratch folder")
 }
 

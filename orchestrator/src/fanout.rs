@@ -142,6 +142,11 @@ pub struct FanOutLimits {
     /// Most bytes of answer accepted from one source (its share of the request's budget),
     /// measured on the wire before the answer is decoded.
     pub max_answer_bytes: usize,
+    /// A call left unanswered this long takes its connection out of the pool (the link may be
+    /// stalled or dripping). The operator's configured per-source timeout: a request that asks
+    /// for a shorter timeout, or whose deadline cuts its call short, never retires a connection
+    /// other tenants share.
+    pub retire_after: Duration,
 }
 
 impl Default for FanOutLimits {
@@ -152,6 +157,7 @@ impl Default for FanOutLimits {
             max_concurrency: 64,
             max_rows_per_source: 100_000,
             max_answer_bytes: 16 << 20,
+            retire_after: Duration::from_secs(2),
         }
     }
 }

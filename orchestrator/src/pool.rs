@@ -240,6 +240,13 @@ impl Pool {
         let client = Rc::new(connected.map_err(|e| self.unconfirmed(&source, e))?);
         let mut connections = self.connections.borrow_mut();
         let slot = self.slot(&mut connections, &source.archive);
+        // Quarantined while this dial was under way (a violation on an older connection): the
+        // new one is not used either.
+        if let Some(until) = slot.quarantined_until
+            && Instant::now() < until
+        {
+            return Err(SourceStatus::Quarantined(slot.why.clone()));
+        }
         slot.client = Some(client.clone());
         slot.endpoint = Some(endpoint);
         Ok(client)
@@ -316,8 +323,10 @@ impl Pool {
         let started = Instant::now();
         let deadline = started + self.limits.handshake_timeout + Duration::from_secs(1);
         // Connected means confirmed: the health it reports is the Totebox's `identify` answer.
+        let dialed: RefCell<Option<Rc<ToteboxClient>>> = RefCell::new(None);
         let confirmed = async {
             let client = self.connection(source).await?;
+            *dialed.borrow_mut() = Some(client.clone());
             client
                 .confirmed()
                 .await
@@ -326,12 +335,27 @@ impl Pool {
         let status = match tokio::time::timeout_at(deadline, confirmed).await {
             Ok(Ok(_)) => SourceStatus::Ok,
             Ok(Err(status)) => status,
-            Err(_) => SourceStatus::TimedOut,
+            Err(_) => {
+                // Never confirmed: a request must not spend its timeout on it.
+                if let Some(client) = dialed.take() {
+                    self.retire(source, &client);
+                }
+                SourceStatus::TimedOut
+            }
         };
         if status != SourceStatus::Ok {
             tracing::debug!(archive = %source.archive, ?status, "could not connect a Totebox");
         }
         self.record_health(source, &status, started.elapsed());
+    }
+
+    /// Whether `client` is still `source`'s pooled connection (not retired or replaced).
+    fn is_pooled(&self, source: &Source, client: &Rc<ToteboxClient>) -> bool {
+        self.connections
+            .borrow()
+            .get(&source.archive)
+            .and_then(|slot| slot.client.as_ref())
+            .is_some_and(|pooled| Rc::ptr_eq(pooled, client))
     }
 
     /// Takes `client` out of the pool after a call on it timed out: the link may be stalled,
@@ -373,10 +397,15 @@ impl Pool {
         // The connection a call went out on, if one did: what a timeout retires.
         let sent_on: RefCell<Option<Rc<ToteboxClient>>> = RefCell::new(None);
         let attempt = async {
-            let client = self.connection(source).await?;
+            let mut client = self.connection(source).await?;
             // The tenant's fair share of this connection; the wait counts against the timeout.
             let gate = self.gate(source);
             let _permit = gate.enter(tenant).await;
+            // Retired while this call waited its turn: not sent on a link another call found
+            // stalled.
+            if !self.is_pooled(source, &client) {
+                client = self.connection(source).await?;
+            }
             *sent_on.borrow_mut() = Some(client.clone());
             let answer = match work {
                 Work::Query(query) => client
@@ -408,12 +437,23 @@ impl Pool {
             }
         };
         let (status, answer) = match tokio::time::timeout_at(until, attempt).await {
-            Err(_) => {
-                if let Some(client) = sent_on.take() {
-                    self.retire(source, &client);
+            Err(_) => match sent_on.take() {
+                // The guard cut it meanwhile: a violation, whatever else happened.
+                Some(client) if client.diode_violation().is_some() => {
+                    let why = format!(
+                        "broke the diode: it sent {}",
+                        client.diode_violation().unwrap_or_default()
+                    );
+                    self.quarantine(source, why.clone());
+                    (SourceStatus::Quarantined(why), None)
                 }
-                (SourceStatus::TimedOut, None)
-            }
+                // Unanswered for the operator's whole timeout: the link may be stalled.
+                Some(client) if until >= started + limits.retire_after => {
+                    self.retire(source, &client);
+                    (SourceStatus::TimedOut, None)
+                }
+                _ => (SourceStatus::TimedOut, None),
+            },
             Ok(Err(status)) => (status, None),
             Ok(Ok(Answer::Result(result))) if rows_of(&result) > limits.max_rows_per_source => (
                 SourceStatus::Rejected {

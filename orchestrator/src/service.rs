@@ -246,6 +246,7 @@ impl Console {
                 max_concurrency: config.max_concurrency,
                 max_rows_per_source: MAX_ROWS_PER_SOURCE,
                 max_answer_bytes,
+                retire_after: config.source_timeout,
             },
             partial,
             _permit: permit,

@@ -34,8 +34,9 @@ pub enum Fault {
     Garbage,
     /// The server's next bytes are delivered twice.
     Duplicate,
-    /// At the next bytes, the way toward the client is closed (it reads end of stream) while the
-    /// way toward the server stays open and is no longer forwarded: a half-open connection.
+    /// At the next bytes, the server's side is closed (it reads end of stream) while the
+    /// client's stays open and silent: its bytes are read and dropped, nothing reaches it and no
+    /// FIN either, as when a peer vanishes without closing (a half-open connection).
     HalfOpen,
 }
 
@@ -136,11 +137,16 @@ impl FaultProxy {
         end: &Ending,
     ) {
         self.forward(&mut from, &mut to, toward_client, end).await;
-        end.stop.cancel();
-        if end.reset.load(Ordering::SeqCst) {
-            // Dropping a write half would send a FIN before the RST: leave the socket to close
-            // (with its zero linger) when the read half goes.
+        // Half-open: the way toward the client goes silent, but its socket stays open until the
+        // client closes it (the other way keeps reading it).
+        let silent = toward_client && end.half_open.is_cancelled();
+        if end.reset.load(Ordering::SeqCst) || silent {
+            // Dropping a write half would send a FIN (before the RST, or to a client that must
+            // hear nothing): leave the socket to close when its read half goes.
             to.forget();
+        }
+        if !silent {
+            end.stop.cancel();
         }
     }
 
@@ -156,9 +162,13 @@ impl FaultProxy {
         loop {
             let n = tokio::select! {
                 () = end.stop.cancelled() => return,
-                // The other way met `HalfOpen`: close this way toward the client now.
-                () = end.half_open.cancelled(), if toward_client && !half_open => {
+                // The other way met `HalfOpen`: go silent toward the client, or close toward
+                // the server.
+                () = end.half_open.cancelled(), if !half_open => {
                     half_open = true;
+                    if toward_client {
+                        return;
+                    }
                     let _ = to.shutdown().await;
                     continue;
                 }
@@ -187,10 +197,9 @@ impl FaultProxy {
                     half_open = true;
                     end.half_open.cancel();
                     if toward_client {
-                        to.shutdown().await
-                    } else {
-                        Ok(())
+                        return;
                     }
+                    to.shutdown().await
                 }
                 (Some(_), false) => to.write_all(chunk).await,
                 (Some(Fault::CutMidFrame), true) => {
@@ -225,7 +234,7 @@ impl FaultProxy {
 }
 
 /// How one relayed connection ends: `stop` ends both ways; `reset` says to close with an RST;
-/// `half_open` closes the way toward the client only.
+/// `half_open` closes the server's side and silences the client's.
 #[derive(Default)]
 struct Ending {
     stop: CancellationToken,
