@@ -418,59 +418,33 @@ fn main() -> ExitCode {
             let target = target(&connection)?;
             let grant = target.grant(&request.chain)?;
             let console = target.connect_for(&selector).await?;
-            let viewport = match (name, file) {
+            let report = match (name, file) {
                 (Some(name), _) => {
-                    // The copy kept from an earlier run: one call, if the config still has it.
                     let copies = ViewportCache::for_user(&target.orchestrator);
-                    let copy = copies.as_ref().and_then(|c| c.get(&name));
-                    if let Some(copy) = copy {
-                        let in_flight = console
-                            .start_configured_view(&selector, &grant, &copy, request.options())
-                            .map_err(|e| e.to_string())?;
-                        match operate::wait(&in_flight).await {
-                            Ok(report) => {
-                                print_report(&report, connection.json, exceptions);
-                                return Ok(());
-                            }
-                            // Stale, or an orchestrator that cannot check a copy: ask.
-                            Err(e)
-                                if [
-                                    "viewport.changed",
-                                    "viewport.unknown",
-                                    "transport.unimplemented",
-                                ]
-                                .contains(&e.code.as_str()) =>
-                            {
-                                tracing::debug!("the kept copy of viewport {name:?} is stale: {e}");
-                            }
-                            Err(e) => return Err(e.to_string()),
-                        }
-                    }
-                    let viewport = console.viewport(&name).await.map_err(|e| {
-                        if let Some(copies) = &copies {
-                            copies.forget(&name);
-                        }
-                        e.to_string()
-                    })?;
-                    if let Some(copies) = &copies {
-                        copies.put(&viewport);
-                    }
-                    viewport
+                    operate::view_by_name(
+                        &console,
+                        copies.as_ref(),
+                        &selector,
+                        &grant,
+                        &name,
+                        request.options(),
+                    )
+                    .await?
                 }
                 (None, Some(file)) => {
                     let text = std::fs::read_to_string(&file)
                         .map_err(|e| format!("reading {}: {e}", file.display()))?;
-                    toml::from_str::<orchestrator::spec::ViewportSpec>(&text)
+                    let viewport = toml::from_str::<orchestrator::spec::ViewportSpec>(&text)
                         .map_err(|e| e.to_string())
                         .and_then(|spec| spec.to_viewport())
-                        .map_err(|e| format!("{}: {e}", file.display()))?
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                    let in_flight = console
+                        .start_view(&selector, &grant, &viewport, request.options())
+                        .map_err(|e| e.to_string())?;
+                    operate::wait(&in_flight).await.map_err(|e| e.to_string())?
                 }
                 (None, None) => return Err("give --name or --file".into()),
             };
-            let in_flight = console
-                .start_view(&selector, &grant, &viewport, request.options())
-                .map_err(|e| e.to_string())?;
-            let report = operate::wait(&in_flight).await.map_err(|e| e.to_string())?;
             print_report(&report, connection.json, exceptions);
             Ok(())
         }),

@@ -14,9 +14,10 @@ use std::time::Duration;
 use psp_core::{Chain, IdentityKey, PublicKey};
 use psp_rpc::limits::{CallError, Limits};
 
-use crate::console::{Console, InFlight};
+use crate::console::{Console, InFlight, Options};
 use crate::report::Report;
 use crate::selection::Selector;
+use crate::viewport_cache::ViewportCache;
 
 pub use crate::console::DEFAULT_DEADLINE;
 /// A fan-out running longer than this gets a progress line (on a terminal).
@@ -194,6 +195,52 @@ pub fn command_arguments(
         }
     }
     Ok(capnp::serialize::write_message_to_words(&message))
+}
+
+/// Codes that say a kept viewport copy cannot be used as it is: stale, gone, or an orchestrator
+/// that cannot check a copy. The definition is asked for again.
+const COPY_REFUSED: [&str; 3] = [
+    "viewport.changed",
+    "viewport.unknown",
+    "transport.unimplemented",
+];
+
+/// The config viewport `name` computed under `grant`: from the copy kept in `copies` (one call,
+/// if the config still holds it), else by asking for the definition, keeping it, and computing
+/// it (two calls).
+pub async fn view_by_name(
+    console: &Console,
+    copies: Option<&ViewportCache>,
+    selector: &Selector,
+    grant: &Chain,
+    name: &str,
+    options: Options,
+) -> Result<Report, String> {
+    if let Some(copy) = copies.and_then(|c| c.get(name)) {
+        let in_flight = console
+            .start_configured_view(selector, grant, &copy, options)
+            .map_err(|e| e.to_string())?;
+        match wait(&in_flight).await {
+            Ok(report) => return Ok(report),
+            Err(e) if COPY_REFUSED.contains(&e.code.as_str()) => {
+                tracing::debug!("the kept copy of viewport {name:?} is stale: {e}");
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let viewport = console.viewport(name).await.map_err(|e| {
+        if let Some(copies) = copies {
+            copies.forget(name);
+        }
+        e.to_string()
+    })?;
+    if let Some(copies) = copies {
+        copies.put(&viewport);
+    }
+    let in_flight = console
+        .start_view(selector, grant, &viewport, options)
+        .map_err(|e| e.to_string())?;
+    wait(&in_flight).await.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
