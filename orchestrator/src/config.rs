@@ -17,6 +17,8 @@
 //! max_request_bytes = 67108864        # answers one request holds, across its sources: each
 //!                                     # source may send its share (this / sources, at least
 //!                                     # 64 KiB), and answers merge as they arrive
+//! idle_ms = 300000                    # a console connection with no call running and nothing
+//!                                     # received for this long is closed (read at start)
 //!
 //! [[fleet]]
 //! id = "prop-01"
@@ -88,6 +90,7 @@ struct RawDefaults {
     max_request_bytes: usize,
     fleet_workers: usize,
     redial_ms: u64,
+    idle_ms: u64,
 }
 
 impl Default for RawDefaults {
@@ -100,6 +103,7 @@ impl Default for RawDefaults {
             max_request_bytes: DEFAULT_REQUEST_BYTES,
             fleet_workers: 0,
             redial_ms: 5_000,
+            idle_ms: 300_000,
         }
     }
 }
@@ -216,6 +220,8 @@ pub struct Config {
     /// How often the background dialer redials a Totebox that is not connected; `None` when it
     /// is off and Toteboxes are dialed only when a request needs them.
     pub redial: Option<Duration>,
+    /// How long a console connection with no call running and nothing received stays open.
+    pub idle: Duration,
     /// The fleet, in config order.
     pub fleet: Vec<FleetArchive>,
     /// The tenants.
@@ -265,6 +271,12 @@ impl Config {
         }
         if d.max_concurrency == 0 {
             return Err("defaults.max_concurrency must be at least 1".into());
+        }
+        if d.idle_ms == 0 {
+            return Err(
+                "defaults.idle_ms must be positive (a console connection would close at once)"
+                    .into(),
+            );
         }
         if d.max_request_bytes < MIN_SOURCE_BYTES {
             return Err(format!(
@@ -379,6 +391,7 @@ impl Config {
                 n => n,
             },
             redial: (d.redial_ms > 0).then(|| Duration::from_millis(d.redial_ms)),
+            idle: Duration::from_millis(d.idle_ms),
             fleet,
             tenants,
             viewports,

@@ -2,6 +2,7 @@
 //! subcommands and other Rust consoles use. Must be created and used on a tokio `LocalSet`.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp, twoparty};
 use std::collections::BTreeMap;
@@ -10,7 +11,9 @@ use std::time::Duration;
 use psp_core::query::Query;
 use psp_core::query::wire::write_query;
 use psp_core::{Chain, IdentityKey, PublicKey};
+use psp_rpc::activity::Activity;
 use psp_rpc::client::{CommandAnswer, CommandSpec, ConnectError, dial};
+use psp_rpc::frame_limit::FrameLimit;
 use psp_rpc::limits::{CallError, Limits};
 use psp_schema::orchestrator_capnp::{fleet_query, fleet_request, orchestrator};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
@@ -67,55 +70,90 @@ impl Options {
 /// A fan-out running at the orchestrator: poll its progress, cancel it, or wait for its report.
 pub struct InFlight {
     fleet_query: fleet_query::Client,
-    limits: Limits,
+    link: Link,
 }
 
 impl InFlight {
     /// (answered, total) so far.
     pub async fn progress(&self) -> Result<(u32, u32), CallError> {
-        let response = within(
-            self.limits.call_timeout,
-            "progress",
-            self.fleet_query.progress_request().send().promise,
-        )
-        .await?;
+        let response = self
+            .link
+            .within(
+                "progress",
+                self.fleet_query.progress_request().send().promise,
+            )
+            .await?;
         let r = response.get().map_err(failed)?;
         Ok((r.get_answered(), r.get_total()))
     }
 
     /// Stops the fan-out; [`InFlight::report`] then returns what arrived.
     pub async fn cancel(&self) -> Result<(), CallError> {
-        within(
-            self.limits.call_timeout,
-            "cancel",
-            self.fleet_query.cancel_request().send().promise,
-        )
-        .await
-        .map(drop)
+        self.link
+            .within("cancel", self.fleet_query.cancel_request().send().promise)
+            .await
+            .map(drop)
     }
 
     /// Waits for the report (never past the request's deadline at the orchestrator, nor past
     /// this console's call timeout).
     pub async fn report(&self) -> Result<Report, CallError> {
-        let response = within(
-            self.limits.call_timeout,
-            "view",
-            self.fleet_query.view_request().send().promise,
-        )
-        .await?;
+        let response = self
+            .link
+            .within("view", self.fleet_query.view_request().send().promise)
+            .await?;
         read_report(response.get().and_then(|r| r.get_view()).map_err(failed)?).map_err(failed)
     }
 }
 
-async fn within<T>(
-    timeout: Duration,
-    what: &str,
-    call: impl std::future::Future<Output = capnp::Result<T>>,
-) -> Result<T, CallError> {
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| CallError::timed_out(what, timeout))?
-        .map_err(failed)
+/// The connection a console's calls travel: its limits, what arrives on it, and the way to
+/// close it.
+#[derive(Clone)]
+struct Link {
+    limits: Limits,
+    activity: Rc<Activity>,
+    rpc: tokio::task::AbortHandle,
+    /// Set when a call closed the link (the task ends at the runtime's next turn).
+    closed: Rc<std::cell::Cell<bool>>,
+}
+
+impl Link {
+    /// Whether the connection is open (the task may end only at the runtime's next turn).
+    fn is_open(&self) -> bool {
+        !self.closed.get() && !self.rpc.is_finished()
+    }
+
+    /// Waits for `call` up to the call timeout. A call that times out while no whole message
+    /// arrived on the connection closes it: the link is stalled, dripping or half-open (an
+    /// answer to any other call would have shown it alive), and later calls must fail at once
+    /// rather than wait behind it. A slow request on a live link leaves the link open.
+    async fn within<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = capnp::Result<T>>,
+    ) -> Result<T, CallError> {
+        if !self.is_open() {
+            // A call on a closed link would wait for an answer that cannot come.
+            return Err(CallError::new(
+                "transport.disconnected",
+                "the connection to the orchestrator is closed: connect again",
+            ));
+        }
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout(self.limits.call_timeout, call).await {
+            Ok(answer) => answer.map_err(failed),
+            Err(_) => {
+                if !self.activity.message_arrived_since(sent) {
+                    tracing::debug!(
+                        "closed the connection to the orchestrator: no message arrived while {what} waited"
+                    );
+                    self.closed.set(true);
+                    self.rpc.abort();
+                }
+                Err(CallError::timed_out(what, self.limits.call_timeout))
+            }
+        }
+    }
 }
 
 /// A connection to the orchestrator, as one operator.
@@ -127,7 +165,7 @@ async fn within<T>(
 /// already held by the orchestrator is sent as it is.
 pub struct Console {
     orchestrator: orchestrator::Client,
-    limits: Limits,
+    link: Link,
     rpc: tokio::task::JoinHandle<()>,
     identity: IdentityKey,
     orchestrator_key: PublicKey,
@@ -202,8 +240,11 @@ impl Console {
                     other => CallError::new("transport.tls", other.to_string()),
                 })?;
             let (reader, writer) = tokio::io::split(stream);
+            let activity = Rc::new(Activity::default());
+            let reader =
+                FrameLimit::new(reader.compat(), limits.max_message_words, activity.clone());
             let network = twoparty::VatNetwork::new(
-                reader.compat(),
+                reader,
                 writer.compat_write(),
                 rpc_twoparty_capnp::Side::Client,
                 limits.reader_options(),
@@ -216,7 +257,12 @@ impl Console {
             });
             Ok(Console {
                 orchestrator,
-                limits,
+                link: Link {
+                    limits,
+                    activity,
+                    rpc: rpc.abort_handle(),
+                    closed: Rc::default(),
+                },
                 rpc,
                 identity: identity.clone(),
                 orchestrator_key,
@@ -226,6 +272,13 @@ impl Console {
         tokio::time::timeout(limits.handshake_timeout, attempt)
             .await
             .map_err(|_| CallError::timed_out("connect", limits.handshake_timeout))?
+    }
+
+    /// Whether the connection is still open. A call that times out while no message at all
+    /// arrives closes it (the link is stalled, dripping or half-open), and so does the
+    /// orchestrator after its idle limit; a console that finds it closed connects again.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_open()
     }
 
     /// The tenant's archives with their health as listed when this console connected (the
@@ -238,12 +291,10 @@ impl Console {
 
     /// The tenant's archives with their health.
     pub async fn fleet(&self) -> Result<Vec<ArchiveStatus>, CallError> {
-        let response = within(
-            self.limits.call_timeout,
-            "fleet",
-            self.orchestrator.fleet_request().send().promise,
-        )
-        .await?;
+        let response = self
+            .link
+            .within("fleet", self.orchestrator.fleet_request().send().promise)
+            .await?;
         let read = || -> capnp::Result<Vec<ArchiveStatus>> {
             let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> capnp::Result<String> {
                 Ok(t?.to_string()?)
@@ -445,7 +496,7 @@ impl Console {
     pub async fn viewport(&self, name: &str) -> Result<NamedViewport, CallError> {
         let mut request = self.orchestrator.viewport_request();
         request.get().set_name(name);
-        let response = within(self.limits.call_timeout, "viewport", request.send().promise).await?;
+        let response = self.link.within("viewport", request.send().promise).await?;
         read_viewport(
             response
                 .get()
@@ -477,7 +528,7 @@ impl Console {
             c.set_idempotency_key(&command.idempotency_key);
             c.set_arguments(&command.arguments);
         }
-        let response = within(self.limits.call_timeout, "command", request.send().promise).await?;
+        let response = self.link.within("command", request.send().promise).await?;
         let read = || -> capnp::Result<Vec<(SourceOutcome, Option<CommandAnswer>)>> {
             response
                 .get()?
@@ -492,7 +543,7 @@ impl Console {
     fn in_flight(&self, fleet_query: fleet_query::Client) -> InFlight {
         InFlight {
             fleet_query,
-            limits: self.limits,
+            link: self.link.clone(),
         }
     }
 }

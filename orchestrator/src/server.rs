@@ -27,7 +27,10 @@ impl RunningOrchestrator {
     pub async fn start(path: &Path) -> Result<Self, String> {
         let config = Config::load(path).map_err(|e| e.to_string())?;
         let identity = IdentityKey::load(&config.identity).map_err(|e| e.to_string())?;
-        let limits = Limits::default();
+        let limits = Limits {
+            idle_timeout: config.idle,
+            ..Limits::default()
+        };
         let service = OrchestratorService::new(config.clone(), &identity, limits);
         // Only operator keys complete TLS: a Totebox, or anyone else, can never act as a console.
         let operators = PairedKeys::new(config.operator_keys());

@@ -3,29 +3,36 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::faults::{Fault, FaultProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An echo server that answers each read twice over ("ping" -> "pingping").
-async fn echo() -> std::net::SocketAddr {
+/// An echo server that answers each read twice over ("ping" -> "pingping"), and counts the
+/// connections whose client it saw close.
+async fn echo() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let seen = closed.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut b = [0u8; 64];
                 while let Ok(n) = s.read(&mut b).await {
                     if n == 0 || s.write_all(&[&b[..n], &b[..n]].concat()).await.is_err() {
-                        return;
+                        break;
                     }
                 }
+                seen.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    address
+    (address, closed)
 }
 
 /// What a client that sends "ping" reads within `window`: the bytes, and how the read ended
@@ -62,7 +69,8 @@ type Expected = fn(&[u8], &std::io::Result<bool>) -> bool;
 
 #[tokio::test]
 async fn each_fault_does_what_it_says() {
-    let proxy = FaultProxy::start(echo().await);
+    let (server, _) = echo().await;
+    let proxy = FaultProxy::start(server);
     let window = Duration::from_millis(1_500);
 
     let (got, end) = ping(&proxy, window).await;
@@ -117,4 +125,42 @@ async fn each_fault_does_what_it_says() {
     proxy.inject(None);
     let (got, end) = ping(&proxy, Duration::from_millis(300)).await;
     assert_eq!((got.as_slice(), end.unwrap()), (&b"pingping"[..], false));
+}
+
+/// A stall is a partition: a client that gives up and closes is not heard by the server, whose
+/// socket stays open until it closes it itself (what a server's idle limit is for). Once the
+/// fault is cleared, a close crosses again.
+#[tokio::test]
+async fn a_stall_carries_no_close_across() {
+    let (server, closed) = echo().await;
+    let proxy = FaultProxy::start(server);
+    let mut s = TcpStream::connect(proxy.address).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut first = [0u8; 8];
+    s.read_exact(&mut first).await.unwrap();
+    proxy.inject(Some(Fault::Stall));
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        0,
+        "the close crossed the partition"
+    );
+    assert_eq!(proxy.withheld_closes(), 1);
+    assert_eq!(proxy.open_connections(), 1);
+
+    proxy.inject(None);
+    let mut s = TcpStream::connect(proxy.address).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    s.read_exact(&mut first).await.unwrap();
+    drop(s);
+    let until = Instant::now() + Duration::from_secs(2);
+    while closed.load(Ordering::SeqCst) == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        1,
+        "a close crosses once cleared"
+    );
 }

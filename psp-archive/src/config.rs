@@ -52,6 +52,8 @@ pub struct ArchiveConfig {
 /// revoked = ["<32 hex digits>"]             # capability ids refused from now on
 /// max_lifetime_seconds = 900                # longest last link accepted
 /// clock_skew_seconds = 30
+/// idle_seconds = 300                        # a connection with no call running and nothing
+///                                           # received for this long is closed
 /// ```
 ///
 /// `psp-totebox serve` re-reads `paired`, `trusted_roots` and `revoked` on SIGHUP.
@@ -77,6 +79,14 @@ pub struct ServerSection {
     /// Clock difference tolerated, in seconds.
     #[serde(default = "default_clock_skew")]
     pub clock_skew_seconds: i64,
+    /// How long a connection with no call running and nothing received stays open, in
+    /// seconds (read at start).
+    #[serde(default = "default_idle")]
+    pub idle_seconds: u64,
+}
+
+fn default_idle() -> u64 {
+    300
 }
 
 fn default_max_lifetime() -> i64 {
@@ -101,6 +111,19 @@ pub struct Trust {
 }
 
 impl ServerSection {
+    /// The connection limits `[server]` sets (the others are the defaults).
+    pub fn limits(&self) -> Result<psp_rpc::limits::Limits, String> {
+        if self.idle_seconds == 0 {
+            return Err(
+                "server.idle_seconds must be positive (a connection would close at once)".into(),
+            );
+        }
+        Ok(psp_rpc::limits::Limits {
+            idle_timeout: std::time::Duration::from_secs(self.idle_seconds),
+            ..psp_rpc::limits::Limits::default()
+        })
+    }
+
     /// Parses the keys and ids; errors name the entry (`server.paired[1]: ...`).
     pub fn trust(&self) -> Result<Trust, String> {
         let keys = |list: &[String], name: &str| -> Result<Vec<psp_core::PublicKey>, String> {

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use psp_core::capability::ChainCache;
 use psp_core::{IdentityKey, PublicKey, Verifier};
-use psp_rpc::limits::Limits;
 use psp_rpc::runtime::{self, ServerHandle};
 use psp_rpc::tls::{self, PairedKeys};
 use psp_rpc::totebox_server::ToteboxService;
@@ -72,7 +71,7 @@ impl RunningTotebox {
             );
         }
         let cache = Arc::new(ChainCache::default());
-        let limits = Limits::default();
+        let limits = server.limits()?;
         let service = ToteboxService::new(archive, verifier(&trust, &cache), limits);
         let paired = PairedKeys::new(trust.paired.iter().copied());
         let tls = tls::server_config(&identity, paired.clone()).map_err(|e| e.to_string())?;

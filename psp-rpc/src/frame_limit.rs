@@ -8,12 +8,18 @@
 //! The RPC system then sends the peer an `Abort` carrying that text, which the peer reads as the
 //! error `limit.message`, and closes. Frames within the limit pass through untouched and
 //! unbuffered.
+//!
+//! Since it sees every frame's boundaries, it also tells the connection's [`Activity`] when
+//! bytes arrive and when a message begins and ends (for the idle and message time limits).
 
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use futures::AsyncRead;
+
+use crate::activity::Activity;
 
 /// Most bytes of an oversized frame read and dropped so the peer can read the refusal; a frame
 /// declaring more than this fails at once.
@@ -45,15 +51,18 @@ pub struct FrameLimit<R> {
     inner: R,
     max_bytes: u64,
     state: State,
+    activity: Rc<Activity>,
 }
 
 impl<R> FrameLimit<R> {
-    /// Reads `inner`, refusing frames over `max_words` words.
-    pub fn new(inner: R, max_words: usize) -> Self {
+    /// Reads `inner`, refusing frames over `max_words` words, and marking what arrives in
+    /// `activity`.
+    pub fn new(inner: R, max_words: usize, activity: Rc<Activity>) -> Self {
         Self {
             inner,
             max_bytes: (max_words as u64).saturating_mul(8),
             state: State::Table(Vec::new()),
+            activity,
         }
     }
 }
@@ -133,6 +142,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
                         return Poll::Ready(Ok(n));
                     }
                     if *body == 0 {
+                        this.activity.message_done();
                         this.state = State::Table(Vec::new());
                         continue;
                     }
@@ -144,6 +154,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
                     if n == 0 {
                         return Poll::Ready(Ok(0));
                     }
+                    this.activity.received(false);
                     *body -= n as u64;
                     return Poll::Ready(Ok(n));
                 }
@@ -157,7 +168,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
                     let want = sink.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
                     match Pin::new(&mut this.inner).poll_read(cx, &mut sink[..want]) {
                         Poll::Ready(Ok(0)) => *left = 0,
-                        Poll::Ready(Ok(n)) => *left -= n as u64,
+                        Poll::Ready(Ok(n)) => {
+                            this.activity.received(false);
+                            *left -= n as u64;
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,
                     }
@@ -203,7 +217,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
                                 body: 0,
                             };
                         }
-                        Poll::Ready(Ok(n)) => table.extend_from_slice(&byte[..n]),
+                        Poll::Ready(Ok(n)) => {
+                            this.activity.received(table.is_empty());
+                            table.extend_from_slice(&byte[..n]);
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,
                     }

@@ -19,6 +19,7 @@
 //! * [`diode`]: the guard on every connection toward a Totebox, which cuts it when the Totebox
 //!   tries to call, bootstrap, or hand over a capability upstream.
 //! * [`limits`]: message size, nesting, calls in flight, deadlines; the `code: message` errors.
+//! * [`activity`]: when a server closes a connection that is idle or trickles.
 //! * [`delay_proxy`]: a user-space delay proxy that counts round trips, for tests and benchmarks.
 //!
 //! See `examples/embed_totebox.rs` in the repository for a store served in under 100 lines.
@@ -27,6 +28,7 @@
 
 pub use psp_core;
 
+pub mod activity;
 pub mod client;
 pub mod delay_proxy;
 pub mod diode;

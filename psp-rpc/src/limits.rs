@@ -16,6 +16,13 @@ use capnp::message::ReaderOptions;
 ///   are refused with `limit.calls-in-flight` rather than queued without bound.
 /// * `handshake_timeout`: TLS handshake plus the confirming round trip (default 5 s).
 /// * `call_timeout`: how long a client waits for any one call (default 30 s).
+/// * `idle_timeout`: a server closes a connection with no call running and nothing received
+///   for this long (default 5 min): a peer that vanished without closing (a partition, a lost
+///   host, a half-open link) must not hold a file descriptor and buffers forever. A client
+///   that finds its connection closed dials again.
+/// * `message_timeout`: a server closes a connection whose message, once begun, has not
+///   arrived whole within this (default 60 s: 16 MiB at about 2 Mbit/s), so a peer cannot
+///   hold a connection by trickling bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest message accepted, in words.
@@ -28,6 +35,10 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Per-call deadline on the client side.
     pub call_timeout: Duration,
+    /// How long a server keeps a connection with no call running and nothing received.
+    pub idle_timeout: Duration,
+    /// How long a server waits for a message begun to arrive whole.
+    pub message_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +49,8 @@ impl Default for Limits {
             max_calls_in_flight: 64,
             handshake_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            message_timeout: Duration::from_secs(60),
         }
     }
 }

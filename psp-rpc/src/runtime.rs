@@ -4,7 +4,9 @@
 //! `LocalSet`; connections are spread over one worker per core (`LocalPoolHandle`), one pool per
 //! process however many servers it runs (a host may serve many Toteboxes). Shutdown is
 //! graceful: stop accepting, refuse new calls (`transport.shutting-down`), let calls already
-//! running finish within a deadline, then disconnect.
+//! running finish within a deadline, then disconnect. A connection with no call running and
+//! nothing received for the idle limit, or whose message trickles past the message limit, is
+//! closed (see [`crate::activity`]).
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 use tokio_util::task::LocalPoolHandle;
 
+use crate::activity::{Activity, Expired};
 use crate::limits::{CallError, Limits};
 use crate::tls;
 
@@ -34,6 +37,7 @@ pub struct Connection {
     in_flight: Cell<usize>,
     draining: Cell<bool>,
     max_in_flight: usize,
+    activity: Rc<Activity>,
 }
 
 impl Connection {
@@ -80,6 +84,7 @@ pub struct CallGuard(Rc<Connection>);
 impl Drop for CallGuard {
     fn drop(&mut self) {
         self.0.in_flight.set(self.0.in_flight.get() - 1);
+        self.0.activity.call_ended();
     }
 }
 
@@ -209,11 +214,13 @@ async fn connection(
         .map_err(|_| "TLS handshake timed out".to_owned())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let peer = tls::peer_key(stream.get_ref().1).ok_or("the peer presented no identity key")?;
+    let activity = Rc::new(Activity::default());
     let state = Rc::new(Connection {
         peer,
         in_flight: Cell::new(0),
         draining: Cell::new(false),
         max_in_flight: limits.max_calls_in_flight,
+        activity: activity.clone(),
     });
     let (reader, writer) = tokio::io::split(stream);
     // A message over the limit is refused with `limit.message`, which the peer can read, rather
@@ -224,6 +231,7 @@ async fn connection(
             received,
         },
         limits.max_message_words,
+        activity.clone(),
     );
     let network = twoparty::VatNetwork::new(
         reader,
@@ -234,9 +242,27 @@ async fn connection(
     let rpc = RpcSystem::new(Box::new(network), Some(bootstrap(state.clone())));
     let disconnector = rpc.get_disconnector();
     let mut rpc = rpc.fuse();
+    let (idle, message) = (limits.idle_timeout, limits.message_timeout);
+    let check = tokio::time::sleep_until(activity.next_check(0, idle, message));
+    tokio::pin!(check);
     loop {
         tokio::select! {
             result = &mut rpc => return result.map_err(|e| e.to_string()),
+            () = &mut check => {
+                let calls = state.calls_in_flight();
+                if let Some(expired) = activity.expired(calls, idle, message) {
+                    match expired {
+                        Expired::Idle(_) => tracing::debug!(%peer, "closed a connection: {expired}"),
+                        // A peer holding a connection open by trickling bytes, or a link that
+                        // broke mid-message: either way, worth an operator's eye.
+                        Expired::SlowMessage(_) => tracing::warn!(target: "psp::security", %peer, "closed a connection: {expired}"),
+                    }
+                    // Not through the disconnector: it waits on the peer, which is gone or
+                    // stalling. Dropping the RPC system closes the socket now.
+                    return Ok(());
+                }
+                check.as_mut().reset(activity.next_check(calls, idle, message));
+            }
             _ = signal.changed() => break,
             Ok(()) = peers.changed() => {
                 let still_allowed = peers.borrow().as_ref().is_none_or(|allowed| allowed(&peer));

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 /// What goes wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Nothing more is forwarded either way (bytes are read and dropped); the sockets stay open,
-    /// as across a network partition.
+    /// Nothing more is forwarded either way (bytes are read and dropped), not even a close:
+    /// a side that closes meanwhile leaves the other's socket open and silent, as across a
+    /// network partition.
     Stall,
     /// Half of the server's next bytes are forwarded, then both sides are closed: a FIN in the
     /// middle of a frame.
@@ -59,6 +60,7 @@ pub struct FaultProxy {
     fault: Arc<Mutex<Option<Fault>>>,
     open: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
+    withheld: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -71,6 +73,7 @@ impl FaultProxy {
             fault: Arc::default(),
             open: Arc::default(),
             accepted: Arc::default(),
+            withheld: Arc::default(),
         };
         let shared = proxy.clone();
         std::thread::spawn(move || {
@@ -106,6 +109,11 @@ impl FaultProxy {
         self.open.load(Ordering::SeqCst)
     }
 
+    /// Closes a stall kept from the other side so far (one per side that closed).
+    pub fn withheld_closes(&self) -> usize {
+        self.withheld.load(Ordering::SeqCst)
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -136,44 +144,51 @@ impl FaultProxy {
         toward_client: bool,
         end: &Ending,
     ) {
-        self.forward(&mut from, &mut to, toward_client, end).await;
+        let peer_closed = self.forward(&mut from, &mut to, toward_client, end).await;
         // Half-open: the way toward the client goes silent, but its socket stays open until the
         // client closes it (the other way keeps reading it).
         let silent = toward_client && end.half_open.is_cancelled();
-        if end.reset.load(Ordering::SeqCst) || silent {
-            // Dropping a write half would send a FIN (before the RST, or to a client that must
+        // Partitioned: a close does not cross either; the other side's socket stays open until
+        // that side closes it.
+        let partitioned = peer_closed && self.fault() == Some(Fault::Stall);
+        if partitioned {
+            self.withheld.fetch_add(1, Ordering::SeqCst);
+        }
+        if end.reset.load(Ordering::SeqCst) || silent || partitioned {
+            // Dropping a write half would send a FIN (before the RST, or to a side that must
             // hear nothing): leave the socket to close when its read half goes.
             to.forget();
         }
-        if !silent {
+        if !silent && !partitioned {
             end.stop.cancel();
         }
     }
 
+    /// Returns whether it ended because `from` closed (or failed).
     async fn forward(
         &self,
         from: &mut OwnedReadHalf,
         to: &mut OwnedWriteHalf,
         toward_client: bool,
         end: &Ending,
-    ) {
+    ) -> bool {
         let mut buffer = vec![0u8; 16 * 1024];
         let mut half_open = false;
         loop {
             let n = tokio::select! {
-                () = end.stop.cancelled() => return,
+                () = end.stop.cancelled() => return false,
                 // The other way met `HalfOpen`: go silent toward the client, or close toward
                 // the server.
                 () = end.half_open.cancelled(), if !half_open => {
                     half_open = true;
                     if toward_client {
-                        return;
+                        return false;
                     }
                     let _ = to.shutdown().await;
                     continue;
                 }
                 read = from.read(&mut buffer) => match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return true,
                     Ok(n) => n,
                 },
             };
@@ -191,26 +206,26 @@ impl FaultProxy {
                         let _ = to.as_ref().set_linger(Some(Duration::ZERO));
                     }
                     end.reset.store(true, Ordering::SeqCst);
-                    return;
+                    return false;
                 }
                 (Some(Fault::HalfOpen), _) => {
                     half_open = true;
                     end.half_open.cancel();
                     if toward_client {
-                        return;
+                        return false;
                     }
                     to.shutdown().await
                 }
                 (Some(_), false) => to.write_all(chunk).await,
                 (Some(Fault::CutMidFrame), true) => {
                     let _ = to.write_all(&chunk[..n.div_ceil(2)]).await;
-                    return;
+                    return false;
                 }
                 (Some(Fault::SlowDrip), true) => {
                     let mut dripped = Ok(());
                     for byte in chunk {
                         tokio::select! {
-                            () = end.stop.cancelled() => return,
+                            () = end.stop.cancelled() => return false,
                             () = tokio::time::sleep(Duration::from_millis(100)) => {}
                         }
                         dripped = to.write_all(std::slice::from_ref(byte)).await;
@@ -227,7 +242,7 @@ impl FaultProxy {
                 },
             };
             if delivered.is_err() {
-                return;
+                return false;
             }
         }
     }

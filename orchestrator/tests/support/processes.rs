@@ -74,6 +74,13 @@ impl Proc {
         assert!(status.success());
     }
 
+    /// Kills it with SIGKILL (`kill -9`: no handler runs, nothing is flushed) and reaps it, so
+    /// whatever it held (ports, file locks) is free when this returns.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit (up to `limit`) and returns whether it exited cleanly.
     pub fn wait(mut self, limit: Duration) -> bool {
         let until = std::time::Instant::now() + limit;
@@ -113,6 +120,23 @@ impl Proc {
             last = now;
         }
         last
+    }
+
+    /// Its threads now.
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Its resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// What it logged so far.
@@ -157,6 +181,11 @@ pub struct Fleet {
 impl Fleet {
     /// Generates `properties` + `subsidiaries` archives and serves each from its own process.
     pub fn start(properties: usize, subsidiaries: usize) -> Fleet {
+        Fleet::start_with(properties, subsidiaries, "")
+    }
+
+    /// [`Fleet::start`], with `server` (TOML lines) added to every Totebox's `[server]`.
+    pub fn start_with(properties: usize, subsidiaries: usize, server: &str) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let owner = IdentityKey::generate().unwrap();
         let orchestrator = IdentityKey::generate().unwrap();
@@ -183,7 +212,7 @@ impl Fleet {
                     .unwrap();
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str(&format!(
-                    "\n[server]\nlisten = \"127.0.0.1:0\"\nidentity = \"identity.pem\"\npaired = [\"{}\"]\ntrusted_roots = [\"{}\"]\n",
+                    "\n[server]\nlisten = \"127.0.0.1:0\"\nidentity = \"identity.pem\"\npaired = [\"{}\"]\ntrusted_roots = [\"{}\"]\n{server}",
                     orchestrator.public(),
                     owner.public()
                 ));

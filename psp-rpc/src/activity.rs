@@ -1,0 +1,169 @@
+//! What a server connection has been doing, for the limits that close a connection nobody uses
+//! or that trickles: the idle limit (no call running, nothing received) and the message limit in
+//! time (a message begun must arrive whole in time).
+//!
+//! Without them a console or orchestrator that vanished without closing (a partition, a host
+//! that lost power, a half-open link) keeps its connection, its file descriptor and its
+//! buffers at the server forever, and a peer that sends one byte a second holds a connection
+//! open at no cost to itself. The reader ([`crate::frame_limit::FrameLimit`]) marks the bytes
+//! and the frame boundaries; the connection's calls mark their ends; the runtime decides.
+//!
+//! A client reads the same marks the other way: a call that timed out while no whole message
+//! arrived on its connection says the link is stalled, dripping or half-open, not that one
+//! request is slow (an answer to any other call would have proved the link alive).
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Why a connection was closed for lack of activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No call ran and nothing arrived for the idle limit.
+    Idle(Duration),
+    /// A message begun did not arrive whole within the message limit.
+    SlowMessage(Duration),
+}
+
+impl std::fmt::Display for Expired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expired::Idle(after) => write!(f, "idle for {after:?} with no call running"),
+            Expired::SlowMessage(after) => {
+                write!(f, "a message did not arrive whole within {after:?}")
+            }
+        }
+    }
+}
+
+/// One connection's activity (single-threaded: a connection lives on one worker).
+#[derive(Debug)]
+pub struct Activity {
+    /// The last byte received, or the last call's end, whichever is later.
+    last: Cell<Instant>,
+    /// When the message being received began (its first byte), if one is partly in.
+    message_since: Cell<Option<Instant>>,
+    /// When the last whole message arrived (or the connection began).
+    last_message: Cell<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self {
+            last: Cell::new(now),
+            message_since: Cell::new(None),
+            last_message: Cell::new(now),
+        }
+    }
+}
+
+impl Activity {
+    /// Bytes arrived; `starts_message` when they are the first of a message.
+    pub(crate) fn received(&self, starts_message: bool) {
+        let now = Instant::now();
+        self.last.set(now);
+        if starts_message {
+            self.message_since.set(Some(now));
+        }
+    }
+
+    /// The message being received is whole.
+    pub(crate) fn message_done(&self) {
+        self.message_since.set(None);
+        self.last_message.set(Instant::now());
+    }
+
+    /// Whether a whole message has arrived since `since`.
+    pub fn message_arrived_since(&self, since: Instant) -> bool {
+        self.last_message.get() >= since
+    }
+
+    /// A call ended: the connection was in use until now.
+    pub(crate) fn call_ended(&self) {
+        self.last.set(Instant::now());
+    }
+
+    /// Whether the connection has outlived a limit now, with `calls` calls running (a
+    /// connection with a call running is never idle: its answer is still to come).
+    pub(crate) fn expired(
+        &self,
+        calls: usize,
+        idle: Duration,
+        message: Duration,
+    ) -> Option<Expired> {
+        let now = Instant::now();
+        if self
+            .message_since
+            .get()
+            .is_some_and(|since| now >= since + message)
+        {
+            return Some(Expired::SlowMessage(message));
+        }
+        (calls == 0 && now >= self.last.get() + idle).then_some(Expired::Idle(idle))
+    }
+
+    /// The earliest time a limit could run out, as things stand: when to look again.
+    pub(crate) fn next_check(&self, calls: usize, idle: Duration, message: Duration) -> Instant {
+        let idle_end = if calls == 0 {
+            self.last.get() + idle
+        } else {
+            // Running calls end on their own; look again in an idle period at the latest.
+            Instant::now() + idle
+        };
+        match self.message_since.get() {
+            Some(since) => idle_end.min(since + message),
+            None => idle_end,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
+    const MESSAGE: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_with_no_call_and_nothing_received() {
+        let activity = Activity::default();
+        tokio::time::advance(IDLE - Duration::from_secs(1)).await;
+        assert_eq!(activity.expired(0, IDLE, MESSAGE), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            activity.expired(0, IDLE, MESSAGE),
+            Some(Expired::Idle(IDLE))
+        );
+        // A call running: never idle, however long.
+        assert_eq!(activity.expired(1, IDLE, MESSAGE), None);
+        // A call that just ended starts the idle period again.
+        activity.call_ended();
+        assert_eq!(activity.expired(0, IDLE, MESSAGE), None);
+        assert_eq!(activity.next_check(0, IDLE, MESSAGE), Instant::now() + IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_trickles_expires_even_while_bytes_arrive() {
+        let activity = Activity::default();
+        activity.received(true);
+        for _ in 0..9 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            activity.received(false);
+            assert_eq!(activity.expired(1, IDLE, MESSAGE), None);
+        }
+        assert_eq!(
+            activity.next_check(1, IDLE, MESSAGE),
+            Instant::now() + Duration::from_secs(1)
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            activity.expired(1, IDLE, MESSAGE),
+            Some(Expired::SlowMessage(MESSAGE))
+        );
+        // Whole in time: no limit runs.
+        activity.message_done();
+        assert_eq!(activity.expired(1, IDLE, MESSAGE), None);
+    }
+}

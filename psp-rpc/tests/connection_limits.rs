@@ -1,0 +1,150 @@
+//! A server closes connections nobody uses and connections that trickle: a peer that vanished
+//! without closing, or that sends a byte now and then, must not hold a file descriptor and
+//! buffers at the server forever. A connection in use is never closed for idleness.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use psp_core::Verifier;
+use psp_core::query::{Aggregate, Query};
+use psp_rpc::limits::Limits;
+use support::{MemoryArchive, chain, machines, start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::LocalSet;
+
+const IDLE: Duration = Duration::from_millis(400);
+const MESSAGE: Duration = Duration::from_millis(600);
+/// How late past a limit the server may close (its check runs on a timer, on a busy machine).
+const MARGIN: Duration = Duration::from_millis(300);
+
+fn limits() -> Limits {
+    Limits {
+        idle_timeout: IDLE,
+        message_timeout: MESSAGE,
+        ..Limits::default()
+    }
+}
+
+/// A Totebox with the short limits, and the machines around it.
+async fn serve() -> (support::Machines, psp_rpc::runtime::ServerHandle) {
+    let m = machines();
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        limits(),
+    )
+    .await;
+    (m, server)
+}
+
+/// Asserts that a close `took` came at `limit`, not before and not much after.
+fn closed_at(took: Duration, limit: Duration) {
+    assert!(
+        took >= limit - Duration::from_millis(20),
+        "closed early: {took:?}"
+    );
+    assert!(took <= limit + MARGIN, "closed late: {took:?}");
+}
+
+fn count() -> Query {
+    Query::aggregate("units", [], [Aggregate::count()])
+}
+
+/// Waits until `connected` turns false, at most `limit`; returns how long it took.
+async fn until_closed(connected: impl Fn() -> bool, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while connected() && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_at_the_idle_limit_and_one_in_use_is_not() {
+    let (m, server) = serve().await;
+    LocalSet::new()
+        .run_until(async {
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
+            let chain = chain(&m, &m.orchestrator, "tower-a", 60);
+            // In use, a call every quarter of the idle limit, for three idle limits: kept.
+            let until = Instant::now() + 3 * IDLE;
+            while Instant::now() < until {
+                client.query(&chain, &count()).await.unwrap();
+                tokio::time::sleep(IDLE / 4).await;
+            }
+            assert!(client.is_connected(), "a connection in use was closed");
+            // Then left alone: closed once the idle limit has passed, not before.
+            // (The last call ended a quarter of an idle limit ago.)
+            let took = until_closed(|| client.is_connected(), IDLE * 10).await + IDLE / 4;
+            assert!(!client.is_connected(), "still open after {took:?}");
+            closed_at(took, IDLE);
+            // The client learns it at its next call, at once, and a new connection answers.
+            let error = client.query(&chain, &count()).await.unwrap_err();
+            assert_eq!(error.code, "transport.disconnected", "{error}");
+            let again = support::connect(&m, server.local_addr(), Limits::default()).await;
+            again.query(&chain, &count()).await.unwrap();
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_vanishes_mid_session_loses_its_connection_at_the_idle_limit() {
+    let (m, server) = serve().await;
+    // A real TLS session that then says nothing, and never closes: what the server holds for a
+    // peer behind a partition.
+    let mut silent =
+        psp_rpc::client::dial(server.local_addr(), &m.orchestrator, m.totebox.public())
+            .await
+            .unwrap();
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(IDLE * 10, silent.read(&mut byte)).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the server closed the silent session: {read:?}"
+    );
+    closed_at(took, IDLE);
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_message_that_trickles_is_cut_at_the_message_limit_though_bytes_keep_coming() {
+    let (m, server) = serve().await;
+    let stream = psp_rpc::client::dial(server.local_addr(), &m.orchestrator, m.totebox.public())
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    // A frame of one segment of 64 words, sent a byte every 50 ms: a byte arrives well within
+    // every idle period, but the message would take 26 s.
+    let mut frame = vec![0u8, 0, 0, 0, 64, 0, 0, 0];
+    frame.extend(std::iter::repeat_n(0u8, 64 * 8));
+    let started = Instant::now();
+    let trickle = async {
+        for byte in frame {
+            if writer.write_all(&[byte]).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut sink = [0u8; 64];
+    let closed = async {
+        loop {
+            match reader.read(&mut sink).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    let took = tokio::select! {
+        took = closed => took,
+        () = trickle => panic!("the whole trickled frame was read"),
+        () = tokio::time::sleep(MESSAGE * 10) => panic!("never closed"),
+    };
+    closed_at(took, MESSAGE);
+    server.shutdown(Duration::from_secs(1)).await;
+}
