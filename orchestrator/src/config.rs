@@ -272,11 +272,11 @@ impl Config {
         if d.max_concurrency == 0 {
             return Err("defaults.max_concurrency must be at least 1".into());
         }
-        if d.idle_ms == 0 {
-            return Err(
-                "defaults.idle_ms must be positive (a console connection would close at once)"
-                    .into(),
-            );
+        if !(1_000..=86_400_000).contains(&d.idle_ms) {
+            return Err(format!(
+                "defaults.idle_ms ({}) must be from 1000 (a second) to 86400000 (a day)",
+                d.idle_ms
+            ));
         }
         if d.max_request_bytes < MIN_SOURCE_BYTES {
             return Err(format!(
@@ -417,5 +417,32 @@ impl Config {
         self.tenants
             .iter()
             .flat_map(|t| t.operators.iter().copied())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    fn with_idle(idle: &str) -> Result<Config, String> {
+        Config::parse(&format!(
+            "identity = \"o.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\n{idle}"
+        ))
+    }
+
+    /// The idle limit is bounded: at zero every console connection would close at once, and an
+    /// enormous one would overflow the server's clock arithmetic on every connection.
+    #[test]
+    fn the_idle_limit_is_five_minutes_unless_set_within_a_second_and_a_day() {
+        let default = with_idle("").unwrap();
+        assert_eq!(default.idle, std::time::Duration::from_secs(300));
+        assert_eq!(
+            with_idle("idle_ms = 1000").unwrap().idle,
+            std::time::Duration::from_secs(1)
+        );
+        for wrong in ["idle_ms = 0", "idle_ms = 999", "idle_ms = 86400001"] {
+            let error = with_idle(wrong).unwrap_err();
+            assert!(error.starts_with("defaults.idle_ms"), "{wrong}: {error}");
+        }
     }
 }

@@ -106,6 +106,10 @@ impl InFlight {
     }
 }
 
+/// Bytes that show a link alive during a call's wait even without a whole message: a large
+/// report streaming in. A link dripping a byte now and then never reaches it.
+const ALIVE_BYTES: u64 = 64 * 1024;
+
 /// The connection a console's calls travel: its limits, what arrives on it, and the way to
 /// close it.
 #[derive(Clone)]
@@ -123,10 +127,12 @@ impl Link {
         !self.closed.get() && !self.rpc.is_finished()
     }
 
-    /// Waits for `call` up to the call timeout. A call that times out while no whole message
-    /// arrived on the connection closes it: the link is stalled, dripping or half-open (an
-    /// answer to any other call would have shown it alive), and later calls must fail at once
-    /// rather than wait behind it. A slow request on a live link leaves the link open.
+    /// Waits for `call` up to the call timeout. A call that times out while the connection
+    /// showed no sign of life (no whole message, and less than [`ALIVE_BYTES`]) closes it: the
+    /// link is stalled, dripping or half-open (an answer to any other call, or a large report
+    /// still streaming in, would have shown it alive), and the calls waiting on it, and any
+    /// later, must fail at once rather than wait behind it. A slow request on a live link
+    /// leaves the link open.
     async fn within<T>(
         &self,
         what: &str,
@@ -139,16 +145,19 @@ impl Link {
                 "the connection to the orchestrator is closed: connect again",
             ));
         }
-        let sent = tokio::time::Instant::now();
+        let (sent, bytes) = (tokio::time::Instant::now(), self.activity.bytes());
         match tokio::time::timeout(self.limits.call_timeout, call).await {
             Ok(answer) => answer.map_err(failed),
             Err(_) => {
-                if !self.activity.message_arrived_since(sent) {
+                let alive = self.activity.message_arrived_since(sent)
+                    || self.activity.bytes() - bytes >= ALIVE_BYTES;
+                if !alive {
                     tracing::debug!(
-                        "closed the connection to the orchestrator: no message arrived while {what} waited"
+                        "closed the connection to the orchestrator: nothing arrived while {what} waited"
                     );
                     self.closed.set(true);
-                    self.rpc.abort();
+                    // Through the reader: the RPC system ends and fails every waiting call.
+                    self.activity.abort();
                 }
                 Err(CallError::timed_out(what, self.limits.call_timeout))
             }

@@ -205,7 +205,7 @@ async fn a_totebox_killed_during_appends_keeps_every_acknowledged_record_once() 
                     match answer {
                         Ok(answer) => {
                             replayed += usize::from(!answer.applied);
-                            acknowledged.insert(entry);
+                            assert!(acknowledged.insert(entry), "{entry} acknowledged twice");
                         }
                         Err(_) => {
                             cut += 1;
@@ -236,6 +236,11 @@ async fn a_totebox_killed_during_appends_keeps_every_acknowledged_record_once() 
         acknowledged, sent,
         "every record sent was acknowledged in the end"
     );
+    if runs >= 20 {
+        // The kills did land on work in flight, and some after a write was durable but before
+        // its answer: the retries that prove "none twice" ran.
+        assert!(cut > 0 && replayed > 0, "cut {cut}, replayed {replayed}");
+    }
     eprintln!(
         "totebox: {runs} kills, {} records acknowledged, {cut} calls cut by a kill and sent again, {replayed} of them found already applied (replayed), {torn} restarts cut a torn append",
         acknowledged.len()
@@ -303,6 +308,19 @@ async fn an_orchestrator_killed_during_a_fan_out_applies_each_command_once_every
             }
         })
         .await;
+    if runs >= 20 {
+        // Some kills landed before the fan-out had reached every archive: the retries that
+        // prove "exactly once everywhere" had work to finish.
+        let early = landed.get("mid-fan-out").copied().unwrap_or(0)
+            + landed
+                .get("before any archive applied it")
+                .copied()
+                .unwrap_or(0);
+        assert!(
+            early > 0,
+            "no kill landed before the fan-out ended: {landed:?}"
+        );
+    }
     orchestrator.process.kill();
     for (i, id) in subs.iter().enumerate() {
         fleet.toteboxes[i].process.kill();

@@ -113,10 +113,11 @@ pub struct Trust {
 impl ServerSection {
     /// The connection limits `[server]` sets (the others are the defaults).
     pub fn limits(&self) -> Result<psp_rpc::limits::Limits, String> {
-        if self.idle_seconds == 0 {
-            return Err(
-                "server.idle_seconds must be positive (a connection would close at once)".into(),
-            );
+        if !(1..=86_400).contains(&self.idle_seconds) {
+            return Err(format!(
+                "server.idle_seconds ({}) must be from 1 to 86400 (a day)",
+                self.idle_seconds
+            ));
         }
         Ok(psp_rpc::limits::Limits {
             idle_timeout: std::time::Duration::from_secs(self.idle_seconds),
@@ -316,5 +317,31 @@ impl ArchiveConfig {
             schemas.push(schema);
         }
         Ok(schemas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerSection;
+
+    fn with_idle(idle: &str) -> Result<psp_rpc::limits::Limits, String> {
+        toml::from_str::<ServerSection>(&format!(
+            "listen = \"127.0.0.1:0\"\nidentity = \"i.pem\"\n{idle}"
+        ))
+        .map_err(|e| e.to_string())?
+        .limits()
+    }
+
+    /// At zero every connection would close at once; an enormous limit would overflow the
+    /// server's clock arithmetic on every connection.
+    #[test]
+    fn the_idle_limit_is_five_minutes_unless_set_within_a_second_and_a_day() {
+        let seconds = |l: psp_rpc::limits::Limits| l.idle_timeout.as_secs();
+        assert_eq!(with_idle("").map(seconds), Ok(300));
+        assert_eq!(with_idle("idle_seconds = 86400").map(seconds), Ok(86_400));
+        for wrong in ["idle_seconds = 0", "idle_seconds = 86401"] {
+            let error = with_idle(wrong).unwrap_err();
+            assert!(error.starts_with("server.idle_seconds"), "{wrong}: {error}");
+        }
     }
 }

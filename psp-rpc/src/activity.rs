@@ -38,7 +38,6 @@ impl std::fmt::Display for Expired {
 }
 
 /// One connection's activity (single-threaded: a connection lives on one worker).
-#[derive(Debug)]
 pub struct Activity {
     /// The last byte received, or the last call's end, whichever is later.
     last: Cell<Instant>,
@@ -46,6 +45,21 @@ pub struct Activity {
     message_since: Cell<Option<Instant>>,
     /// When the last whole message arrived (or the connection began).
     last_message: Cell<Instant>,
+    /// Bytes received.
+    bytes: Cell<u64>,
+    /// Set by [`Activity::abort`].
+    aborted: Cell<bool>,
+    /// The reader's waker while it waits for bytes.
+    waiting: Cell<Option<std::task::Waker>>,
+}
+
+impl std::fmt::Debug for Activity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activity")
+            .field("bytes", &self.bytes.get())
+            .field("aborted", &self.aborted.get())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Activity {
@@ -55,15 +69,19 @@ impl Default for Activity {
             last: Cell::new(now),
             message_since: Cell::new(None),
             last_message: Cell::new(now),
+            bytes: Cell::new(0),
+            aborted: Cell::new(false),
+            waiting: Cell::new(None),
         }
     }
 }
 
 impl Activity {
-    /// Bytes arrived; `starts_message` when they are the first of a message.
-    pub(crate) fn received(&self, starts_message: bool) {
+    /// `n` bytes arrived; `starts_message` when they are the first of a message.
+    pub(crate) fn received(&self, n: usize, starts_message: bool) {
         let now = Instant::now();
         self.last.set(now);
+        self.bytes.set(self.bytes.get() + n as u64);
         if starts_message {
             self.message_since.set(Some(now));
         }
@@ -104,18 +122,48 @@ impl Activity {
         (calls == 0 && now >= self.last.get() + idle).then_some(Expired::Idle(idle))
     }
 
-    /// The earliest time a limit could run out, as things stand: when to look again.
+    /// When to look again: the earliest time a limit could run out as things stand, and never
+    /// later than one message limit from now, since a message may begin at any moment (its
+    /// first byte does not re-arm the runtime's timer).
     pub(crate) fn next_check(&self, calls: usize, idle: Duration, message: Duration) -> Instant {
-        let idle_end = if calls == 0 {
-            self.last.get() + idle
-        } else {
-            // Running calls end on their own; look again in an idle period at the latest.
-            Instant::now() + idle
-        };
-        match self.message_since.get() {
-            Some(since) => idle_end.min(since + message),
-            None => idle_end,
+        let now = Instant::now();
+        let mut next = now + message;
+        if calls == 0 {
+            next = next.min(self.last.get() + idle);
         }
+        if let Some(since) = self.message_since.get() {
+            next = next.min(since + message);
+        }
+        next
+    }
+
+    /// Bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.get()
+    }
+
+    /// Closes the connection from the reading side: the reader's next (or pending) read fails,
+    /// so the RPC system ends and fails every call still waiting, at once.
+    pub fn abort(&self) {
+        self.aborted.set(true);
+        if let Some(waker) = self.waiting.take() {
+            waker.wake();
+        }
+    }
+
+    /// Whether [`Activity::abort`] was called.
+    pub(crate) fn aborted(&self) -> bool {
+        self.aborted.get()
+    }
+
+    /// The reader is waiting for bytes: wake it when [`Activity::abort`] is called.
+    pub(crate) fn wait(&self, waker: &std::task::Waker) {
+        let mut waiting = self.waiting.take();
+        match &mut waiting {
+            Some(w) if w.will_wake(waker) => {}
+            _ => waiting = Some(waker.clone()),
+        }
+        self.waiting.set(waiting);
     }
 }
 
@@ -141,16 +189,42 @@ mod tests {
         // A call that just ended starts the idle period again.
         activity.call_ended();
         assert_eq!(activity.expired(0, IDLE, MESSAGE), None);
-        assert_eq!(activity.next_check(0, IDLE, MESSAGE), Instant::now() + IDLE);
+        // Idle ends in a minute, but a message could begin at any moment: look again within
+        // a message limit.
+        assert_eq!(
+            activity.next_check(0, IDLE, MESSAGE),
+            Instant::now() + MESSAGE
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_begun_after_a_check_is_judged_at_its_own_limit() {
+        let activity = Activity::default();
+        let check = activity.next_check(0, IDLE, MESSAGE);
+        assert_eq!(check, Instant::now() + MESSAGE);
+        tokio::time::advance(MESSAGE / 2).await;
+        activity.received(1, true);
+        tokio::time::advance(MESSAGE / 2).await;
+        // The check finds it young, and looks again when it would be late.
+        assert_eq!(activity.expired(0, IDLE, MESSAGE), None);
+        assert_eq!(
+            activity.next_check(0, IDLE, MESSAGE),
+            Instant::now() + MESSAGE / 2
+        );
+        tokio::time::advance(MESSAGE / 2).await;
+        assert_eq!(
+            activity.expired(0, IDLE, MESSAGE),
+            Some(Expired::SlowMessage(MESSAGE))
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_message_that_trickles_expires_even_while_bytes_arrive() {
         let activity = Activity::default();
-        activity.received(true);
+        activity.received(1, true);
         for _ in 0..9 {
             tokio::time::advance(Duration::from_secs(1)).await;
-            activity.received(false);
+            activity.received(1, false);
             assert_eq!(activity.expired(1, IDLE, MESSAGE), None);
         }
         assert_eq!(

@@ -131,6 +131,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
         out: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.activity.aborted() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection was closed by this side",
+            )));
+        }
+        let read = this.poll_frames(cx, out);
+        if read.is_pending() {
+            this.activity.wait(cx.waker());
+        }
+        read
+    }
+}
+
+impl<R: AsyncRead + Unpin> FrameLimit<R> {
+    fn poll_frames(&mut self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        let this = self;
         loop {
             match &mut this.state {
                 State::Failed(message) => return Poll::Ready(Err(refused(message))),
@@ -154,7 +171,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
                     if n == 0 {
                         return Poll::Ready(Ok(0));
                     }
-                    this.activity.received(false);
+                    this.activity.received(n, false);
                     *body -= n as u64;
                     return Poll::Ready(Ok(n));
                 }
@@ -169,7 +186,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
                     match Pin::new(&mut this.inner).poll_read(cx, &mut sink[..want]) {
                         Poll::Ready(Ok(0)) => *left = 0,
                         Poll::Ready(Ok(n)) => {
-                            this.activity.received(false);
+                            this.activity.received(n, false);
                             *left -= n as u64;
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -218,7 +235,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for FrameLimit<R> {
                             };
                         }
                         Poll::Ready(Ok(n)) => {
-                            this.activity.received(table.is_empty());
+                            this.activity.received(n, table.is_empty());
                             table.extend_from_slice(&byte[..n]);
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

@@ -23,6 +23,8 @@ use capnp::message::ReaderOptions;
 /// * `message_timeout`: a server closes a connection whose message, once begun, has not
 ///   arrived whole within this (default 60 s: 16 MiB at about 2 Mbit/s), so a peer cannot
 ///   hold a connection by trickling bytes.
+/// * `max_connections_per_peer`: connections one peer key may have open at a server at once
+///   (default 64); more are closed at once, and the server logs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest message accepted, in words.
@@ -39,6 +41,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// How long a server waits for a message begun to arrive whole.
     pub message_timeout: Duration,
+    /// Connections one peer key may have open at a server.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +55,7 @@ impl Default for Limits {
             call_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             message_timeout: Duration::from_secs(60),
+            max_connections_per_peer: 64,
         }
     }
 }

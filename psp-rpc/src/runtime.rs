@@ -27,6 +27,7 @@ use tokio_util::task::LocalPoolHandle;
 
 use crate::activity::{Activity, Expired};
 use crate::limits::{CallError, Limits};
+use crate::peer_count::PeerConnections;
 use crate::tls;
 
 /// The state of one connection that its servers and the runtime share.
@@ -163,6 +164,7 @@ pub fn serve(
         let pool = workers();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
         let mut connections = tokio::task::JoinSet::new();
+        let open = PeerConnections::default();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -176,10 +178,10 @@ pub fn serve(
                         }
                     };
                     let _ = tcp.set_nodelay(true);
-                    let (acceptor, bootstrap, signal, peers, counter) =
-                        (acceptor.clone(), bootstrap.clone(), signal.clone(), peers.clone(), counter.clone());
+                    let (acceptor, bootstrap, signal, peers, counter, open) =
+                        (acceptor.clone(), bootstrap.clone(), signal.clone(), peers.clone(), counter.clone(), open.clone());
                     connections.spawn(pool.spawn_pinned(move || async move {
-                        if let Err(e) = connection(tcp, acceptor, bootstrap, limits, signal, peers, counter).await {
+                        if let Err(e) = connection(tcp, acceptor, bootstrap, limits, signal, peers, (counter, open)).await {
                             tracing::debug!(%from, "connection ended: {e}");
                         }
                     }));
@@ -207,13 +209,17 @@ async fn connection(
     limits: Limits,
     mut signal: watch::Receiver<Option<Duration>>,
     mut peers: watch::Receiver<Option<PeerCheck>>,
-    received: Arc<AtomicU64>,
+    (received, open): (Arc<AtomicU64>, PeerConnections),
 ) -> Result<(), String> {
     let stream = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_owned())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let peer = tls::peer_key(stream.get_ref().1).ok_or("the peer presented no identity key")?;
+    let Some(_slot) = open.admit(peer, limits.max_connections_per_peer) else {
+        tracing::warn!(target: "psp::security", %peer, "refused a connection: the peer has {} open", limits.max_connections_per_peer);
+        return Ok(());
+    };
     let activity = Rc::new(Activity::default());
     let state = Rc::new(Connection {
         peer,

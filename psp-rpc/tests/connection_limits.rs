@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use psp_core::Verifier;
 use psp_core::query::{Aggregate, Query};
+use psp_rpc::client::ToteboxClient;
 use psp_rpc::limits::Limits;
 use support::{MemoryArchive, chain, machines, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,14 +29,14 @@ fn limits() -> Limits {
 
 /// A Totebox with the short limits, and the machines around it.
 async fn serve() -> (support::Machines, psp_rpc::runtime::ServerHandle) {
+    serve_archive(MemoryArchive::new("tower-a")).await
+}
+
+async fn serve_archive(
+    archive: MemoryArchive,
+) -> (support::Machines, psp_rpc::runtime::ServerHandle) {
     let m = machines();
-    let (server, _) = start(
-        &m,
-        MemoryArchive::new("tower-a"),
-        Verifier::new([m.owner.public()]),
-        limits(),
-    )
-    .await;
+    let (server, _) = start(&m, archive, Verifier::new([m.owner.public()]), limits()).await;
     (m, server)
 }
 
@@ -70,14 +71,16 @@ async fn an_idle_connection_is_closed_at_the_idle_limit_and_one_in_use_is_not() 
             let chain = chain(&m, &m.orchestrator, "tower-a", 60);
             // In use, a call every quarter of the idle limit, for three idle limits: kept.
             let until = Instant::now() + 3 * IDLE;
+            let mut last_answer = Instant::now();
             while Instant::now() < until {
                 client.query(&chain, &count()).await.unwrap();
+                last_answer = Instant::now();
                 tokio::time::sleep(IDLE / 4).await;
             }
             assert!(client.is_connected(), "a connection in use was closed");
-            // Then left alone: closed once the idle limit has passed, not before.
-            // (The last call ended a quarter of an idle limit ago.)
-            let took = until_closed(|| client.is_connected(), IDLE * 10).await + IDLE / 4;
+            // Then left alone: closed once the idle limit has passed since the last answer.
+            until_closed(|| client.is_connected(), IDLE * 10).await;
+            let took = last_answer.elapsed();
             assert!(!client.is_connected(), "still open after {took:?}");
             closed_at(took, IDLE);
             // The client learns it at its next call, at once, and a new connection answers.
@@ -146,5 +149,79 @@ async fn a_message_that_trickles_is_cut_at_the_message_limit_though_bytes_keep_c
         () = tokio::time::sleep(MESSAGE * 10) => panic!("never closed"),
     };
     closed_at(took, MESSAGE);
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_call_running_longer_than_the_idle_limit_keeps_its_connection() {
+    let mut archive = MemoryArchive::new("tower-a");
+    // Nothing crosses the link while the query runs.
+    archive.scan_delay = IDLE * 3;
+    let (m, server) = serve_archive(archive).await;
+    LocalSet::new()
+        .run_until(async {
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
+            let chain = chain(&m, &m.orchestrator, "tower-a", 60);
+            let started = Instant::now();
+            client.query(&chain, &count()).await.unwrap();
+            assert!(started.elapsed() >= IDLE * 3);
+            assert!(client.is_connected(), "closed while a call ran");
+        })
+        .await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_peer_past_its_connection_cap_is_refused_until_one_of_its_connections_closes() {
+    let m = machines();
+    let capped = Limits {
+        max_connections_per_peer: 2,
+        ..limits()
+    };
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        capped,
+    )
+    .await;
+    let address = server.local_addr();
+    let dial = |who: &'static str| {
+        let key = if who == "second" {
+            &m.second_orchestrator
+        } else {
+            &m.orchestrator
+        };
+        ToteboxClient::connect(address, key, m.totebox.public(), Limits::default())
+    };
+    LocalSet::new()
+        .run_until(async {
+            let first = dial("first").await.unwrap();
+            let _second = dial("first").await.unwrap();
+            assert!(
+                dial("first").await.is_err(),
+                "a third connection was admitted"
+            );
+            // Another machine has a count of its own.
+            let other = dial("second").await.unwrap();
+            other
+                .query(&chain(&m, &m.second_orchestrator, "tower-a", 60), &count())
+                .await
+                .unwrap();
+            drop(first);
+            let until = Instant::now() + Duration::from_secs(2);
+            let again = loop {
+                match dial("first").await {
+                    Ok(client) => break client,
+                    Err(e) if Instant::now() >= until => panic!("still refused: {e}"),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            };
+            again
+                .query(&chain(&m, &m.orchestrator, "tower-a", 60), &count())
+                .await
+                .unwrap();
+        })
+        .await;
     server.shutdown(Duration::from_secs(1)).await;
 }

@@ -181,11 +181,15 @@ pub struct Fleet {
 impl Fleet {
     /// Generates `properties` + `subsidiaries` archives and serves each from its own process.
     pub fn start(properties: usize, subsidiaries: usize) -> Fleet {
-        Fleet::start_with(properties, subsidiaries, "")
+        Fleet::start_with(properties, subsidiaries, |_| String::new())
     }
 
-    /// [`Fleet::start`], with `server` (TOML lines) added to every Totebox's `[server]`.
-    pub fn start_with(properties: usize, subsidiaries: usize, server: &str) -> Fleet {
+    /// [`Fleet::start`], with `server(i)` (TOML lines) added to the `i`th Totebox's `[server]`.
+    pub fn start_with(
+        properties: usize,
+        subsidiaries: usize,
+        server: impl Fn(usize) -> String,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let owner = IdentityKey::generate().unwrap();
         let orchestrator = IdentityKey::generate().unwrap();
@@ -204,7 +208,8 @@ impl Fleet {
         let toteboxes = manifest
             .archives
             .iter()
-            .map(|entry| {
+            .enumerate()
+            .map(|(i, entry)| {
                 let config = dir.path().join("fleet").join(&entry.config);
                 IdentityKey::generate()
                     .unwrap()
@@ -212,9 +217,10 @@ impl Fleet {
                     .unwrap();
                 let mut text = std::fs::read_to_string(&config).unwrap();
                 text.push_str(&format!(
-                    "\n[server]\nlisten = \"127.0.0.1:0\"\nidentity = \"identity.pem\"\npaired = [\"{}\"]\ntrusted_roots = [\"{}\"]\n{server}",
+                    "\n[server]\nlisten = \"127.0.0.1:0\"\nidentity = \"identity.pem\"\npaired = [\"{}\"]\ntrusted_roots = [\"{}\"]\n{}",
                     orchestrator.public(),
-                    owner.public()
+                    owner.public(),
+                    server(i)
                 ));
                 std::fs::write(&config, text).unwrap();
                 let mut command = Command::new(&bin);
