@@ -88,6 +88,23 @@ pub enum SourceStatus {
     },
 }
 
+impl SourceStatus {
+    /// The status as one word (`ok`, `timed-out`, `unreachable`, `denied`, `error`,
+    /// `quarantined`, `cancelled`, `rejected`), as the CLI and the metrics show it.
+    pub fn word(&self) -> &'static str {
+        match self {
+            SourceStatus::Ok => "ok",
+            SourceStatus::TimedOut => "timed-out",
+            SourceStatus::Unreachable(_) => "unreachable",
+            SourceStatus::Denied { .. } => "denied",
+            SourceStatus::Error(_) => "error",
+            SourceStatus::Quarantined(_) => "quarantined",
+            SourceStatus::Cancelled => "cancelled",
+            SourceStatus::Rejected { .. } => "rejected",
+        }
+    }
+}
+
 /// How a caller watches and steers a fan-out in flight.
 #[derive(Debug, Clone, Default)]
 pub struct Watch {

@@ -25,6 +25,7 @@
 //!   TLS, scoped per tenant with [`quota`]s, and a Rust console for it, which delegates each
 //!   request a link narrowed to what it needs ([`request_link`]; a command's is bound to its
 //!   digest); [`wire`] converts between the two and `schema/orchestrator.capnp`.
+//! * [`metrics`]: what `orchestrator serve --metrics` exposes to Prometheus.
 //! * [`cli`], [`server`], [`operate`] and [`render`]: the `orchestrator` command: capability
 //!   files (`grant`, `delegate`), the reloadable server (`serve`), and the console subcommands
 //!   (`fleet`, `query`, `view`, `command`) with their table and JSON output.
@@ -38,6 +39,7 @@ pub mod console;
 pub mod demo;
 pub mod fanout;
 pub mod gate;
+pub mod metrics;
 pub mod operate;
 mod pool;
 pub mod quota;

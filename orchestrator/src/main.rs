@@ -103,6 +103,10 @@ enum Action {
         /// Log lines as `human` text or `json` objects (on stderr).
         #[arg(long, default_value = "human", value_parser = ["human", "json"])]
         log_format: String,
+        /// Serve Prometheus metrics (read-only, plain HTTP) on this address, e.g.
+        /// `127.0.0.1:9464`; off by default.
+        #[arg(long, value_name = "ADDRESS")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Lists your tenant's archives with their health.
     Fleet {
@@ -287,14 +291,21 @@ fn init_logs(format: &str) {
     }
 }
 
-async fn serve(config: PathBuf) -> Result<(), String> {
+async fn serve(config: PathBuf, metrics: Option<std::net::SocketAddr>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
+    let metrics = match metrics {
+        Some(address) => Some(psp_rpc::metrics::serve(address).await?),
+        None => None,
+    };
     let server = orchestrator::server::RunningOrchestrator::start(&config).await?;
     println!(
         "serving consoles on {} as {}",
         server.local_addr(),
         server.key()
     );
+    if let Some(address) = metrics {
+        println!("metrics on http://{address}/metrics");
+    }
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     loop {
@@ -358,11 +369,15 @@ fn main() -> ExitCode {
             &out,
         )
         .map(|c| println!("wrote {} (capability {})", out.display(), c.last().id)),
-        Action::Serve { config, log_format } => {
+        Action::Serve {
+            config,
+            log_format,
+            metrics,
+        } => {
             init_logs(&log_format);
             tokio::runtime::Runtime::new()
                 .map_err(|e| e.to_string())
-                .and_then(|runtime| runtime.block_on(serve(config)))
+                .and_then(|runtime| runtime.block_on(serve(config, metrics)))
         }
         Action::Fleet { connection } => operate::run(async {
             // Connecting already asked `fleet()` to confirm the key; its answer is the listing.

@@ -376,6 +376,7 @@ impl Pool {
     /// Records a diode violation: drop the connection and quarantine the source.
     fn quarantine(&self, source: &Source, why: String) {
         tracing::error!(target: "psp::security", archive = %source.archive, "quarantined a Totebox: {why}");
+        crate::metrics::quarantined(&source.archive);
         let mut connections = self.connections.borrow_mut();
         let slot = self.slot(&mut connections, &source.archive);
         slot.client = None;
@@ -470,6 +471,7 @@ impl Pool {
         };
         let latency = started.elapsed();
         self.record_health(source, &status, latency);
+        crate::metrics::source_ended(&source.archive, &status, latency);
         (status, answer, latency)
     }
 
@@ -483,6 +485,9 @@ impl Pool {
         };
         let mut seen = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let report = seen.entry(source.archive.clone()).or_default();
+        if (report.health == Health::Up) != (health == Health::Up) {
+            crate::metrics::connected(health == Health::Up);
+        }
         report.health = health;
         if health == Health::Up {
             report.latency = latency;

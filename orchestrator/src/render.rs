@@ -134,18 +134,16 @@ pub fn table(t: &Table) -> String {
 }
 
 fn status_word(s: &SourceStatus) -> (&'static str, String) {
-    match s {
-        SourceStatus::Ok => ("ok", String::new()),
-        SourceStatus::TimedOut => ("timed-out", String::new()),
-        SourceStatus::Unreachable(why) => ("unreachable", clean(why)),
-        SourceStatus::Denied { code, message } => ("denied", clean(&format!("{code}: {message}"))),
-        SourceStatus::Error(why) => ("error", clean(why)),
-        SourceStatus::Quarantined(why) => ("quarantined", clean(why)),
-        SourceStatus::Cancelled => ("cancelled", String::new()),
-        SourceStatus::Rejected { code, message } => {
-            ("rejected", clean(&format!("{code}: {message}")))
+    let detail = match s {
+        SourceStatus::Unreachable(why)
+        | SourceStatus::Error(why)
+        | SourceStatus::Quarantined(why) => clean(why),
+        SourceStatus::Denied { code, message } | SourceStatus::Rejected { code, message } => {
+            clean(&format!("{code}: {message}"))
         }
-    }
+        SourceStatus::Ok | SourceStatus::TimedOut | SourceStatus::Cancelled => String::new(),
+    };
+    (s.word(), detail)
 }
 
 /// One line per source that did not answer, or nothing when every source did.

@@ -162,8 +162,25 @@ impl Console {
     }
 
     /// Every check a request passes before any Totebox is called: the tenant, the archives it
-    /// names, the capability's issuer and holder, and the tenant's quotas.
+    /// names, the capability's issuer and holder, and the tenant's quotas. Counted by tenant,
+    /// `kind` (query, view or command) and code for the metrics endpoint.
     fn admit(
+        &self,
+        request: fleet_request::Reader<'_>,
+        kind: &'static str,
+        what: &str,
+        answers_per_source: usize,
+    ) -> capnp::Result<Admitted> {
+        let admitted = self.checked(request, what, answers_per_source);
+        let config = self.service.config();
+        let tenant = config
+            .tenant_of(&self.connection.peer)
+            .map_or("", |t| t.name.as_str());
+        crate::metrics::request(tenant, kind, admitted.as_ref().err());
+        admitted
+    }
+
+    fn checked(
         &self,
         request: fleet_request::Reader<'_>,
         what: &str,
@@ -258,13 +275,14 @@ impl Console {
         &self,
         request: fleet_request::Reader<'_>,
         viewport: Viewport,
+        kind: &'static str,
         what: &str,
     ) -> capnp::Result<fleet_query::Client> {
         let per_source = match &viewport {
             Viewport::Summary(kpis) => kpis.len(),
             _ => 1,
         };
-        let admitted = self.admit(request, what, per_source)?;
+        let admitted = self.admit(request, kind, what, per_source)?;
         let watch = Watch::default();
         watch
             .answered
@@ -350,7 +368,7 @@ impl orchestrator::Server for Console {
             query,
             labels: Vec::new(),
         };
-        let fleet_query = self.start(params.get_request()?, viewport, "query")?;
+        let fleet_query = self.start(params.get_request()?, viewport, "query", "query")?;
         results.get().set_fleet_query(fleet_query);
         Ok(())
     }
@@ -365,7 +383,7 @@ impl orchestrator::Server for Console {
         let params = params.get()?;
         let viewport = read_viewport(params.get_viewport()?)?;
         let what = format!("viewport {:?}", viewport.name);
-        let fleet_query = self.start(params.get_request()?, viewport.viewport, &what)?;
+        let fleet_query = self.start(params.get_request()?, viewport.viewport, "view", &what)?;
         results.get().set_fleet_query(fleet_query);
         Ok(())
     }
@@ -402,7 +420,7 @@ impl orchestrator::Server for Console {
             }
         }
         let what = format!("viewport {:?}", copy.name);
-        let fleet_query = self.start(params.get_request()?, copy.viewport, &what)?;
+        let fleet_query = self.start(params.get_request()?, copy.viewport, "view", &what)?;
         results.get().set_fleet_query(fleet_query);
         Ok(())
     }
@@ -454,7 +472,7 @@ impl orchestrator::Server for Console {
             ));
         }
         let what = format!("command {:?}", spec.name);
-        let admitted = self.admit(params.get_request()?, &what, 1)?;
+        let admitted = self.admit(params.get_request()?, "command", &what, 1)?;
         let gathered = self
             .service
             .fleet

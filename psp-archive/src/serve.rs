@@ -60,6 +60,8 @@ impl RunningTotebox {
         let archive = Arc::new(RecordArchive::open(loaded).map_err(|e| e.to_string())?);
         let report = archive.open_report();
         if report.torn_bytes_cut > 0 {
+            metrics::counter!("psp_totebox_recoveries_total").increment(1);
+            metrics::counter!("psp_totebox_recovered_bytes_total").increment(report.torn_bytes_cut);
             // Nothing acknowledged was lost (an append is acknowledged once on disk), but an
             // operator must be able to see that a crash happened and what recovery did.
             tracing::warn!(
@@ -73,6 +75,7 @@ impl RunningTotebox {
         let cache = Arc::new(ChainCache::default());
         let limits = server.limits()?;
         let service = ToteboxService::new(archive, verifier(&trust, &cache), limits);
+        service.record_sizes();
         let paired = PairedKeys::new(trust.paired.iter().copied());
         let tls = tls::server_config(&identity, paired.clone()).map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(&server.listen)

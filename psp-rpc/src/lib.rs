@@ -34,6 +34,7 @@ pub mod delay_proxy;
 pub mod diode;
 pub mod frame_limit;
 pub mod limits;
+pub mod metrics;
 mod peer_count;
 pub mod runtime;
 pub mod tls;

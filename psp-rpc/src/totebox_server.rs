@@ -49,6 +49,16 @@ impl ToteboxService {
         })
     }
 
+    /// Sets the records gauge (`psp_totebox_records{collection}`) of every collection: at
+    /// start, and after each command, the only way an archive changes while served.
+    pub fn record_sizes(&self) {
+        for collection in self.archive.collections() {
+            if let Some(stats) = self.archive.stats(&collection.name) {
+                metrics::gauge!(RECORDS, "collection" => collection.name).set(stats.records as f64);
+            }
+        }
+    }
+
     /// Replaces the verifier (trusted roots, revocations) for every later call, including calls
     /// on sessions already open. Pass the old verifier's cache to keep it warm.
     pub fn replace_verifier(&self, verifier: Verifier) {
@@ -97,6 +107,29 @@ impl ToteboxService {
     }
 }
 
+/// Queries answered or refused, by code (`ok` or the error's code).
+const QUERIES: &str = "psp_totebox_queries_total";
+/// Commands applied, replayed or refused, by code.
+const COMMANDS: &str = "psp_totebox_commands_total";
+/// Queries and commands refused by a capability or exposure rule, by rule.
+const REFUSALS: &str = "psp_totebox_refusals_total";
+/// Records each collection holds.
+const RECORDS: &str = "psp_totebox_records";
+
+/// Counts a finished query or command under `what` by its code, and a refusal by its rule
+/// (`capability.*` or `policy.*`), for the metrics endpoint (a no-op without one).
+fn counted(what: &'static str, result: Result<(), capnp::Error>) -> Result<(), capnp::Error> {
+    let code = match &result {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => CallError::from_capnp(e).code,
+    };
+    if code.starts_with("capability.") || code.starts_with("policy.") {
+        metrics::counter!(REFUSALS, "rule" => code.clone()).increment(1);
+    }
+    metrics::counter!(what, "code" => code).increment(1);
+    result
+}
+
 fn refused(peer: &PublicKey, error: &CapabilityError) -> capnp::Error {
     tracing::warn!(target: "psp::security", peer = %peer, rule = error.rule(), "refused a capability: {error}");
     CallError::new(format!("capability.{}", error.rule()), error.to_string()).to_capnp()
@@ -137,12 +170,18 @@ impl totebox::Server for ToteboxServer {
         params: totebox::QueryParams,
         mut results: totebox::QueryResults,
     ) -> Result<(), capnp::Error> {
-        let _running = self.connection.begin_call()?;
-        let params = params.get()?;
-        let session = self.session(params.get_chain()?)?;
-        let result = session.prepare_query(params.get_query()?)?.await?;
-        write_result(&result, results.get().init_result());
-        Ok(())
+        counted(
+            QUERIES,
+            async {
+                let _running = self.connection.begin_call()?;
+                let params = params.get()?;
+                let session = self.session(params.get_chain()?)?;
+                let result = session.prepare_query(params.get_query()?)?.await?;
+                write_result(&result, results.get().init_result());
+                Ok(())
+            }
+            .await,
+        )
     }
 
     async fn command(
@@ -150,12 +189,19 @@ impl totebox::Server for ToteboxServer {
         params: totebox::CommandParams,
         mut results: totebox::CommandResults,
     ) -> Result<(), capnp::Error> {
-        let _running = self.connection.begin_call()?;
-        let params = params.get()?;
-        let session = self.session(params.get_chain()?)?;
-        let outcome = session.prepare_command(params.get_command()?)?.await?;
-        write_outcome(&outcome, results.get().init_outcome());
-        Ok(())
+        counted(
+            COMMANDS,
+            async {
+                let _running = self.connection.begin_call()?;
+                let params = params.get()?;
+                let session = self.session(params.get_chain()?)?;
+                let outcome = session.prepare_command(params.get_command()?)?.await?;
+                write_outcome(&outcome, results.get().init_outcome());
+                self.service.record_sizes();
+                Ok(())
+            }
+            .await,
+        )
     }
 }
 
@@ -268,10 +314,16 @@ impl session::Server for SessionServer {
         params: session::QueryParams,
         mut results: session::QueryResults,
     ) -> Result<(), capnp::Error> {
-        let _running = self.connection.begin_call()?;
-        let result = self.prepare_query(params.get()?.get_query()?)?.await?;
-        write_result(&result, results.get().init_result());
-        Ok(())
+        counted(
+            QUERIES,
+            async {
+                let _running = self.connection.begin_call()?;
+                let result = self.prepare_query(params.get()?.get_query()?)?.await?;
+                write_result(&result, results.get().init_result());
+                Ok(())
+            }
+            .await,
+        )
     }
 
     async fn command(
@@ -279,10 +331,17 @@ impl session::Server for SessionServer {
         params: session::CommandParams,
         mut results: session::CommandResults,
     ) -> Result<(), capnp::Error> {
-        let _running = self.connection.begin_call()?;
-        let outcome = self.prepare_command(params.get()?.get_command()?)?.await?;
-        write_outcome(&outcome, results.get().init_outcome());
-        Ok(())
+        counted(
+            COMMANDS,
+            async {
+                let _running = self.connection.begin_call()?;
+                let outcome = self.prepare_command(params.get()?.get_command()?)?.await?;
+                write_outcome(&outcome, results.get().init_outcome());
+                self.service.record_sizes();
+                Ok(())
+            }
+            .await,
+        )
     }
 }
 

@@ -107,6 +107,10 @@ enum Command {
         /// Log format on stderr.
         #[arg(long, default_value = "human", value_parser = ["human", "json"])]
         log_format: String,
+        /// Serve Prometheus metrics (read-only, plain HTTP) on this address, e.g.
+        /// `127.0.0.1:9465`; off by default.
+        #[arg(long, value_name = "ADDRESS")]
+        metrics: Option<std::net::SocketAddr>,
     },
 }
 
@@ -203,7 +207,11 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", key.public());
             Ok(())
         }
-        Command::Serve { config, log_format } => serve(&config, &log_format),
+        Command::Serve {
+            config,
+            log_format,
+            metrics,
+        } => serve(&config, &log_format, metrics),
         Command::Stats { config } => {
             let archive = RecordArchive::open_config(&config).map_err(|e| e.to_string())?;
             let report = archive.open_report();
@@ -236,7 +244,11 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn serve(config: &std::path::Path, log_format: &str) -> Result<(), String> {
+fn serve(
+    config: &std::path::Path,
+    log_format: &str,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
@@ -250,8 +262,16 @@ fn serve(config: &std::path::Path, log_format: &str) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
+        // Recording starts before the archive opens, so a recovery at open is counted.
+        let metrics = match metrics {
+            Some(address) => Some(psp_rpc::metrics::serve(address).await?),
+            None => None,
+        };
         let running = psp_archive::serve::RunningTotebox::start(config).await?;
         println!("serving {} as {}", running.local_addr(), running.key());
+        if let Some(address) = metrics {
+            println!("metrics on http://{address}/metrics");
+        }
         let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
         let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         loop {

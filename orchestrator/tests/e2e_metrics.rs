@@ -1,0 +1,147 @@
+//! `--metrics` on both servers, as real processes, scraped and parsed as Prometheus would: the
+//! orchestrator's requests by tenant, kind and code, refusals by rule, source outcomes and
+//! per-archive latency histograms, connected Toteboxes; a Totebox's queries, refusals and
+//! records. Both endpoints refuse anything but a read.
+
+mod support;
+
+#[path = "../../psp-rpc/tests/support/scrape.rs"]
+#[allow(unreachable_pub)]
+mod scrape;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use orchestrator::selection::Selector;
+use psp_core::query::{Aggregate, Query};
+use psp_core::{IdentityKey, Operation};
+use psp_rpc::limits::Limits;
+use scrape::{http, scrape, value};
+use support::processes::{Fleet, ORCHESTRATOR, Proc, totebox_binary};
+use tokio::task::LocalSet;
+
+/// A port free now (the server binds it a moment later).
+fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_servers_expose_what_they_did_and_accept_nothing() {
+    let mut fleet = Fleet::start(2, 0);
+    // prop-01 again, now with its metrics endpoint.
+    let totebox_metrics = free_address();
+    fleet.toteboxes[0].process.kill();
+    let mut command = Command::new(totebox_binary());
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(fleet.path("fleet/prop-01/archive.toml"))
+        .arg("--metrics")
+        .arg(totebox_metrics.to_string());
+    let (process, line) = Proc::start(command, fleet.path("prop-01.metrics.log"));
+    fleet.toteboxes[0].process = process;
+    fleet.toteboxes[0].address = line.split_whitespace().nth(1).unwrap().to_owned();
+
+    let operator = IdentityKey::generate().unwrap();
+    let config = fleet.path("orchestrator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
+            fleet.fleet_toml(),
+            operator.public()
+        ),
+    )
+    .unwrap();
+    let orchestrator_metrics = free_address();
+    let mut command = Command::new(ORCHESTRATOR);
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--metrics")
+        .arg(orchestrator_metrics.to_string());
+    let (orchestrator, line) = Proc::start(command, fleet.path("orchestrator.log"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (address, key) = (words[3].parse().unwrap(), words[5].parse().unwrap());
+
+    let grant = fleet.grant(&operator, &["prop-01", "prop-02"], vec![Operation::Query]);
+    let count = Query::aggregate("statements", [], [Aggregate::count()]);
+    LocalSet::new()
+        .run_until(async {
+            let console =
+                orchestrator::console::Console::connect(address, &operator, key, Limits::default())
+                    .await
+                    .unwrap();
+            let both = Selector::Ids(vec!["prop-01".into(), "prop-02".into()]);
+            let report = console.query(&both, &grant, &count).await.unwrap();
+            assert!(report.complete, "{:?}", report.outcomes);
+            // An archive outside the tenant: refused before any Totebox is called.
+            let refused = console
+                .query(&Selector::Ids(vec!["prop-99".into()]), &grant, &count)
+                .await
+                .unwrap_err();
+            let samples = tokio::task::spawn_blocking(move || scrape(orchestrator_metrics))
+                .await
+                .unwrap();
+            let at = |key: &str| value(&samples, key);
+            assert_eq!(
+                at("psp_orchestrator_requests_total{code=ok,kind=query,tenant=acme}"),
+                Some(1.0),
+                "{samples:?}"
+            );
+            assert_eq!(
+                at(&format!(
+                    "psp_orchestrator_requests_total{{code={},kind=query,tenant=acme}}",
+                    refused.code
+                )),
+                Some(1.0),
+                "{refused}: {samples:?}"
+            );
+            assert_eq!(
+                at(&format!(
+                    "psp_orchestrator_refusals_total{{rule={}}}",
+                    refused.code
+                )),
+                Some(1.0)
+            );
+            assert_eq!(
+                at("psp_orchestrator_source_outcomes_total{status=ok}"),
+                Some(2.0)
+            );
+            for archive in ["prop-01", "prop-02"] {
+                assert_eq!(
+                    at(&format!(
+                        "psp_orchestrator_source_latency_seconds{{archive={archive}}}"
+                    )),
+                    Some(1.0),
+                    "{archive}: {samples:?}"
+                );
+            }
+            assert_eq!(at("psp_orchestrator_connected_toteboxes{}"), Some(2.0));
+
+            let samples = tokio::task::spawn_blocking(move || scrape(totebox_metrics))
+                .await
+                .unwrap();
+            assert_eq!(
+                value(&samples, "psp_totebox_queries_total{code=ok}"),
+                Some(1.0),
+                "{samples:?}"
+            );
+            assert!(
+                value(&samples, "psp_totebox_records{collection=statements}")
+                    .is_some_and(|n| n > 0.0),
+                "{samples:?}"
+            );
+        })
+        .await;
+    for endpoint in [orchestrator_metrics, totebox_metrics] {
+        let (status, _) = tokio::task::spawn_blocking(move || http(endpoint, "POST"))
+            .await
+            .unwrap();
+        assert!(status.contains("405"), "{endpoint}: {status}");
+    }
+    drop(orchestrator);
+}
