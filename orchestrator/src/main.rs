@@ -95,6 +95,19 @@ enum Action {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Checks that the orchestrator this config describes is serving: connects to its
+    /// `listen` address (loopback when it listens on every address) and completes a TLS
+    /// handshake in which the server proves the config's identity key, as every console's
+    /// connection starts. Exit status 0 when it does: a readiness probe (Kubernetes, systemd,
+    /// a load balancer's health check). Sends no request.
+    Probe {
+        /// The orchestrator's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2_000)]
+        timeout_ms: u64,
+    },
     /// Serves consoles, as the config says. SIGHUP reloads the config; SIGTERM stops gracefully.
     Serve {
         /// The orchestrator's config file.
@@ -291,6 +304,34 @@ fn init_logs(format: &str) {
     }
 }
 
+async fn probe(config: PathBuf, timeout_ms: u64) -> Result<(), String> {
+    let config = orchestrator::config::Config::load(&config).map_err(|e| e.to_string())?;
+    let key = psp_core::IdentityKey::load(&config.identity)
+        .map_err(|e| e.to_string())?
+        .public();
+    let mut address: std::net::SocketAddr = tokio::net::lookup_host(&config.listen)
+        .await
+        .map_err(|e| format!("listen {:?}: {e}", config.listen))?
+        .next()
+        .ok_or_else(|| format!("listen {:?} names no address", config.listen))?;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    // A key of its own, which the orchestrator does not know: the handshake completes on this
+    // side once the server has proved its key, before it judges ours.
+    let prober = psp_core::IdentityKey::generate().map_err(|e| e.to_string())?;
+    let timeout = std::time::Duration::from_millis(timeout_ms);
+    tokio::time::timeout(timeout, psp_rpc::client::dial(address, &prober, key))
+        .await
+        .map_err(|_| format!("{address}: no TLS handshake within {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
+    println!("serving on {address} as {key}");
+    Ok(())
+}
+
 async fn serve(config: PathBuf, metrics: Option<std::net::SocketAddr>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let metrics = match metrics {
@@ -379,6 +420,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|runtime| runtime.block_on(serve(config, metrics)))
         }
+        Action::Probe { config, timeout_ms } => operate::run(probe(config, timeout_ms)),
         Action::Fleet { connection } => operate::run(async {
             // Connecting already asked `fleet()` to confirm the key; its answer is the listing.
             let console = target(&connection)?.connect().await?;
