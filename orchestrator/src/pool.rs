@@ -294,7 +294,8 @@ impl Pool {
     }
 
     /// The background dialer: every `every`, connects each maintained Totebox that is not
-    /// connected (not one that is quarantined), and reports what it found in the health map,
+    /// connected (not one that is quarantined) and pings each that is, and reports what it
+    /// found in the health map,
     /// so the first request after start, or after a Totebox comes back, finds its connection
     /// up: one round trip downstream instead of four.
     async fn keep_connected(self: Rc<Self>, every: Duration) {
@@ -310,14 +311,38 @@ impl Pool {
         }
     }
 
-    /// Connects `source` if it is not connected, and records how that went.
+    /// Connects `source` if it is not connected, or pings it (`identify`) if it is, and
+    /// records how that went. The ping keeps a quiet link from reaching the Totebox's idle
+    /// limit (where a request could meet the Totebox closing it) and finds a link that died
+    /// silently (stalled, half-open) before a request does: one unanswered within the
+    /// handshake timeout is retired, and the next round redials.
     async fn keep(self: &Rc<Self>, source: &Source) {
-        let connected = self
+        let pooled = self
             .connections
             .borrow()
             .get(&source.archive)
-            .is_some_and(|slot| slot.live((source.address, source.key)).is_some());
-        if connected {
+            .and_then(|slot| slot.live((source.address, source.key)).cloned());
+        if let Some(client) = pooled {
+            let started = Instant::now();
+            let mut status = match tokio::time::timeout(
+                self.limits.handshake_timeout,
+                client.identify(),
+            )
+            .await
+            {
+                Ok(Ok(_)) => SourceStatus::Ok,
+                Ok(Err(e)) => status_of(e),
+                Err(_) => SourceStatus::TimedOut,
+            };
+            if let Some(why) = client.diode_violation() {
+                let why = format!("broke the diode: it sent {why}");
+                self.quarantine(source, why.clone());
+                status = SourceStatus::Quarantined(why);
+            } else if status != SourceStatus::Ok {
+                tracing::debug!(archive = %source.archive, ?status, "a pooled connection failed its ping");
+                self.retire(source, &client);
+            }
+            self.record_health(source, &status, started.elapsed());
             return;
         }
         let started = Instant::now();
