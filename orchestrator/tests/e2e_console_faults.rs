@@ -38,17 +38,11 @@ const MEMORY_SLACK_KIB: u64 = 4 * 1024;
 async fn each_fault_on_a_console_link_ends_that_call_alone_and_the_orchestrator_lets_go() {
     let fleet = Fleet::start(2, 0);
     let operator = IdentityKey::generate().unwrap();
-    let config = fleet.path("orchestrator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nidle_ms = {}\n{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
-            IDLE.as_millis(),
-            fleet.fleet_toml(),
-            operator.public()
-        ),
-    )
-    .unwrap();
+    let config = fleet.acme_config(
+        &format!("idle_ms = {}\n", IDLE.as_millis()),
+        &operator.public(),
+        &["prop-01", "prop-02"],
+    );
     let orchestrator = fleet.serve(&config);
     let proxy = FaultProxy::start(orchestrator.address.parse().unwrap());
     let key = orchestrator.key.parse().unwrap();

@@ -13,7 +13,7 @@ use orchestrator::selection::Selector;
 use psp_core::query::{Aggregate, Query};
 use psp_core::{IdentityKey, Operation};
 use psp_rpc::limits::Limits;
-use support::faults::{FAULTS, Fault, FaultProxy};
+use support::faults::{FAULTS, Fault};
 use support::processes::Fleet;
 use tokio::task::LocalSet;
 
@@ -34,21 +34,17 @@ async fn each_fault_on_a_totebox_link_ends_that_source_alone_and_the_next_reques
             String::new()
         }
     });
-    let proxy = FaultProxy::start(fleet.toteboxes[0].address.parse().unwrap());
-    fleet.toteboxes[0].address = proxy.address.to_string();
+    let proxy = fleet.behind_proxy(0);
     let operator = IdentityKey::generate().unwrap();
-    let config = fleet.path("orchestrator.toml");
     // No background dialer: every reconnect is the next request's own.
-    std::fs::write(
-        &config,
-        format!(
-            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = {}\ndeadline_ms = 3000\nredial_ms = 0\n{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
-            SOURCE_TIMEOUT.as_millis(),
-            fleet.fleet_toml(),
-            operator.public()
+    let config = fleet.acme_config(
+        &format!(
+            "source_timeout_ms = {}\ndeadline_ms = 3000\nredial_ms = 0\n",
+            SOURCE_TIMEOUT.as_millis()
         ),
-    )
-    .unwrap();
+        &operator.public(),
+        &["prop-01", "prop-02"],
+    );
     let orchestrator = fleet.serve(&config);
     let grant = fleet.grant(&operator, &["prop-01", "prop-02"], vec![Operation::Query]);
     let count = Query::aggregate("statements", [], [Aggregate::count()]);

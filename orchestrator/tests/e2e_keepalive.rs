@@ -11,7 +11,6 @@ use orchestrator::selection::Selector;
 use psp_core::query::{Aggregate, Query};
 use psp_core::{IdentityKey, Operation};
 use psp_rpc::limits::Limits;
-use support::faults::FaultProxy;
 use support::processes::Fleet;
 use tokio::task::LocalSet;
 
@@ -19,19 +18,9 @@ use tokio::task::LocalSet;
 async fn a_quiet_pooled_link_outlives_the_toteboxs_idle_limit() {
     let mut fleet = Fleet::start_with(1, 0, |_| "idle_seconds = 1\n".into());
     // Faithful: it only counts the connections made through it.
-    let proxy = FaultProxy::start(fleet.toteboxes[0].address.parse().unwrap());
-    fleet.toteboxes[0].address = proxy.address.to_string();
+    let proxy = fleet.behind_proxy(0);
     let operator = IdentityKey::generate().unwrap();
-    let config = fleet.path("orchestrator.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nredial_ms = 300\n{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\"]\n",
-            fleet.fleet_toml(),
-            operator.public()
-        ),
-    )
-    .unwrap();
+    let config = fleet.acme_config("redial_ms = 300\n", &operator.public(), &["prop-01"]);
     let orchestrator = fleet.serve(&config);
     let grant = fleet.grant(&operator, &["prop-01"], vec![Operation::Query]);
     let count = Query::aggregate("statements", [], [Aggregate::count()]);

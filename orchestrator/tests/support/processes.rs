@@ -274,6 +274,29 @@ impl Fleet {
             .collect()
     }
 
+    /// Puts a fault proxy (forwarding faithfully until told otherwise) in front of Totebox `i`:
+    /// an orchestrator config written after this dials the proxy.
+    pub fn behind_proxy(&mut self, i: usize) -> super::faults::FaultProxy {
+        let proxy = super::faults::FaultProxy::start(self.toteboxes[i].address.parse().unwrap());
+        self.toteboxes[i].address = proxy.address.to_string();
+        proxy
+    }
+
+    /// Writes `orchestrator.toml`: the fleet, `defaults` (TOML lines for `[defaults]`), and one
+    /// tenant, `acme`, whose only operator is `operator` and which names `archives`.
+    pub fn acme_config(&self, defaults: &str, operator: &PublicKey, archives: &[&str]) -> PathBuf {
+        let path = self.path("orchestrator.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\n{defaults}{}[[tenants]]\nname = \"acme\"\noperators = [\"{operator}\"]\narchives = {archives:?}\n",
+                self.fleet_toml()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     /// The owner's grant of `operations` on `archives` to `holder`, for an hour (for a console
     /// run in the test's own process).
     pub fn grant(
