@@ -4,7 +4,8 @@
 //! Off unless a server is started with `--metrics ADDRESS`. The endpoint answers `GET` (and
 //! `HEAD`) with the text exposition format and every other method with 405: it never accepts
 //! a command or changes anything. It is plain HTTP, so it binds where the operator says
-//! (loopback in the examples); each connection gets ten seconds.
+//! (loopback in the examples); each connection gets ten seconds, and at most eight are served
+//! at once.
 //!
 //! Metric names start with `psp_`; the Totebox's are recorded here (see
 //! [`crate::totebox_server`]) and by `psp-totebox serve`, the orchestrator's by the
@@ -28,6 +29,10 @@ const SECONDS_BUCKETS: [f64; 12] = [
 
 /// How long one scrape's connection may take, so a slow client cannot hold it.
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Scrapes served at once; more wait to be accepted. With the deadline above, this bounds the
+/// file descriptors and memory the endpoint can be made to hold, whoever connects to it.
+const MAX_SCRAPES: usize = 8;
 
 /// The process's recorder, installed on first use.
 fn recorder() -> Result<&'static PrometheusHandle, String> {
@@ -57,8 +62,12 @@ pub async fn serve(address: SocketAddr) -> Result<SocketAddr, String> {
         .await
         .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -69,6 +78,7 @@ pub async fn serve(address: SocketAddr) -> Result<SocketAddr, String> {
                 }
             };
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |request| async move {
                     Ok::<_, Infallible>(answer(&request, handle))
                 });

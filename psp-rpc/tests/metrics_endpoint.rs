@@ -85,3 +85,31 @@ async fn a_scrape_reads_queries_refusals_and_records_and_nothing_else_is_accepte
     assert_eq!(lines(ask(address, "GET").await.1), before);
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Silent connections hold at most the endpoint's eight slots: a scrape behind them waits (it
+/// is not refused, and nothing grows), and is answered once they go.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_hold_at_most_eight_scrapes_and_a_scrape_gets_through_after() {
+    let address = psp_rpc::metrics::serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let silent: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(address).unwrap())
+        .collect();
+    // Accepted by now (the endpoint takes a slot at each accept).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let answer = http(address, "GET");
+        (answer, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a ninth scrape was served beside eight"
+    );
+    drop(silent);
+    let ((status, _), took) = waiting.await.unwrap();
+    assert!(status.contains("200"), "{status}");
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+}
