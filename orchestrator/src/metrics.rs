@@ -3,7 +3,7 @@
 //! | metric | labels | what |
 //! | --- | --- | --- |
 //! | `psp_orchestrator_requests_total` | `tenant`, `kind`, `code` | requests (query, view, command) admitted (`ok`) or refused (the code) |
-//! | `psp_orchestrator_refusals_total` | `rule` | every refusal a console got, by its code |
+//! | `psp_orchestrator_refusals_total` | `rule` | requests refused at admission (tenancy, capability, quota), by code |
 //! | `psp_orchestrator_source_outcomes_total` | `status` | each source's end (`ok`, `timed-out`, ...) |
 //! | `psp_orchestrator_source_latency_seconds` | `archive` | histogram of each source's time to its end |
 //! | `psp_orchestrator_quarantines_total` | `archive` | Toteboxes quarantined for breaking the diode |
@@ -19,9 +19,13 @@ use psp_rpc::limits::CallError;
 
 use crate::fanout::SourceStatus;
 
-/// Counts a request at admission: `ok`, or the code it was refused with.
+/// Counts a request at admission: `ok`, or the code it was refused with (also counted as a
+/// refusal by that rule).
 pub fn request(tenant: &str, kind: &'static str, refused: Option<&capnp::Error>) {
     let code = refused.map_or_else(|| "ok".to_owned(), |e| CallError::from_capnp(e).code);
+    if refused.is_some() {
+        refusal(&code);
+    }
     metrics::counter!(
         "psp_orchestrator_requests_total",
         "tenant" => tenant.to_owned(),
@@ -31,8 +35,8 @@ pub fn request(tenant: &str, kind: &'static str, refused: Option<&capnp::Error>)
     .increment(1);
 }
 
-/// Counts a refusal sent to a console, by its code.
-pub fn refusal(code: &str) {
+/// Counts a request refused at admission, by its code.
+fn refusal(code: &str) {
     metrics::counter!("psp_orchestrator_refusals_total", "rule" => code.to_owned()).increment(1);
 }
 

@@ -42,6 +42,9 @@ pub(crate) enum Job {
 
 /// Dials a worker's maintenance round runs at once.
 const MAINTENANCE_DIALS: usize = 64;
+/// The dialer pings a pooled connection every this many rounds (every 30 s at the default
+/// `redial_ms`, a tenth of a Totebox's default idle limit).
+const PING_ROUNDS: u32 = 6;
 
 /// One worker's share of a fan-out.
 pub(crate) struct Request {
@@ -134,6 +137,8 @@ struct Slot {
     endpoint: Option<(SocketAddr, PublicKey)>,
     quarantined_until: Option<Instant>,
     why: String,
+    /// When the background dialer last pinged the pooled connection.
+    pinged: Option<Instant>,
     /// The tenants' shares of this Totebox's calls.
     gate: Rc<Gate>,
 }
@@ -160,6 +165,7 @@ impl Pool {
                 endpoint: None,
                 quarantined_until: None,
                 why: String::new(),
+                pinged: None,
                 gate: Gate::new(self.calls_per_connection),
             })
     }
@@ -294,55 +300,83 @@ impl Pool {
     }
 
     /// The background dialer: every `every`, connects each maintained Totebox that is not
-    /// connected (not one that is quarantined) and pings each that is, and reports what it
-    /// found in the health map,
+    /// connected (not one that is quarantined) and pings each that is (every few rounds), and
+    /// reports what it found in the health map,
     /// so the first request after start, or after a Totebox comes back, finds its connection
     /// up: one round trip downstream instead of four.
     async fn keep_connected(self: Rc<Self>, every: Duration) {
+        let ping_every = every * PING_ROUNDS;
         loop {
             let sources = self.maintained.borrow().clone();
-            futures::stream::iter(sources)
-                .for_each_concurrent(MAINTENANCE_DIALS, |source| {
+            let (pooled, down): (Vec<_>, Vec<_>) = sources.into_iter().partition(|source| {
+                self.connections
+                    .borrow()
+                    .get(&source.archive)
+                    .is_some_and(|slot| slot.live((source.address, source.key)).is_some())
+            });
+            // Apart, so that dialing many Toteboxes that are down (each may take a handshake
+            // timeout) never delays the pings that keep the others' links alive.
+            let pings =
+                futures::stream::iter(pooled).for_each_concurrent(MAINTENANCE_DIALS, |source| {
+                    let pool = self.clone();
+                    async move { pool.ping(&source, ping_every).await }
+                });
+            let dials =
+                futures::stream::iter(down).for_each_concurrent(MAINTENANCE_DIALS, |source| {
                     let pool = self.clone();
                     async move { pool.keep(&source).await }
-                })
-                .await;
+                });
+            futures::join!(pings, dials);
             tokio::time::sleep(every).await;
         }
     }
 
-    /// Connects `source` if it is not connected, or pings it (`identify`) if it is, and
-    /// records how that went. The ping keeps a quiet link from reaching the Totebox's idle
-    /// limit (where a request could meet the Totebox closing it) and finds a link that died
-    /// silently (stalled, half-open) before a request does: one unanswered within the
-    /// handshake timeout is retired, and the next round redials.
-    async fn keep(self: &Rc<Self>, source: &Source) {
-        let pooled = self
-            .connections
-            .borrow()
-            .get(&source.archive)
-            .and_then(|slot| slot.live((source.address, source.key)).cloned());
-        if let Some(client) = pooled {
-            let started = Instant::now();
-            let mut status = match tokio::time::timeout(
-                self.limits.handshake_timeout,
-                client.identify(),
-            )
-            .await
-            {
+    /// Pings `source`'s pooled connection (`identify`) if it has not been pinged for
+    /// `ping_every`, and records how that went. The ping keeps a quiet link from reaching the
+    /// Totebox's idle limit (where a request could meet the Totebox closing it) and keeps its
+    /// health current. A ping that goes unanswered marks the Totebox down but does not retire
+    /// the link: it may be busy carrying a large answer, and a request that finds it stalled
+    /// retires it after its own timeout.
+    async fn ping(self: &Rc<Self>, source: &Source, ping_every: Duration) {
+        let client = {
+            let mut connections = self.connections.borrow_mut();
+            let Some(slot) = connections.get_mut(&source.archive) else {
+                return;
+            };
+            if slot.pinged.is_some_and(|at| at.elapsed() < ping_every) {
+                return;
+            }
+            slot.pinged = Some(Instant::now());
+            match slot.live((source.address, source.key)) {
+                Some(client) => client.clone(),
+                None => return,
+            }
+        };
+        let started = Instant::now();
+        let mut status =
+            match tokio::time::timeout(self.limits.handshake_timeout, client.identify()).await {
                 Ok(Ok(_)) => SourceStatus::Ok,
                 Ok(Err(e)) => status_of(e),
                 Err(_) => SourceStatus::TimedOut,
             };
-            if let Some(why) = client.diode_violation() {
-                let why = format!("broke the diode: it sent {why}");
-                self.quarantine(source, why.clone());
-                status = SourceStatus::Quarantined(why);
-            } else if status != SourceStatus::Ok {
-                tracing::debug!(archive = %source.archive, ?status, "a pooled connection failed its ping");
-                self.retire(source, &client);
-            }
-            self.record_health(source, &status, started.elapsed());
+        if let Some(why) = client.diode_violation() {
+            let why = format!("broke the diode: it sent {why}");
+            self.quarantine(source, why.clone());
+            status = SourceStatus::Quarantined(why);
+        } else if status != SourceStatus::Ok {
+            tracing::debug!(archive = %source.archive, ?status, "a pooled connection failed its ping");
+        }
+        self.record_health(source, &status, started.elapsed());
+    }
+
+    /// Connects `source` if it is not connected, and records how that went.
+    async fn keep(self: &Rc<Self>, source: &Source) {
+        let connected = self
+            .connections
+            .borrow()
+            .get(&source.archive)
+            .is_some_and(|slot| slot.live((source.address, source.key)).is_some());
+        if connected {
             return;
         }
         let started = Instant::now();

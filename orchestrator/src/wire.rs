@@ -23,7 +23,6 @@ use crate::viewports::{Convention, Entry, Kpi, KpiValue, MatchStatus, NamedViewp
 
 /// An error with a stable code, as a capnp error (`"code: message"`).
 pub fn refuse(code: &str, message: impl std::fmt::Display) -> capnp::Error {
-    crate::metrics::refusal(code);
     CallError::new(code, message.to_string()).to_capnp()
 }
 

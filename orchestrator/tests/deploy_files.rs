@@ -21,6 +21,16 @@ fn block(yaml: &str, key: &str) -> String {
         .join("\n")
 }
 
+/// The items of the first YAML list under `key:` (`- item` lines, one level deeper).
+fn list_after(yaml: &str, key: &str) -> Vec<String> {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != key);
+    lines.next().expect("the key");
+    lines
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn the_manifests_config_loads() {
     let text = block(MANIFEST, "orchestrator.toml");
@@ -56,20 +66,17 @@ fn the_units_and_manifests_command_lines_parse() {
         .find_map(|l| l.strip_prefix("ExecStart=/usr/local/bin/orchestrator "))
         .unwrap();
     accepted(&exec.split_whitespace().collect::<Vec<_>>());
-    accepted(&[
-        "serve",
-        "--config",
-        "/etc/os-orchestration/orchestrator.toml",
-        "--log-format",
-        "json",
-        "--metrics",
-        "0.0.0.0:9464",
-    ]);
-    accepted(&[
-        "probe",
-        "--config",
-        "/etc/os-orchestration/orchestrator.toml",
-    ]);
+    // The container's arguments and the readiness probe's command, as the manifest has them.
+    let args = list_after(MANIFEST, "args:");
+    assert_eq!(args.first().map(String::as_str), Some("serve"), "{args:?}");
+    accepted(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let probe = list_after(MANIFEST, "command:");
+    assert_eq!(
+        probe.first().map(String::as_str),
+        Some("orchestrator"),
+        "{probe:?}"
+    );
+    accepted(&probe[1..].iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The background dialer pings every pooled Totebox connection each round, so a quiet link
+//! The background dialer pings every pooled Totebox connection every few rounds, so a quiet link
 //! never reaches the Totebox's idle limit (where a request could meet the Totebox closing it):
 //! with the Totebox's limit at 1 s and nothing asked for three, the first connection is still
 //! the one in use.
@@ -20,7 +20,7 @@ async fn a_quiet_pooled_link_outlives_the_toteboxs_idle_limit() {
     // Faithful: it only counts the connections made through it.
     let proxy = fleet.behind_proxy(0);
     let operator = IdentityKey::generate().unwrap();
-    let config = fleet.acme_config("redial_ms = 300\n", &operator.public(), &["prop-01"]);
+    let config = fleet.acme_config("redial_ms = 100\n", &operator.public(), &["prop-01"]);
     let orchestrator = fleet.serve(&config);
     let grant = fleet.grant(&operator, &["prop-01"], vec![Operation::Query]);
     let count = Query::aggregate("statements", [], [Aggregate::count()]);

@@ -121,6 +121,11 @@ async fn both_servers_expose_what_they_did_and_accept_nothing() {
                 );
             }
             assert_eq!(at("psp_orchestrator_connected_toteboxes{}"), Some(2.0));
+            // What the console named is nowhere in the labels: no peer grows the label set.
+            assert!(
+                samples.iter().all(|(key, _)| !key.contains("prop-99")),
+                "{samples:?}"
+            );
 
             let samples = tokio::task::spawn_blocking(move || scrape(totebox_metrics))
                 .await

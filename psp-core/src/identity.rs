@@ -5,7 +5,8 @@
 //! is lossless, so the string a log shows is the string a config pins.
 //!
 //! Private keys are stored as PKCS#8 PEM (readable by OpenSSL and Python's `cryptography`) in files
-//! only their owner can read: [`IdentityKey::load`] refuses a file that group or others can access.
+//! only their owner can read: [`IdentityKey::load`] refuses a file that others can access or its
+//! group can change (group read is how service managers hand a key to one service).
 
 use std::fmt;
 use std::io::Write;
@@ -100,8 +101,12 @@ impl IdentityKey {
 
     /// Reads a key written by [`IdentityKey::save`] (or any PKCS#8 Ed25519 PEM file).
     ///
-    /// On Unix the file must not be accessible to group or others; a looser file is refused, since a
-    /// key others could read is no longer this machine's identity.
+    /// On Unix the file must not be open to others, nor writable or executable by its group; a
+    /// looser file is refused, since a key others could read is no longer this machine's
+    /// identity. Reading by the file's group is accepted: that is how service managers hand a
+    /// key to one service (systemd credentials are 0440 with an ACL for the service's dynamic
+    /// user; a Kubernetes secret volume with an `fsGroup` is 0440 for the pod's group). Give
+    /// that group to the service alone.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         let io = |source| KeyFileError::Io {
             path: path.to_owned(),
@@ -111,7 +116,7 @@ impl IdentityKey {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
+            if mode & 0o037 != 0 {
                 return Err(KeyFileError::Permissions {
                     path: path.to_owned(),
                     mode,
@@ -227,10 +232,10 @@ pub enum KeyFileError {
         "identity key file {0} already exists; remove it first to replace this machine's identity"
     )]
     Exists(PathBuf),
-    /// Group or others may access the file.
+    /// Others may access the file, or its group may write or run it.
     #[error(
-        "identity key file {path} has mode {mode:04o}; it must be readable by its owner only \
-         (run `chmod 600 {path}`)"
+        "identity key file {path} has mode {mode:04o}; it must be readable by its owner (and at \
+         most read by its group), never open to others (run `chmod 600 {path}`)"
     )]
     Permissions {
         /// The key file.

@@ -25,11 +25,29 @@ fn a_key_others_can_read_is_refused_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("identity.pem");
     IdentityKey::generate().unwrap().save(&path).unwrap();
-    for mode in [0o644, 0o640, 0o604, 0o660] {
+    for mode in [0o644, 0o604, 0o660, 0o650, 0o601] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         let error = IdentityKey::load(&path).unwrap_err();
         assert!(matches!(error, KeyFileError::Permissions { mode: m, .. } if m == mode));
         assert!(error.to_string().contains("chmod 600"), "{error}");
+    }
+}
+
+/// How service managers hand a key to one service: systemd credentials (0440, an ACL for the
+/// dynamic user) and Kubernetes secret volumes with an `fsGroup` (0440, the pod's group).
+#[test]
+fn a_key_its_group_may_only_read_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("identity.pem");
+    let key = IdentityKey::generate().unwrap();
+    key.save(&path).unwrap();
+    for mode in [0o400, 0o440, 0o640] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(
+            IdentityKey::load(&path).unwrap().public(),
+            key.public(),
+            "{mode:o}"
+        );
     }
 }
 

@@ -30,6 +30,12 @@ const SECONDS_BUCKETS: [f64; 12] = [
 /// How long one scrape's connection may take, so a slow client cannot hold it.
 const SCRAPE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long a client may take to send its request's head.
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How often the recorder folds histogram samples (bounding their memory without scrapes).
+const UPKEEP: Duration = Duration::from_secs(5);
+
 /// Scrapes served at once; more wait to be accepted. With the deadline above, this bounds the
 /// file descriptors and memory the endpoint can be made to hold, whoever connects to it.
 const MAX_SCRAPES: usize = 8;
@@ -62,6 +68,15 @@ pub async fn serve(address: SocketAddr) -> Result<SocketAddr, String> {
         .await
         .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    // The recorder keeps histogram samples until a scrape or an upkeep folds them: without a
+    // scraper, only upkeep bounds the memory they take.
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP);
+        loop {
+            every.tick().await;
+            handle.run_upkeep();
+        }
+    });
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     tokio::spawn(async move {
         loop {
@@ -82,7 +97,11 @@ pub async fn serve(address: SocketAddr) -> Result<SocketAddr, String> {
                 let service = hyper::service::service_fn(move |request| async move {
                     Ok::<_, Infallible>(answer(&request, handle))
                 });
+                // A client that does not finish its request's head in time loses its slot
+                // early, so silent connections cannot keep scrapers out for long.
                 let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEAD_DEADLINE)
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 let _ = tokio::time::timeout(SCRAPE_DEADLINE, connection).await;
             });
