@@ -18,6 +18,9 @@
 //! It prints a Markdown table; `scripts/bench` runs it with every size and puts the table in
 //! BENCHMARKS.md. CI runs a smoke (`--sizes 1,10 --queries 5`).
 
+#[path = "support/binaries.rs"]
+mod binaries;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
@@ -26,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use binaries::sibling_binary;
 use clap::Parser;
 use orchestrator::console::Console;
 use orchestrator::selection::Selector;
@@ -89,24 +93,6 @@ fn main() -> Result<(), String> {
     }
     println!("{}", render(&rows));
     Ok(())
-}
-
-/// The `orchestrator` binary built beside this example (`target/<profile>/orchestrator`).
-fn sibling_binary(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(name))
-        .ok_or("cannot place this executable")?;
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{} not found: build it first (cargo build --release -p orchestrator --bins --examples)",
-            path.display()
-        ))
-    }
 }
 
 /// A generated fleet and the keys of its parties, on disk.

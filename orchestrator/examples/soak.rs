@@ -25,14 +25,18 @@
 #[allow(dead_code, unreachable_pub)]
 mod faults;
 
+#[path = "support/binaries.rs"]
+mod binaries;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use binaries::sibling_binary;
 use clap::Parser;
 use faults::{FAULTS, FaultProxy};
 use orchestrator::console::{Console, Options};
@@ -127,19 +131,6 @@ fn serve(mut command: Command, log: &Path) -> Result<Served, String> {
         key: key.map_err(|e| format!("{line}: {e}"))?,
         child,
     })
-}
-
-fn sibling_binary(name: &str) -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(name))
-        .ok_or("cannot place this executable")?;
-    path.exists().then_some(path.clone()).ok_or(format!(
-        "{} not found: build it first (scripts/soak does)",
-        path.display()
-    ))
 }
 
 /// The figures every request is checked against: per currency, (count, sum of entry).
@@ -392,21 +383,7 @@ fn settle(
 
 /// The serialized arguments of an `append` of one ledger record.
 fn ledger_record(entry: i64) -> Vec<u8> {
-    const FIELDS: [&str; 6] = [
-        "entry",
-        "period",
-        "account",
-        "counterparty",
-        "currency",
-        "amount",
-    ];
-    let mut message = capnp::message::Builder::new_default();
-    let mut args = message.init_root::<psp_schema::totebox_capnp::append_arguments::Builder<'_>>();
-    let mut names = args.reborrow().init_fields(FIELDS.len() as u32);
-    for (i, f) in FIELDS.iter().enumerate() {
-        names.set(i as u32, *f);
-    }
-    let row = [
+    let row = vec![
         Value::Int(entry),
         "2026-12".into(),
         "cash".into(),
@@ -414,11 +391,17 @@ fn ledger_record(entry: i64) -> Vec<u8> {
         "USD".into(),
         Value::Decimal(psp_core::query::Decimal::new(100, 2).expect("a small decimal")),
     ];
-    let mut values = args.init_records(1).get(0).init_values(row.len() as u32);
-    for (i, v) in row.iter().enumerate() {
-        psp_core::query::wire::write_value(v.as_ref(), values.reborrow().get(i as u32));
-    }
-    capnp::serialize::write_message_to_words(&message)
+    psp_archive::append_arguments(
+        &[
+            "entry",
+            "period",
+            "account",
+            "counterparty",
+            "currency",
+            "amount",
+        ],
+        &[row],
+    )
 }
 
 /// The orchestrator's resident memory (KiB) and open file descriptors.

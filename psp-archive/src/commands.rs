@@ -28,6 +28,25 @@ struct Provenance<'a> {
     detail: Vec<u8>,
 }
 
+/// The serialized arguments of an `append` (`AppendArguments` in `schema/totebox.capnp`): one
+/// row per record, one value per named field. What a client sends to add records.
+pub fn append_arguments(fields: &[&str], rows: &[Vec<Value>]) -> Vec<u8> {
+    let mut message = Builder::new_default();
+    let mut args = message.init_root::<append_arguments::Builder<'_>>();
+    let mut names = args.reborrow().init_fields(fields.len() as u32);
+    for (i, f) in fields.iter().enumerate() {
+        names.set(i as u32, *f);
+    }
+    let mut list = args.init_records(rows.len() as u32);
+    for (i, row) in rows.iter().enumerate() {
+        let mut values = list.reborrow().get(i as u32).init_values(row.len() as u32);
+        for (j, v) in row.iter().enumerate() {
+            write_value(v.as_ref(), values.reborrow().get(j as u32));
+        }
+    }
+    capnp::serialize::write_message_to_words(&message)
+}
+
 pub(crate) fn apply(
     archive: &RecordArchive,
     command: &CommandRequest<'_>,

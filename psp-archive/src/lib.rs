@@ -43,6 +43,7 @@
 //! ```
 
 mod commands;
+pub use commands::append_arguments;
 pub mod config;
 pub mod generate;
 pub mod import;

@@ -6,27 +6,11 @@ mod support;
 use capnp::message::Builder;
 use psp_archive::RecordArchive;
 use psp_core::archive::{Archive, CommandError, CommandRequest, CommandStatus};
-use psp_core::query::wire::write_value;
 use psp_core::query::{Aggregate, Query, Value};
 use psp_core::{IdentityKey, PublicKey, RowSelector};
-use psp_schema::totebox_capnp::{append_arguments, seal_arguments, snapshot_arguments};
+use psp_schema::totebox_capnp::{seal_arguments, snapshot_arguments};
 
-fn append_args(fields: &[&str], rows: &[Vec<Value>]) -> Vec<u8> {
-    let mut message = Builder::new_default();
-    let mut args = message.init_root::<append_arguments::Builder<'_>>();
-    let mut names = args.reborrow().init_fields(fields.len() as u32);
-    for (i, f) in fields.iter().enumerate() {
-        names.set(i as u32, *f);
-    }
-    let mut list = args.init_records(rows.len() as u32);
-    for (i, row) in rows.iter().enumerate() {
-        let mut values = list.reborrow().get(i as u32).init_values(row.len() as u32);
-        for (j, v) in row.iter().enumerate() {
-            write_value(v.as_ref(), values.reborrow().get(j as u32));
-        }
-    }
-    capnp::serialize::write_message_to_words(&message)
-}
+use psp_archive::append_arguments as append_args;
 
 fn seal_args(period: &str) -> Vec<u8> {
     let mut message = Builder::new_default();

@@ -115,11 +115,11 @@ impl Activity {
         if self
             .message_since
             .get()
-            .is_some_and(|since| now >= since + message)
+            .is_some_and(|since| now >= after(since, message))
         {
             return Some(Expired::SlowMessage(message));
         }
-        (calls == 0 && now >= self.last.get() + idle).then_some(Expired::Idle(idle))
+        (calls == 0 && now >= after(self.last.get(), idle)).then_some(Expired::Idle(idle))
     }
 
     /// When to look again: the earliest time a limit could run out as things stand, and never
@@ -127,12 +127,12 @@ impl Activity {
     /// first byte does not re-arm the runtime's timer).
     pub(crate) fn next_check(&self, calls: usize, idle: Duration, message: Duration) -> Instant {
         let now = Instant::now();
-        let mut next = now + message;
+        let mut next = after(now, message);
         if calls == 0 {
-            next = next.min(self.last.get() + idle);
+            next = next.min(after(self.last.get(), idle));
         }
         if let Some(since) = self.message_since.get() {
-            next = next.min(since + message);
+            next = next.min(after(since, message));
         }
         next
     }
@@ -167,6 +167,13 @@ impl Activity {
     }
 }
 
+/// `at + limit`, or a year from `at` when a limit is too long to add (an integrator may set any
+/// `Duration`): never a panic.
+fn after(at: Instant, limit: Duration) -> Instant {
+    at.checked_add(limit)
+        .unwrap_or_else(|| at + Duration::from_secs(365 * 24 * 3600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +202,14 @@ mod tests {
             activity.next_check(0, IDLE, MESSAGE),
             Instant::now() + MESSAGE
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_too_long_to_add_never_expire_and_never_panic() {
+        let activity = Activity::default();
+        activity.received(1, true);
+        assert_eq!(activity.expired(0, Duration::MAX, Duration::MAX), None);
+        assert!(activity.next_check(0, Duration::MAX, Duration::MAX) > Instant::now());
     }
 
     #[tokio::test(start_paused = true)]

@@ -224,13 +224,7 @@ pub const LEDGER_FIELDS: [&str; 6] = [
 /// The serialized arguments of an `append` of one ledger record (`schema/totebox.capnp`).
 pub fn ledger_record(entry: i64, counterparty: &str, amount_cents: i64) -> Vec<u8> {
     use psp_core::query::{Decimal, Value};
-    let mut message = capnp::message::Builder::new_default();
-    let mut args = message.init_root::<psp_schema::totebox_capnp::append_arguments::Builder<'_>>();
-    let mut names = args.reborrow().init_fields(LEDGER_FIELDS.len() as u32);
-    for (i, f) in LEDGER_FIELDS.iter().enumerate() {
-        names.set(i as u32, *f);
-    }
-    let row = [
+    let row = vec![
         Value::Int(entry),
         "2026-11".into(),
         "cash".into(),
@@ -238,11 +232,7 @@ pub fn ledger_record(entry: i64, counterparty: &str, amount_cents: i64) -> Vec<u
         "USD".into(),
         Value::Decimal(Decimal::new(amount_cents, 2).unwrap()),
     ];
-    let mut values = args.init_records(1).get(0).init_values(row.len() as u32);
-    for (i, v) in row.iter().enumerate() {
-        psp_core::query::wire::write_value(v.as_ref(), values.reborrow().get(i as u32));
-    }
-    capnp::serialize::write_message_to_words(&message)
+    psp_archive::append_arguments(&LEDGER_FIELDS, &[row])
 }
 
 /// The owner's grant of `operations` on `archives` to `operator`, for an hour: what an operator
