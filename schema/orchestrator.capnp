@@ -46,6 +46,18 @@ interface Orchestrator {
   # viewport by name costs one call, not two; otherwise refused with `viewport.changed` (ask
   # again) or `viewport.unknown`. An orchestrator older than this method answers it with
   # `unimplemented`, and never computes a copy it has not checked.
+
+  partial @6 (request :FleetRequest, query :Query.Query, labels :List(Text))
+      -> (answer :PartialAnswer);
+  # For an orchestrator above this one (a regional tree; its key is an operator of one of this
+  # orchestrator's tenants, and `request.chain`'s last link is delegated by it to this one):
+  # fans `query` out as `query` does and answers with the merge *unfinished*, so the caller
+  # merges it with its other sources exactly (see `PartialAnswer`), plus every source's outcome.
+  # Each key of `labels` becomes a leading column (a group-by field for an aggregate query, a
+  # field for a rows query) holding each archive's value of that label (text, null when it has
+  # none); the key "" stands for the archive's id. Always best effort: the caller applies its
+  # own partial policy to the outcomes. Answers within `request.options.deadlineMillis`.
+  # An orchestrator older than this method answers `unimplemented`.
 }
 
 interface FleetQuery {
@@ -438,6 +450,27 @@ struct KpiValue {
 
   overflowed @6 :Bool;
   # The figure's exact value leaves the 64-bit range: `value` is null although sources answered.
+}
+
+struct PartialAnswer {
+  # A merge handed up a tree of orchestrators, unfinished: one answer to the query as if from a
+  # single Totebox holding every answering archive's records (groups with partial states, so an
+  # average travels as its sum and count; aggregate groups neither ordered nor limited; rows
+  # ordered and cut to the query's limit), then merged by the caller with its other answers.
+
+  parts @0 :UInt32;
+  # Answers merged into `result`; 0 when no source answered (`result` is then empty).
+
+  result @1 :Query.QueryResult;
+  # The unfinished merge, with the `labels` columns first.
+
+  overflows @2 :List(Cell);
+  # Cells of `result` (row: the group's index, column: the column's) whose exact value left
+  # the 64-bit range here: their state is empty and the caller keeps them overflowed.
+
+  outcomes @3 :List(SourceOutcome);
+  # One per source asked, as in `View.outcomes`; a source reached through a further
+  # orchestrator is named by its path ("eu-west/prop-0042").
 }
 
 struct CommandResult {

@@ -26,6 +26,13 @@
 //! key = "ed25519:..."
 //! labels = { region = "north", entity = "property" }
 //!
+//! [[fleet]]                           # a regional orchestrator: this one is an operator of
+//! id = "eu-west"                      # one of its tenants and reaches that tenant's archives
+//! kind = "orchestrator"               # through it, named "eu-west/<archive>"
+//! address = "10.1.0.2:7400"
+//! key = "ed25519:..."
+//! labels = { region = "eu-west" }     # every archive reached through it has these labels
+//!
 //! [[tenants]]
 //! name = "acme-asset-management"
 //! operators = ["ed25519:..."]         # console keys of this tenant's operators
@@ -122,6 +129,8 @@ struct RawArchive {
     key: String,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    #[serde(default)]
+    kind: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,7 +179,25 @@ pub struct FleetArchive {
     pub key: PublicKey,
     /// Its labels (region, entity type, portfolio, ...).
     pub labels: BTreeMap<String, String>,
+    /// A Totebox, or a regional orchestrator whose archives it reaches through.
+    pub kind: MemberKind,
 }
+
+/// What a fleet member is (`kind` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemberKind {
+    /// A Totebox serving the archive of this id (`kind = "totebox"`, the default).
+    #[default]
+    Totebox,
+    /// A regional orchestrator (`kind = "orchestrator"`): this orchestrator is a console of one
+    /// of its tenants, and reaches that tenant's archives through it, each named
+    /// `<this id>/<archive>`. Its labels apply to every archive reached through it.
+    Orchestrator,
+}
+
+/// What separates a regional orchestrator's id from the archives reached through it
+/// (`eu-west/prop-0042`); no fleet id may contain it.
+pub const PATH_SEPARATOR: char = '/';
 
 /// One tenant: the operators it answers for and the archives they may name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -300,6 +327,26 @@ impl Config {
             if a.id.trim().is_empty() {
                 return Err(format!("fleet[{i}].id: must not be empty"));
             }
+            if a.id.contains(PATH_SEPARATOR) || a.id.chars().any(char::is_control) {
+                return Err(format!(
+                    "{at}.id: must not contain {PATH_SEPARATOR:?} (it separates a regional \
+                     orchestrator from its archives) or control characters"
+                ));
+            }
+            if a.labels.keys().any(|k| k.is_empty()) {
+                return Err(format!(
+                    "{at}.labels: a label needs a name (the empty name stands for the archive id)"
+                ));
+            }
+            let kind = match a.kind.as_deref() {
+                None | Some("totebox") => MemberKind::Totebox,
+                Some("orchestrator") => MemberKind::Orchestrator,
+                Some(other) => {
+                    return Err(format!(
+                        "{at}.kind: {other:?} is neither \"totebox\" nor \"orchestrator\""
+                    ));
+                }
+            };
             if fleet.iter().any(|f: &FleetArchive| f.id == a.id) {
                 return Err(format!("{at}.id: archive id used twice"));
             }
@@ -316,6 +363,7 @@ impl Config {
                 address,
                 key: archive_key,
                 labels: a.labels.clone(),
+                kind,
             });
         }
         let mut tenants: Vec<Tenant> = Vec::new();

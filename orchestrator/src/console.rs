@@ -25,7 +25,7 @@ use crate::request_link::{self, Needs};
 use crate::selection::Selector;
 use crate::viewports::{NamedViewport, Viewport};
 use crate::wire::{
-    read_command_result, read_report, read_viewport, write_selector, write_viewport,
+    read_archives, read_command_result, read_report, read_viewport, write_selector, write_viewport,
 };
 
 /// One archive of the tenant, as `fleet` lists it.
@@ -304,38 +304,10 @@ impl Console {
             .link
             .within("fleet", self.orchestrator.fleet_request().send().promise)
             .await?;
-        let read = || -> capnp::Result<Vec<ArchiveStatus>> {
-            let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> capnp::Result<String> {
-                Ok(t?.to_string()?)
-            };
-            response
-                .get()?
-                .get_archives()?
-                .iter()
-                .map(|a| {
-                    Ok(ArchiveStatus {
-                        id: text(a.get_id())?,
-                        key: text(a.get_key())?,
-                        labels: a
-                            .get_labels()?
-                            .iter()
-                            .map(|l| Ok((text(l.get_key())?, text(l.get_value())?)))
-                            .collect::<capnp::Result<_>>()?,
-                        health: match a.get_health()? {
-                            psp_schema::orchestrator_capnp::Health::Unknown => Health::Unknown,
-                            psp_schema::orchestrator_capnp::Health::Up => Health::Up,
-                            psp_schema::orchestrator_capnp::Health::Down => Health::Down,
-                            psp_schema::orchestrator_capnp::Health::Quarantined => {
-                                Health::Quarantined
-                            }
-                        },
-                        latency: Duration::from_micros(a.get_latency_micros()),
-                        last_seen: a.get_last_seen(),
-                    })
-                })
-                .collect()
-        };
-        read().map_err(failed)
+        response
+            .get()
+            .and_then(|r| read_archives(r.get_archives()?))
+            .map_err(failed)
     }
 
     /// The archive ids `selector` names, as this console last saw the tenant's archives. A

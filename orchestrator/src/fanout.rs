@@ -30,27 +30,51 @@ use psp_rpc::limits::Limits;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::MemberKind;
+use crate::console::ArchiveStatus;
 use crate::gate::TenantId;
 use crate::pool::{Job, Request};
+use crate::region::RegionAnswer;
+use crate::tier::RegionAsk;
 
 /// Where to reach one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    /// The archive id.
+    /// The archive id (for a regional orchestrator, its fleet id).
     pub archive: String,
-    /// Its Totebox's address.
+    /// Its Totebox's (or regional orchestrator's) address.
     pub address: SocketAddr,
     /// Its pinned key.
     pub key: PublicKey,
+    /// What it is, and for a region, what this request asks of it.
+    pub member: Member,
+}
+
+/// What a source is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Member {
+    /// A Totebox.
+    #[default]
+    Totebox,
+    /// A regional orchestrator, with what this request asks of it (see [`crate::tier`]).
+    Region(Arc<RegionAsk>),
 }
 
 impl Source {
-    /// The source an archive of the fleet config is asked as.
+    /// The source a member of the fleet config is asked as (a region: for all its archives).
     pub fn of(archive: &crate::config::FleetArchive) -> Source {
         Source {
             archive: archive.id.clone(),
             address: archive.address,
             key: archive.key,
+            member: match archive.kind {
+                MemberKind::Totebox => Member::Totebox,
+                MemberKind::Orchestrator => Member::Region(Arc::new(RegionAsk {
+                    labels: archive.labels.clone(),
+                    select: crate::selection::Selector::All,
+                    leaves: Vec::new(),
+                })),
+            },
         }
     }
 }
@@ -195,6 +219,8 @@ pub enum Answer {
     Result(QueryResult),
     /// A command's outcome.
     Command(CommandAnswer),
+    /// A regional orchestrator's unfinished merge and its archives' outcomes.
+    Region(RegionAnswer),
 }
 
 /// One source's end of a fan-out, as soon as it ends.
@@ -250,7 +276,11 @@ pub struct Fleet {
     /// One per worker thread; a Totebox's connection lives on worker `worker_of(archive)`.
     workers: Arc<[mpsc::UnboundedSender<Job>]>,
     health: Arc<Mutex<HashMap<String, HealthReport>>>,
+    directories: Directories,
 }
+
+/// Each regional orchestrator's directory as it last listed it, by its fleet id.
+pub(crate) type Directories = Arc<Mutex<HashMap<String, Arc<Vec<ArchiveStatus>>>>>;
 
 /// Which of `workers` owns `archive`'s connection: a fixed hash of its id, so every request
 /// finds the same pooled connection (and the same quarantine) on the same thread.
@@ -284,14 +314,25 @@ impl Fleet {
     /// [`Fleet::start`] with `workers` threads (at least one).
     pub fn with_workers(identity: IdentityKey, limits: Limits, workers: usize) -> Fleet {
         let health = Arc::new(Mutex::new(HashMap::new()));
+        let directories = Directories::default();
         let workers = (0..workers.max(1))
             .map(|index| {
                 let (requests, incoming) = mpsc::unbounded_channel::<Job>();
-                crate::pool::spawn(index, identity.clone(), limits, incoming, health.clone());
+                crate::pool::spawn(
+                    index,
+                    identity.clone(),
+                    limits,
+                    incoming,
+                    (health.clone(), directories.clone()),
+                );
                 requests
             })
             .collect();
-        Fleet { workers, health }
+        Fleet {
+            workers,
+            health,
+            directories,
+        }
     }
 
     /// Keeps `sources` (the fleet in config) connected from now on: each worker dials its share
@@ -319,6 +360,16 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// The directory of the regional orchestrator `region` (its fleet id) as it last listed it,
+    /// if it has since this orchestrator started.
+    pub fn directory(&self, region: &str) -> Option<Arc<Vec<ArchiveStatus>>> {
+        self.directories
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(region)
+            .cloned()
+    }
+
     /// Starts `work` at every source under `chain`, for `tenant` (whose calls share each Totebox
     /// connection fairly with other tenants'). Each source's end arrives on the returned
     /// receiver as soon as it happens: exactly one [`Arrival`] per source, then the receiver
@@ -332,6 +383,24 @@ impl Fleet {
         limits: FanOutLimits,
         watch: Watch,
     ) -> mpsc::Receiver<Arrival> {
+        self.stream_labelled(tenant, sources, chain, work, &[], limits, watch)
+    }
+
+    /// [`Fleet::stream`] for a merge grouped first by the archive labels `labels`: a regional
+    /// orchestrator among the sources is asked for those its entry does not set (see
+    /// [`crate::tier`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn stream_labelled(
+        &self,
+        tenant: TenantId,
+        sources: Vec<Source>,
+        chain: &Chain,
+        work: Work,
+        labels: &[String],
+        limits: FanOutLimits,
+        watch: Watch,
+    ) -> mpsc::Receiver<Arrival> {
+        let labels: Arc<[String]> = labels.into();
         let (arrivals, receiver) = mpsc::channel(ARRIVALS_QUEUED.max(1));
         let deadline = tokio::time::Instant::now() + limits.deadline;
         let count = self.workers.len();
@@ -354,6 +423,7 @@ impl Fleet {
                 sources,
                 chain: chain.clone(),
                 work: work.clone(),
+                labels: labels.clone(),
                 limits,
                 deadline,
                 arrivals: arrivals.clone(),
@@ -457,7 +527,7 @@ async fn gather(mut arrivals: mpsc::Receiver<Arrival>, names: Vec<String>) -> Ga
         match arrival.answer {
             Some(Answer::Result(r)) => results[arrival.index] = Some(r),
             Some(Answer::Command(c)) => commands[arrival.index] = Some(c),
-            None => {}
+            Some(Answer::Region(_)) | None => {}
         }
     }
     Gathered {

@@ -23,11 +23,15 @@ use psp_rpc::limits::{CallError, Limits};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::console::ArchiveStatus;
+use crate::downstream::Downstream;
 use crate::fanout::{
     Answer, Arrival, FanOutLimits, Health, HealthReport, QUARANTINE, Source, SourceOutcome,
     SourceStatus, Watch, Work, rows_of,
 };
+use crate::fanout::{Directories, Member};
 use crate::gate::{Gate, TenantId};
+use crate::region::{PartialAsk, RegionClient};
 
 /// What a fleet worker is asked to do.
 pub(crate) enum Job {
@@ -54,6 +58,9 @@ pub(crate) struct Request {
     /// The chain, shared by every worker (read once, its member trees built once).
     pub(crate) chain: Arc<Chain>,
     pub(crate) work: Work,
+    /// The archive labels the merge groups by first (a region is asked for those its entry
+    /// does not set).
+    pub(crate) labels: Arc<[String]>,
     pub(crate) limits: FanOutLimits,
     /// When the whole request ends, whatever the sources do.
     pub(crate) deadline: Instant,
@@ -68,7 +75,7 @@ pub(crate) fn spawn(
     identity: IdentityKey,
     limits: Limits,
     mut incoming: mpsc::UnboundedReceiver<Job>,
-    health: Arc<Mutex<HashMap<String, HealthReport>>>,
+    (health, directories): (Arc<Mutex<HashMap<String, HealthReport>>>, Directories),
 ) {
     std::thread::Builder::new()
         .name(format!("psp-fleet-{index}"))
@@ -85,6 +92,7 @@ pub(crate) fn spawn(
                     calls_per_connection: (limits.max_calls_in_flight * 3 / 4).max(1),
                     connections: Default::default(),
                     health,
+                    directories,
                     maintained: Default::default(),
                 });
                 let mut maintainer: Option<tokio::task::JoinHandle<()>> = None;
@@ -120,15 +128,17 @@ struct Pool {
     calls_per_connection: usize,
     connections: RefCell<HashMap<String, Slot>>,
     health: Arc<Mutex<HashMap<String, HealthReport>>>,
+    /// Each regional orchestrator's directory, refreshed by its confirmations and pings.
+    directories: Directories,
     /// The Toteboxes this worker keeps connected (its share of the fleet in config).
     maintained: RefCell<Vec<Source>>,
 }
 
 /// A connection being dialed, shared by every request that needs it meanwhile.
-type Dial = LocalBoxFuture<'static, Result<Rc<ToteboxClient>, SourceStatus>>;
+type Dial = LocalBoxFuture<'static, Result<Downstream, SourceStatus>>;
 
 struct Slot {
-    client: Option<Rc<ToteboxClient>>,
+    client: Option<Downstream>,
     /// The dial in progress, if any: concurrent requests wait for it instead of each opening a
     /// connection of their own. Held weakly: when every request waiting for it gives up, the
     /// attempt is dropped (and its socket closed) rather than parked here.
@@ -148,7 +158,7 @@ use std::net::SocketAddr;
 impl Slot {
     /// The pooled connection, if it is up and to `endpoint` (a reloaded config may have moved
     /// the archive).
-    fn live(&self, endpoint: (SocketAddr, PublicKey)) -> Option<&Rc<ToteboxClient>> {
+    fn live(&self, endpoint: (SocketAddr, PublicKey)) -> Option<&Downstream> {
         self.client
             .as_ref()
             .filter(|c| self.endpoint == Some(endpoint) && c.is_connected())
@@ -176,10 +186,7 @@ impl Pool {
     }
 
     /// The pooled connection to `source`, connecting if needed (one dial at a time per source).
-    async fn connection(
-        self: &Rc<Self>,
-        source: &Source,
-    ) -> Result<Rc<ToteboxClient>, SourceStatus> {
+    async fn connection(self: &Rc<Self>, source: &Source) -> Result<Downstream, SourceStatus> {
         let endpoint = (source.address, source.key);
         let dialing = {
             let mut connections = self.connections.borrow_mut();
@@ -225,16 +232,28 @@ impl Pool {
     /// Dials `source` and, once TLS is up, pools the connection: its `identify` is in flight,
     /// and the first request's call goes out beside it (each call waits for the confirmation
     /// before it answers, and a failed confirmation marks the connection down).
-    async fn dial(self: Rc<Self>, source: Source) -> Result<Rc<ToteboxClient>, SourceStatus> {
+    async fn dial(self: Rc<Self>, source: Source) -> Result<Downstream, SourceStatus> {
         // A failed attempt leaves nothing open behind it: the client closes what it opened.
-        let connected = ToteboxClient::connect_serving(
-            source.address,
-            &self.identity,
-            source.key,
-            &source.archive,
-            self.limits,
-        )
-        .await;
+        let connected = match source.member {
+            Member::Totebox => ToteboxClient::connect_serving(
+                source.address,
+                &self.identity,
+                source.key,
+                &source.archive,
+                self.limits,
+            )
+            .await
+            .map(|c| Downstream::Totebox(Rc::new(c))),
+            Member::Region(_) => {
+                RegionClient::connect(source.address, &self.identity, source.key, self.limits)
+                    .await
+                    .map(|c| {
+                        let client = Rc::new(c);
+                        self.learn_directory(&source.archive, client.clone());
+                        Downstream::Region(client)
+                    })
+            }
+        };
         let endpoint = (source.address, source.key);
         {
             let mut connections = self.connections.borrow_mut();
@@ -243,7 +262,7 @@ impl Pool {
                 slot.dialing = None;
             }
         }
-        let client = Rc::new(connected.map_err(|e| self.unconfirmed(&source, e))?);
+        let client = connected.map_err(|e| self.unconfirmed(&source, e))?;
         let mut connections = self.connections.borrow_mut();
         let slot = self.slot(&mut connections, &source.archive);
         // Quarantined while this dial was under way (a violation on an older connection): the
@@ -297,6 +316,24 @@ impl Pool {
             .borrow_mut()
             .retain(|archive, _| kept.contains(archive.as_str()));
         *self.maintained.borrow_mut() = sources;
+    }
+
+    /// Stores a region's directory once its session is confirmed (a refused or failed
+    /// confirmation leaves the last one known).
+    fn learn_directory(self: &Rc<Self>, region: &str, client: Rc<RegionClient>) {
+        let (pool, region) = (self.clone(), region.to_owned());
+        tokio::task::spawn_local(async move {
+            if let Ok(directory) = client.confirmed().await {
+                pool.store_directory(&region, (*directory).clone());
+            }
+        });
+    }
+
+    fn store_directory(&self, region: &str, directory: Vec<ArchiveStatus>) {
+        self.directories
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(region.to_owned(), Arc::new(directory));
     }
 
     /// The background dialer: every `every`, connects each maintained Totebox that is not
@@ -354,8 +391,13 @@ impl Pool {
         };
         let started = Instant::now();
         let mut status =
-            match tokio::time::timeout(self.limits.handshake_timeout, client.identify()).await {
-                Ok(Ok(_)) => SourceStatus::Ok,
+            match tokio::time::timeout(self.limits.handshake_timeout, client.ping()).await {
+                Ok(Ok(directory)) => {
+                    if let Some(directory) = directory {
+                        self.store_directory(&source.archive, directory);
+                    }
+                    SourceStatus::Ok
+                }
                 Ok(Err(e)) => status_of(e),
                 Err(_) => SourceStatus::TimedOut,
             };
@@ -382,7 +424,7 @@ impl Pool {
         let started = Instant::now();
         let deadline = started + self.limits.handshake_timeout + Duration::from_secs(1);
         // Connected means confirmed: the health it reports is the Totebox's `identify` answer.
-        let dialed: RefCell<Option<Rc<ToteboxClient>>> = RefCell::new(None);
+        let dialed: RefCell<Option<Downstream>> = RefCell::new(None);
         let confirmed = async {
             let client = self.connection(source).await?;
             *dialed.borrow_mut() = Some(client.clone());
@@ -409,12 +451,12 @@ impl Pool {
     }
 
     /// Whether `client` is still `source`'s pooled connection (not retired or replaced).
-    fn is_pooled(&self, source: &Source, client: &Rc<ToteboxClient>) -> bool {
+    fn is_pooled(&self, source: &Source, client: &Downstream) -> bool {
         self.connections
             .borrow()
             .get(&source.archive)
             .and_then(|slot| slot.client.as_ref())
-            .is_some_and(|pooled| Rc::ptr_eq(pooled, client))
+            .is_some_and(|pooled| pooled.same(client))
     }
 
     /// Takes `client` out of the pool after a call on it timed out: the link may be stalled,
@@ -422,10 +464,10 @@ impl Pool {
     /// queue behind it. Calls still running on it keep it until they end (so no other tenant's
     /// call is cut); the next request dials a fresh connection. A Totebox that is only slow
     /// costs one reconnect per timeout.
-    fn retire(&self, source: &Source, client: &Rc<ToteboxClient>) {
+    fn retire(&self, source: &Source, client: &Downstream) {
         let mut connections = self.connections.borrow_mut();
         if let Some(slot) = connections.get_mut(&source.archive)
-            && slot.client.as_ref().is_some_and(|c| Rc::ptr_eq(c, client))
+            && slot.client.as_ref().is_some_and(|c| c.same(client))
         {
             tracing::debug!(archive = %source.archive, "retired a connection after a timeout");
             slot.client = None;
@@ -448,14 +490,14 @@ impl Pool {
         tenant: &TenantId,
         source: &Source,
         chain: &Chain,
-        work: &Work,
+        (work, labels): (&Work, &[String]),
         limits: &FanOutLimits,
         deadline: Instant,
     ) -> (SourceStatus, Option<Answer>, Duration) {
         let started = Instant::now();
         let until = deadline.min(started + limits.source_timeout);
         // The connection a call went out on, if one did: what a timeout retires.
-        let sent_on: RefCell<Option<Rc<ToteboxClient>>> = RefCell::new(None);
+        let sent_on: RefCell<Option<Downstream>> = RefCell::new(None);
         let attempt = async {
             let mut client = self.connection(source).await?;
             // The tenant's fair share of this connection; the wait counts against the timeout.
@@ -467,18 +509,43 @@ impl Pool {
                 client = self.connection(source).await?;
             }
             *sent_on.borrow_mut() = Some(client.clone());
-            let answer = match work {
-                Work::Query(query) => client
+            let answer = match (&client, work) {
+                (Downstream::Totebox(client), Work::Query(query)) => client
                     .query_bounded(chain, query, limits.max_answer_bytes)
                     .await
                     .map(Answer::Result),
-                Work::Command(command) => client
+                (Downstream::Totebox(client), Work::Command(command)) => client
                     .command_bounded(chain, command, limits.max_answer_bytes)
                     .await
                     .map(|mut answer| {
                         answer.message = bounded(answer.message, MAX_TEXT);
                         Answer::Command(answer)
                     }),
+                (Downstream::Region(client), Work::Query(query)) => {
+                    let Member::Region(region) = &source.member else {
+                        return Err(SourceStatus::Error(
+                            "a regional orchestrator listed as a Totebox".into(),
+                        ));
+                    };
+                    let asked = crate::tier::asked_keys(labels, &region.labels);
+                    let ask = PartialAsk {
+                        select: &region.select,
+                        query,
+                        labels: &asked,
+                        deadline: region_deadline(until),
+                    };
+                    client
+                        .partial(&self.identity, chain, &ask, limits.max_answer_bytes)
+                        .await
+                        .map(Answer::Region)
+                }
+                (Downstream::Region(_), Work::Command(_)) => {
+                    return Err(SourceStatus::Error(
+                        "command.not-through-regions: commands are sent to Toteboxes this \
+                         orchestrator reaches directly, not through a regional orchestrator"
+                            .into(),
+                    ));
+                }
             };
             match answer {
                 Ok(answer) => Ok(answer),
@@ -561,13 +628,15 @@ impl Pool {
             sources,
             chain,
             work,
+            labels,
             limits,
             deadline,
             arrivals,
             watch,
         } = request;
         let ended = RefCell::new(vec![false; sources.len()]);
-        let (pool, chain, work, limits, tenant) = (&self, &*chain, &work, &limits, &tenant);
+        let (pool, chain, work, limits, tenant) =
+            (&self, &*chain, (&work, &*labels), &limits, &tenant);
         let answered = &watch.answered;
         let asks = futures::stream::iter(sources.iter().enumerate())
             .map(|(local, (index, source))| async move {
@@ -643,6 +712,12 @@ fn arrival(
             outcome.rows = rows_of(r) as u64;
         }
         Some(Answer::Command(c)) => outcome.as_of = c.as_of,
+        Some(Answer::Region(r)) => {
+            if let Some(result) = &r.merge.result {
+                outcome.as_of = result.as_of;
+                outcome.rows = rows_of(result) as u64;
+            }
+        }
         None => {}
     }
     Arrival {
@@ -650,6 +725,15 @@ fn arrival(
         outcome,
         answer,
     }
+}
+
+/// How long a regional orchestrator has to answer a call that must end by `until`: the time
+/// left, less a margin for its answer to travel back (a fifth of it, at least 50 ms), so a slow
+/// archive is reported timed out by its region, never the whole region as lost.
+fn region_deadline(until: Instant) -> Duration {
+    let left = until.saturating_duration_since(Instant::now());
+    let margin = (left / 5).max(Duration::from_millis(50));
+    left.saturating_sub(margin).max(Duration::from_millis(1))
 }
 
 /// Longest text from a Totebox (an error message, a command's summary) an outcome carries: a

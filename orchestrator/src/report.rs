@@ -6,13 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use psp_core::Chain;
 use psp_core::query::conform::{self, expected_columns};
-use psp_core::query::{CellRef, Merger, Nonconforming, Query, QueryResult, Table};
+use psp_core::query::{
+    CellRef, Merger, Nonconforming, PartialMerge, Query, QueryResult, Table, Value,
+};
 
 use crate::config::Partial;
 use crate::fanout::{
-    Answer, FanOutLimits, Fleet, Source, SourceOutcome, SourceStatus, Watch, Work,
+    Answer, FanOutLimits, Fleet, Member, Source, SourceOutcome, SourceStatus, Watch, Work,
 };
 use crate::gate::TenantId;
+use crate::tier::{ID_LABEL, archive_of, asked_keys, expand, relabel, split_by_labels};
 use crate::view::{ViewError, enforce, labelled_query, reject, with_labels};
 use crate::viewports::{Book, Entry, Kpi, KpiValue, Reconciliation, Viewport};
 
@@ -116,13 +119,24 @@ async fn table(
     let max_rows = how.limits.max_rows_per_source;
     let mut merger = Merger::new(&labelled_query(query, labels), max_rows);
     let none = BTreeMap::new();
-    let outcomes = fan(query, reach, how, |index, result| {
-        // Judged against the query sent, then labelled with the archive's labels (ours, from
-        // the config, never the Totebox's), then merged.
-        conform::check(query, &result, max_rows)?;
-        let source_labels = reach.labels.get(index).unwrap_or(&none);
-        merger.add(index, with_labels(result, labels, source_labels))
-    })
+    let outcomes = fan(
+        query,
+        labels,
+        reach,
+        how,
+        |index, returned| match returned {
+            // Judged against the query sent, then labelled with the archive's labels (ours, from
+            // the config, never the Totebox's), then merged.
+            Returned::Totebox(result) => {
+                conform::check(query, &result, max_rows)?;
+                let source_labels = reach.labels.get(index).unwrap_or(&none);
+                merger.add(index, with_labels(result, labels, source_labels))
+            }
+            // Judged against the query with the label columns it was asked for; the labels its
+            // entry sets here are ours to fill in.
+            Returned::Region(part) => part.fold(&mut merger, index, query, labels, max_rows),
+        },
+    )
     .await;
     let v = crate::view::finish(merger, outcomes, how.partial)?;
     Ok(Report {
@@ -134,37 +148,109 @@ async fn table(
     })
 }
 
+/// The merge of `query` over `reach` left unfinished, for an orchestrator above this one (the
+/// `partial` method): one answer to the query with each `labels` key as a leading column (the
+/// key [`ID_LABEL`] holds the archive's id), and every source's outcome. Always best effort: the
+/// caller applies its own partial policy.
+pub async fn partial(
+    query: &Query,
+    labels: &[String],
+    reach: &Reach,
+    how: &Run<'_>,
+) -> (PartialMerge, Vec<SourceOutcome>) {
+    let max_rows = how.limits.max_rows_per_source;
+    let mut merger = Merger::new(&labelled_query(query, labels), max_rows);
+    let none = BTreeMap::new();
+    let outcomes = fan(
+        query,
+        labels,
+        reach,
+        how,
+        |index, returned| match returned {
+            Returned::Totebox(result) => {
+                conform::check(query, &result, max_rows)?;
+                let mut source_labels = reach.labels.get(index).unwrap_or(&none).clone();
+                if let Some(source) = reach.sources.get(index) {
+                    source_labels.insert(ID_LABEL.to_owned(), source.archive.clone());
+                }
+                merger.add(index, with_labels(result, labels, &source_labels))
+            }
+            Returned::Region(part) => part.fold(&mut merger, index, query, labels, max_rows),
+        },
+    )
+    .await;
+    (merger.into_partial(), outcomes)
+}
+
 async fn reconciliation(
     spec: &Reconciliation,
     reach: &Reach,
     how: &Run<'_>,
 ) -> Result<Report, ViewError> {
     let query = spec.query();
-    let entity = |i: usize, archive: &str| match spec.entity_label.as_str() {
-        "" => archive.to_owned(),
-        label => reach
-            .labels
-            .get(i)
-            .and_then(|l| l.get(label))
-            .cloned()
-            .unwrap_or_else(|| archive.to_owned()),
+    // An archive's entity: its entity label, else its id (the end of its path).
+    let entity = |labels: Option<&BTreeMap<String, String>>, archive: &str| {
+        match spec.entity_label.as_str() {
+            "" => None,
+            label => labels.and_then(|l| l.get(label)).cloned(),
+        }
+        .unwrap_or_else(|| archive_of(archive).to_owned())
+    };
+    // Regions are asked for the entity label (unless their entry sets it) and the archive id,
+    // so their merge keeps each entity's books apart.
+    let wanted: Vec<String> = match spec.entity_label.as_str() {
+        "" => vec![ID_LABEL.to_owned()],
+        label => vec![label.to_owned(), ID_LABEL.to_owned()],
     };
     // One merger per entity: an entity whose books span several archives is merged exactly.
     let mut books: BTreeMap<String, Merger> = BTreeMap::new();
     let max_rows = how.limits.max_rows_per_source;
-    let outcomes = fan(&query, reach, how, |index, result| {
+    let outcomes = fan(&query, &wanted, reach, how, |index, returned| {
         let archive = reach.sources.get(index).map_or("", |s| s.archive.as_str());
-        books
-            .entry(entity(index, archive))
-            .or_insert_with(|| Merger::new(&query, max_rows))
-            .add(index, result)
+        match returned {
+            Returned::Totebox(result) => books
+                .entry(entity(reach.labels.get(index), archive))
+                .or_insert_with(|| Merger::new(&query, max_rows))
+                .add(index, result),
+            Returned::Region(part) => {
+                conform::check(&labelled_query(&query, part.asked), &part.result, max_rows)?;
+                for (prefix, result, marks) in
+                    split_by_labels(part.result, part.overflows, part.asked.len())
+                {
+                    let mut values = part.asked.iter().zip(&prefix);
+                    let text = |v: &Value| match v {
+                        Value::Text(t) => Some(t.clone()),
+                        _ => None,
+                    };
+                    let label = part.entry.get(&spec.entity_label).cloned().or_else(|| {
+                        (!spec.entity_label.is_empty())
+                            .then(|| values.find(|(k, _)| **k == spec.entity_label))
+                            .flatten()
+                            .and_then(|(_, v)| text(v))
+                    });
+                    let id = part
+                        .asked
+                        .iter()
+                        .zip(&prefix)
+                        .find(|(k, _)| k.as_str() == ID_LABEL)
+                        .and_then(|(_, v)| text(v))
+                        .unwrap_or_default();
+                    let name = label.unwrap_or_else(|| archive_of(&id).to_owned());
+                    books
+                        .entry(name)
+                        .or_insert_with(|| Merger::new(&query, max_rows))
+                        .add_marked(index, result, &marks)?;
+                }
+                Ok(())
+            }
+        }
     })
     .await;
+    let labels_of = labels_by_name(reach);
     let unanswered: BTreeSet<String> = outcomes
         .iter()
-        .enumerate()
-        .filter(|(_, o)| o.status != SourceStatus::Ok)
-        .map(|(i, o)| entity(i, &o.archive))
+        .filter(|o| o.status != SourceStatus::Ok)
+        .map(|o| entity(labels_of.get(o.archive.as_str()).copied(), &o.archive))
         .collect();
     let amount = expected_columns(&query).len() - 1;
     let books: BTreeMap<String, Book> = books
@@ -197,24 +283,36 @@ async fn summary(kpis: &[Kpi], reach: &Reach, how: &Run<'_>) -> Result<Report, V
     let max_rows = how.limits.max_rows_per_source;
     let figures = futures::future::join_all(kpis.iter().map(|kpi| async move {
         let mut merger = Merger::new(&kpi.query, max_rows);
-        let outcomes = fan(&kpi.query, reach, how, |index, result| {
-            merger.add(index, result)
-        })
+        let outcomes = fan(
+            &kpi.query,
+            &[],
+            reach,
+            how,
+            |index, returned| match returned {
+                Returned::Totebox(result) => merger.add(index, result),
+                Returned::Region(part) => merger.add_marked(index, part.result, part.overflows),
+            },
+        )
         .await;
         let value = kpi.figure(merger.finish(), &outcomes);
         (value, outcomes)
     }))
     .await;
-    // A source's outcome over the whole summary: its first failure, else ok.
+    // A source's outcome over the whole summary: its first failure, else ok. Matched by name:
+    // a region whose directory is not known may report its archives in one figure and only
+    // itself in another.
     let mut outcomes: Vec<SourceOutcome> = Vec::new();
+    let mut position: std::collections::HashMap<String, usize> = Default::default();
     let mut values = Vec::with_capacity(figures.len());
     for (value, figure_outcomes) in figures {
         values.push(value);
-        if outcomes.is_empty() {
-            outcomes = figure_outcomes;
-            continue;
-        }
-        for (merged, o) in outcomes.iter_mut().zip(figure_outcomes) {
+        for o in figure_outcomes {
+            let Some(&at) = position.get(&o.archive) else {
+                position.insert(o.archive.clone(), outcomes.len());
+                outcomes.push(o);
+                continue;
+            };
+            let merged = &mut outcomes[at];
             merged.latency = merged.latency.max(o.latency);
             merged.rows = merged.rows.saturating_add(o.rows);
             merged.suppressed_groups = merged.suppressed_groups.saturating_add(o.suppressed_groups);
@@ -232,45 +330,155 @@ async fn summary(kpis: &[Kpi], reach: &Reach, how: &Run<'_>) -> Result<Report, V
 /// outcome per source, then the archives not asked, as they are.
 async fn fan(
     query: &Query,
+    labels: &[String],
     reach: &Reach,
     how: &Run<'_>,
-    mut fold: impl FnMut(usize, QueryResult) -> Result<(), Nonconforming>,
+    mut fold: impl FnMut(usize, Returned<'_>) -> Result<(), Nonconforming>,
 ) -> Vec<SourceOutcome> {
-    let mut arrivals = how.fleet.stream(
+    let mut arrivals = how.fleet.stream_labelled(
         how.tenant.clone(),
         reach.sources.clone(),
         how.chain,
         Work::Query(query.clone()),
+        labels,
         how.limits,
         how.watch.clone(),
     );
-    let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; reach.sources.len()];
+    let mut outcomes: Vec<Option<Vec<SourceOutcome>>> = vec![None; reach.sources.len()];
     while let Some(arrival) = arrivals.recv().await {
-        let Some(slot) = outcomes.get_mut(arrival.index) else {
+        let (Some(slot), Some(source)) = (
+            outcomes.get_mut(arrival.index),
+            reach.sources.get(arrival.index),
+        ) else {
             continue;
         };
         let mut outcome = arrival.outcome;
-        if let Some(Answer::Result(result)) = arrival.answer
-            && let Err(why) = fold(arrival.index, result)
-        {
-            reject(&mut outcome, &why);
-        }
-        *slot = Some(outcome);
+        *slot = Some(match (arrival.answer, &source.member) {
+            (Some(Answer::Region(answer)), Member::Region(ask)) => {
+                let asked = asked_keys(labels, &ask.labels);
+                let rejected = answer.merge.result.and_then(|result| {
+                    let part = RegionPart {
+                        result,
+                        overflows: &answer.merge.overflows,
+                        asked: &asked,
+                        entry: &ask.labels,
+                    };
+                    let why = fold(arrival.index, Returned::Region(part)).err()?;
+                    reject(&mut outcome, &why);
+                    Some(outcome.status.clone())
+                });
+                expand(
+                    &source.archive,
+                    ask,
+                    Some(answer.outcomes),
+                    &outcome.status,
+                    rejected.as_ref(),
+                    outcome.latency,
+                )
+            }
+            (None, Member::Region(ask)) => expand(
+                &source.archive,
+                ask,
+                None,
+                &outcome.status,
+                None,
+                outcome.latency,
+            ),
+            (Some(Answer::Result(result)), _) => {
+                if let Err(why) = fold(arrival.index, Returned::Totebox(result)) {
+                    reject(&mut outcome, &why);
+                }
+                vec![outcome]
+            }
+            _ => vec![outcome],
+        });
     }
     outcomes
         .into_iter()
         .zip(&reach.sources)
-        .map(|(o, source)| {
+        .flat_map(|(o, source)| {
             o.unwrap_or_else(|| {
-                SourceOutcome::without_answer(
-                    source.archive.clone(),
-                    SourceStatus::Error("the fan-out ended without this source".into()),
-                    std::time::Duration::ZERO,
-                )
+                let ended = SourceStatus::Error("the fan-out ended without this source".into());
+                match &source.member {
+                    Member::Region(ask) => expand(
+                        &source.archive,
+                        ask,
+                        None,
+                        &ended,
+                        None,
+                        std::time::Duration::ZERO,
+                    ),
+                    Member::Totebox => vec![SourceOutcome::without_answer(
+                        source.archive.clone(),
+                        ended,
+                        std::time::Duration::ZERO,
+                    )],
+                }
             })
         })
         .chain(reach.not_asked.iter().cloned())
         .collect()
+}
+
+/// What one source's answer gives a fold.
+enum Returned<'a> {
+    /// A Totebox's answer to the query.
+    Totebox(QueryResult),
+    /// A regional orchestrator's unfinished merge.
+    Region(RegionPart<'a>),
+}
+
+/// A regional orchestrator's unfinished merge, with what it was asked.
+struct RegionPart<'a> {
+    /// Its answer, with the `asked` label columns first.
+    result: QueryResult,
+    /// Its cells that overflowed there.
+    overflows: &'a [CellRef],
+    /// The label keys it was asked for.
+    asked: &'a [String],
+    /// Its entry's labels.
+    entry: &'a BTreeMap<String, String>,
+}
+
+impl RegionPart<'_> {
+    /// Checks the region's answer against `query` with the label columns it was asked for,
+    /// fills in the `labels` its entry sets, and folds it into `merger`.
+    fn fold(
+        self,
+        merger: &mut Merger,
+        index: usize,
+        query: &Query,
+        labels: &[String],
+        max_rows: usize,
+    ) -> Result<(), Nonconforming> {
+        conform::check(&labelled_query(query, self.asked), &self.result, max_rows)?;
+        let (result, marks) = relabel(self.result, self.overflows, labels, self.asked, self.entry);
+        merger.add_marked(index, result, &marks)
+    }
+}
+
+/// Each archive's labels by the name its outcome carries (a region's archives by their paths).
+fn labels_by_name(reach: &Reach) -> std::collections::HashMap<String, &BTreeMap<String, String>> {
+    let mut names = std::collections::HashMap::new();
+    for (source, labels) in reach.sources.iter().zip(&reach.labels) {
+        match &source.member {
+            Member::Totebox => {
+                names.insert(source.archive.clone(), labels);
+            }
+            Member::Region(ask) => {
+                for leaf in &ask.leaves {
+                    let path = format!(
+                        "{}{}{}",
+                        source.archive,
+                        crate::config::PATH_SEPARATOR,
+                        leaf.id
+                    );
+                    names.insert(path, &leaf.labels);
+                }
+            }
+        }
+    }
+    names
 }
 
 fn finish(outcomes: Vec<SourceOutcome>, partial: Partial, body: Body) -> Result<Report, ViewError> {

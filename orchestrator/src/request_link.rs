@@ -130,7 +130,9 @@ pub fn delegate(
         needs
             .archives
             .iter()
-            .map(|id| ArchiveDigest::of(id))
+            // An archive reached through regional orchestrators is named by its path; the
+            // capability names the archive itself.
+            .map(|id| ArchiveDigest::of(crate::tier::archive_of(id)))
             .filter(|d| grant.reaches(d)),
     );
     let mut collections = BTreeMap::new();

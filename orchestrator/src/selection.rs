@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use psp_core::{ArchiveDigest, Chain, PublicKey};
 
-use crate::config::{Config, FleetArchive, Tenant};
+use crate::config::{Config, FleetArchive, MemberKind, PATH_SEPARATOR, Tenant};
 
 /// How a request chooses archives (`ArchiveSelector` in `orchestrator.capnp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,8 +95,17 @@ pub fn select<'c>(
         Selector::Ids(ids) => {
             let mut chosen = Vec::new();
             for id in ids {
+                // `eu-west/prop-0042` names an archive reached through the regional
+                // orchestrator `eu-west` (which of its archives exist, the region's directory
+                // says: see `tier::region_ask`).
+                let (member, below) = match id.split_once(PATH_SEPARATOR) {
+                    Some((member, below)) => (member, Some(below)),
+                    None => (id.as_str(), None),
+                };
                 let archive = mine()
-                    .find(|a| &a.id == id)
+                    .find(|a| {
+                        a.id == member && (below.is_none() || a.kind == MemberKind::Orchestrator)
+                    })
                     .ok_or_else(|| Refusal::ArchiveNotInTenant(id.clone()))?;
                 if !chosen.contains(&archive) {
                     chosen.push(archive);
@@ -104,8 +113,15 @@ pub fn select<'c>(
             }
             chosen
         }
+        // A region is chosen if its entry's labels do not contradict the selector: which of
+        // its archives match the labels its entry does not set, its directory says.
         Selector::Labels(labels) => mine()
-            .filter(|a| labels.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+            .filter(|a| {
+                labels.iter().all(|(k, v)| match a.labels.get(k) {
+                    Some(value) => value == v,
+                    None => a.kind == MemberKind::Orchestrator,
+                })
+            })
             .collect(),
     };
     if chosen.is_empty() {
@@ -151,9 +167,10 @@ pub fn reach<'c>(
             orchestrator: *orchestrator,
         });
     }
-    let (asked, outside_capability) = selected
-        .into_iter()
-        .partition(|a| chain.reaches(&ArchiveDigest::of(&a.id)));
+    // A region's archives are checked one by one against the chain (`tier::region_ask`).
+    let (asked, outside_capability) = selected.into_iter().partition(|a| {
+        a.kind == MemberKind::Orchestrator || chain.reaches(&ArchiveDigest::of(&a.id))
+    });
     Ok(Reach {
         asked,
         outside_capability,

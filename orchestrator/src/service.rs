@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use psp_core::query::wire::read_query;
+use psp_core::query::wire::{read_query, write_result};
 use psp_core::{Chain, IdentityKey, PublicKey};
 use psp_rpc::client::CommandSpec;
 use psp_rpc::limits::Limits;
@@ -25,16 +25,21 @@ use psp_rpc::runtime::{Bootstrap, Connection};
 use psp_schema::orchestrator_capnp::{fleet_query, fleet_request, orchestrator};
 use tokio::sync::Notify;
 
-use crate::config::{Config, Partial, Tenant};
-use crate::fanout::{FanOutLimits, Fleet, Health, Source, SourceOutcome, SourceStatus, Watch};
+use crate::config::{Config, MemberKind, PATH_SEPARATOR, Partial, Tenant};
+use crate::console::ArchiveStatus;
+use crate::fanout::{
+    FanOutLimits, Fleet, Health, Member, Source, SourceOutcome, SourceStatus, Watch,
+};
 use crate::gate::TenantId;
 use crate::quota::TenantQuota;
 use crate::report::{Reach, Report, Run, run};
 use crate::selection::{Refusal, reach, select};
+use crate::tier::region_ask;
 use crate::view::ViewError;
 use crate::viewports::Viewport;
 use crate::wire::{
-    read_selector, read_viewport, refuse, write_command_result, write_report, write_viewport,
+    read_selector, read_viewport, refuse, write_archive, write_cells, write_command_result,
+    write_outcome, write_report, write_viewport,
 };
 
 /// Most rows or groups accepted from one Totebox.
@@ -212,9 +217,44 @@ impl Console {
             tracing::warn!(target: "psp::security", %operator, tenant = %tenant.name, "refused a {what}: {e}");
             refuse(e.code(), e)
         };
-        let selected =
-            select(config, tenant, &read_selector(request.get_archives()?)?).map_err(refused)?;
+        let selector = read_selector(request.get_archives()?)?;
+        let selected = select(config, tenant, &selector).map_err(refused)?;
         let reached = reach(&chain, &operator, &self.service.key, selected).map_err(refused)?;
+        let mut sources = Vec::with_capacity(reached.asked.len());
+        let mut labels = Vec::with_capacity(reached.asked.len());
+        let mut not_asked = Vec::new();
+        let mut archives = 0usize;
+        for a in &reached.asked {
+            let mut source = Source::of(a);
+            if a.kind == MemberKind::Orchestrator {
+                let directory = self.service.fleet.directory(&a.id);
+                let (ask, outside) = region_ask(
+                    a,
+                    directory.as_deref().map(Vec::as_slice),
+                    &selector,
+                    &chain,
+                )
+                .map_err(refused)?;
+                not_asked.extend(outside);
+                let Some(ask) = ask else { continue };
+                archives += ask.leaves.len().max(1);
+                source.member = Member::Region(Arc::new(ask));
+            } else {
+                archives += 1;
+            }
+            sources.push(source);
+            labels.push(a.labels.clone());
+        }
+        // The quota counts archives, wherever they are reached.
+        if archives > tenant.quotas.archives_per_query {
+            return Err(refused(Refusal::TooManyArchives {
+                count: archives,
+                max: tenant.quotas.archives_per_query,
+            }));
+        }
+        if sources.is_empty() && not_asked.is_empty() {
+            return Err(refused(Refusal::NothingSelected));
+        }
         let permit = snapshot.quotas[&tenant.name].admit().map_err(|e| {
             tracing::info!(tenant = %tenant.name, "refused a {what}: {e}");
             refuse(e.code(), format!("tenant {:?}: {e}", tenant.name))
@@ -228,8 +268,8 @@ impl Console {
             "{what}"
         );
         let reach = Reach {
-            sources: reached.asked.iter().map(|a| Source::of(a)).collect(),
-            labels: reached.asked.iter().map(|a| a.labels.clone()).collect(),
+            sources,
+            labels,
             not_asked: reached
                 .outside_capability
                 .iter()
@@ -244,6 +284,7 @@ impl Console {
                         Duration::ZERO,
                     )
                 })
+                .chain(not_asked)
                 .collect(),
         };
         // Each source's share of the request's answer budget: a request never holds more,
@@ -330,28 +371,48 @@ impl orchestrator::Server for Console {
         let _running = self.connection.begin_call()?;
         let config = self.service.config();
         let tenant = self.tenant(&config)?;
-        let archives: Vec<_> = config.fleet.iter().filter(|a| tenant.reaches(a)).collect();
-        let mut list = results.get().init_archives(archives.len() as u32);
-        for (i, a) in archives.iter().enumerate() {
-            let mut entry = list.reborrow().get(i as u32);
-            entry.set_id(&a.id);
-            entry.set_key(a.key.to_string());
+        let mut listed: Vec<ArchiveStatus> = Vec::new();
+        for a in config.fleet.iter().filter(|a| tenant.reaches(a)) {
             let seen = self.service.fleet.health(&a.id);
-            entry.set_health(match seen.health {
-                Health::Unknown => psp_schema::orchestrator_capnp::Health::Unknown,
-                Health::Up => psp_schema::orchestrator_capnp::Health::Up,
-                Health::Down => psp_schema::orchestrator_capnp::Health::Down,
-                Health::Quarantined => psp_schema::orchestrator_capnp::Health::Quarantined,
-            });
-            entry.set_latency_micros(seen.latency.as_micros() as u64);
-            entry.set_last_seen(seen.last_seen);
-            let mut labels = entry.init_labels(a.labels.len() as u32);
-            for (j, (k, v)) in a.labels.iter().enumerate() {
-                let mut label = labels.reborrow().get(j as u32);
-                label.set_key(k);
-                label.set_value(v);
+            let own = ArchiveStatus {
+                id: a.id.clone(),
+                labels: a.labels.clone(),
+                key: a.key.to_string(),
+                health: seen.health,
+                latency: seen.latency,
+                last_seen: seen.last_seen,
+            };
+            match (a.kind, self.service.fleet.directory(&a.id)) {
+                // A region's archives, by path, with its entry's labels over their own; while
+                // the region is not up, neither are they (as far as this orchestrator can tell).
+                (MemberKind::Orchestrator, Some(directory)) => {
+                    listed.extend(directory.iter().map(|leaf| {
+                        let mut labels = leaf.labels.clone();
+                        labels.extend(a.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        ArchiveStatus {
+                            id: format!("{}{PATH_SEPARATOR}{}", a.id, leaf.id),
+                            labels,
+                            key: leaf.key.clone(),
+                            health: if seen.health == Health::Up {
+                                leaf.health
+                            } else {
+                                seen.health
+                            },
+                            latency: leaf.latency,
+                            last_seen: leaf.last_seen,
+                        }
+                    }));
+                }
+                _ => listed.push(own),
             }
         }
+        let message_limit = self.service.message_limit;
+        let mut list = results.get().init_archives(listed.len() as u32);
+        for (i, a) in listed.iter().enumerate() {
+            write_archive(a, list.reborrow().get(i as u32));
+        }
+        let size = results.get().reborrow_as_reader().total_size();
+        fits(size, message_limit, "fleet listing")?;
         Ok(())
     }
 
@@ -450,6 +511,51 @@ impl orchestrator::Server for Console {
         Ok(())
     }
 
+    async fn partial(
+        self: Rc<Self>,
+        params: orchestrator::PartialParams,
+        mut results: orchestrator::PartialResults,
+    ) -> Result<(), capnp::Error> {
+        // Counted against the connection's calls-in-flight limit; a draining server refuses it.
+        let _running = self.connection.begin_call()?;
+        let params = params.get()?;
+        let query = read_query(params.get_query()?).map_err(|e| refuse(e.code(), e))?;
+        let labels = params
+            .get_labels()?
+            .iter()
+            .map(|t| Ok(t?.to_string()?))
+            .collect::<capnp::Result<Vec<String>>>()?;
+        check_label_keys(&labels)?;
+        let admitted = self.admit(params.get_request()?, "partial", "partial merge", 1)?;
+        let how = Run {
+            tenant: admitted.tenant.clone(),
+            fleet: &self.service.fleet,
+            chain: &admitted.chain,
+            limits: admitted.limits,
+            partial: Partial::BestEffort,
+            watch: Watch::default(),
+        };
+        let (merge, outcomes) =
+            crate::report::partial(&query, &labels, &admitted.reach, &how).await;
+        let mut answer = results.get().init_answer();
+        answer.set_parts(u32::try_from(merge.parts).unwrap_or(u32::MAX));
+        if let Some(result) = &merge.result {
+            write_result(result, answer.reborrow().init_result());
+        }
+        write_cells(
+            &merge.overflows,
+            answer
+                .reborrow()
+                .init_overflows(merge.overflows.len() as u32),
+        );
+        let mut list = answer.init_outcomes(outcomes.len() as u32);
+        for (i, o) in outcomes.iter().enumerate() {
+            write_outcome(o, list.reborrow().get(i as u32));
+        }
+        let size = results.get().reborrow_as_reader().total_size();
+        fits(size, self.service.message_limit, "partial merge")
+    }
+
     async fn command(
         self: Rc<Self>,
         params: orchestrator::CommandParams,
@@ -501,6 +607,24 @@ impl orchestrator::Server for Console {
         let size = results.get().reborrow_as_reader().total_size();
         fits(size, self.service.message_limit, "list of command outcomes")
     }
+}
+
+/// Most label columns one `partial` call may ask for.
+const MAX_LABEL_KEYS: usize = 16;
+
+/// Refuses `partial`'s label keys unless they are few, short and distinct.
+fn check_label_keys(labels: &[String]) -> capnp::Result<()> {
+    let distinct: std::collections::BTreeSet<&String> = labels.iter().collect();
+    if labels.len() > MAX_LABEL_KEYS
+        || distinct.len() != labels.len()
+        || labels.iter().any(|k| k.len() > 256)
+    {
+        return Err(refuse(
+            "query.bad-labels",
+            format!("at most {MAX_LABEL_KEYS} distinct label keys of at most 256 bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// A fan-out's state, shared by its task and its `FleetQuery`.

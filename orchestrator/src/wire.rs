@@ -16,7 +16,8 @@ use psp_schema::orchestrator_capnp::{
     self as wire, archive_selector, command_result, source_outcome, view, viewport,
 };
 
-use crate::fanout::{SourceOutcome, SourceStatus};
+use crate::console::ArchiveStatus;
+use crate::fanout::{Health, SourceOutcome, SourceStatus};
 use crate::report::{Body, Report};
 use crate::selection::Selector;
 use crate::viewports::{Convention, Entry, Kpi, KpiValue, MatchStatus, NamedViewport, Viewport};
@@ -71,6 +72,53 @@ pub fn write_selector(selector: &Selector, mut b: archive_selector::Builder<'_>)
                 l.set_value(v);
             }
         }
+    }
+}
+
+/// Reads a tenant's archive listing (`fleet()`'s answer).
+pub fn read_archives(
+    list: capnp::struct_list::Reader<'_, psp_schema::orchestrator_capnp::archive_status::Owned>,
+) -> capnp::Result<Vec<ArchiveStatus>> {
+    list.iter()
+        .map(|a| {
+            Ok(ArchiveStatus {
+                id: text(a.get_id())?,
+                key: text(a.get_key())?,
+                labels: a
+                    .get_labels()?
+                    .iter()
+                    .map(|l| Ok((text(l.get_key())?, text(l.get_value())?)))
+                    .collect::<capnp::Result<_>>()?,
+                health: match a.get_health()? {
+                    psp_schema::orchestrator_capnp::Health::Unknown => Health::Unknown,
+                    psp_schema::orchestrator_capnp::Health::Up => Health::Up,
+                    psp_schema::orchestrator_capnp::Health::Down => Health::Down,
+                    psp_schema::orchestrator_capnp::Health::Quarantined => Health::Quarantined,
+                },
+                latency: Duration::from_micros(a.get_latency_micros()),
+                last_seen: a.get_last_seen(),
+            })
+        })
+        .collect()
+}
+
+/// Writes one archive of a tenant's listing.
+pub fn write_archive(a: &ArchiveStatus, mut entry: wire::archive_status::Builder<'_>) {
+    entry.set_id(&a.id);
+    entry.set_key(&a.key);
+    entry.set_health(match a.health {
+        Health::Unknown => wire::Health::Unknown,
+        Health::Up => wire::Health::Up,
+        Health::Down => wire::Health::Down,
+        Health::Quarantined => wire::Health::Quarantined,
+    });
+    entry.set_latency_micros(a.latency.as_micros() as u64);
+    entry.set_last_seen(a.last_seen);
+    let mut labels = entry.init_labels(a.labels.len() as u32);
+    for (j, (k, v)) in a.labels.iter().enumerate() {
+        let mut label = labels.reborrow().get(j as u32);
+        label.set_key(k);
+        label.set_value(v);
     }
 }
 
@@ -193,13 +241,33 @@ pub fn write_report(r: &Report, mut b: view::Builder<'_>) {
     }
 }
 
-fn write_table(t: &Table, overflows: &[CellRef], mut b: wire::table::Builder<'_>) {
-    let mut cells = b.reborrow().init_overflows(overflows.len() as u32);
-    for (i, c) in overflows.iter().enumerate() {
-        let mut cell = cells.reborrow().get(i as u32);
+/// Writes a list of cells (a table's overflows, or a partial merge's).
+pub fn write_cells(
+    cells: &[CellRef],
+    mut list: capnp::struct_list::Builder<'_, wire::cell::Owned>,
+) {
+    for (i, c) in cells.iter().enumerate() {
+        let mut cell = list.reborrow().get(i as u32);
         cell.set_row(u32::try_from(c.row).unwrap_or(u32::MAX));
         cell.set_column(u32::try_from(c.column).unwrap_or(u32::MAX));
     }
+}
+
+/// Reads a list of cells.
+pub fn read_cells(list: capnp::struct_list::Reader<'_, wire::cell::Owned>) -> Vec<CellRef> {
+    list.iter()
+        .map(|c| CellRef {
+            row: c.get_row() as usize,
+            column: c.get_column() as usize,
+        })
+        .collect()
+}
+
+fn write_table(t: &Table, overflows: &[CellRef], mut b: wire::table::Builder<'_>) {
+    write_cells(
+        overflows,
+        b.reborrow().init_overflows(overflows.len() as u32),
+    );
     let mut columns = b.reborrow().init_columns(t.columns.len() as u32);
     for (i, c) in t.columns.iter().enumerate() {
         let mut column = columns.reborrow().get(i as u32);
@@ -226,14 +294,7 @@ pub fn read_report(v: view::Reader<'_>) -> capnp::Result<Report> {
     let body = match v.get_body().which()? {
         view::body::Table(t) => {
             let t = t?;
-            overflows = t
-                .get_overflows()?
-                .iter()
-                .map(|c| CellRef {
-                    row: c.get_row() as usize,
-                    column: c.get_column() as usize,
-                })
-                .collect();
+            overflows = read_cells(t.get_overflows()?);
             let columns = t
                 .get_columns()?
                 .iter()

@@ -105,6 +105,7 @@ async fn dead_slow_and_refusing_sources_each_get_their_outcome_within_the_deadli
         archive: "prop-99".into(),
         address: port,
         key: w.orchestrator.public(),
+        member: Default::default(),
     });
     // The chain leaves prop-03 out: its Totebox refuses with the failed rule.
     let chain = chain(&w, &["prop-01", "prop-02", "prop-99"]);

@@ -153,6 +153,7 @@ async fn an_executive_summary_reports_each_figure_with_provenance_and_freshness(
             .local_addr()
             .unwrap(),
         key: w.orchestrator.public(),
+        member: Default::default(),
     });
     let chain = chain(&w, &["prop-01", "prop-02", "prop-03", "prop-09"]);
     let summary = summarize(&fleet, &sources, &chain, &kpis, limits()).await;

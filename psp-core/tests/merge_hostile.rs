@@ -369,47 +369,7 @@ fn a_short_row_under_an_order_is_set_aside_not_a_panic() {
 fn a_sum_at_the_edge_of_64_bits_marks_its_group_not_the_request() {
     let q = query();
     let mut merger = Merger::new(&q, 100);
-    let edge = |region: &str, units: i64| QueryResult {
-        as_of: 1,
-        columns: vec![
-            ("region", ValueType::Text),
-            ("total", ValueType::Decimal),
-            ("n", ValueType::Int),
-            ("mean", ValueType::Float),
-            ("low", ValueType::Decimal),
-            ("high", ValueType::Int),
-            ("score", ValueType::Float),
-        ]
-        .into_iter()
-        .map(|(n, t)| Column {
-            name: n.into(),
-            value_type: t,
-        })
-        .collect(),
-        body: ResultBody::Groups(vec![Group {
-            key: vec![Value::from(region)],
-            records: 1,
-            aggregates: vec![
-                Partial::Sum {
-                    sum: Value::Decimal(Decimal::new(units, 2).unwrap()),
-                    count: 1,
-                },
-                Partial::Count(1),
-                Partial::Avg {
-                    sum: Value::Int(1),
-                    count: 1,
-                },
-                Partial::Min(Value::Null),
-                Partial::Max(Value::Int(1)),
-                Partial::Sum {
-                    sum: Value::Null,
-                    count: 0,
-                },
-            ],
-        }]),
-        suppressed_groups: 0,
-        scanned_records: 1,
-    };
+    let edge = |region: &str, units: i64| one_group(region, units, Value::Int(1));
     merger.add(0, edge("east", i64::MAX)).unwrap();
     merger.add(1, edge("east", 1)).unwrap();
     merger.add(2, edge("west", 250)).unwrap();
@@ -481,4 +441,122 @@ fn a_sum_at_the_edge_of_64_bits_marks_its_group_not_the_request() {
         merged.table.rows[0][1],
         Value::Decimal(Decimal::new(i64::MAX - 1, 2).unwrap())
     );
+}
+
+/// One group's answer to [`query`] with the sum `total` (in cents) and the average's sum `mean`.
+fn one_group(region: &str, total: i64, mean: Value) -> QueryResult {
+    let mean_type = if mean.value_type() == ValueType::Decimal {
+        ValueType::Decimal
+    } else {
+        ValueType::Float
+    };
+    QueryResult {
+        as_of: 1,
+        columns: [
+            ("region", ValueType::Text),
+            ("total", ValueType::Decimal),
+            ("n", ValueType::Int),
+            ("mean", mean_type),
+            ("low", ValueType::Decimal),
+            ("high", ValueType::Int),
+            ("score", ValueType::Float),
+        ]
+        .into_iter()
+        .map(|(n, t)| Column {
+            name: n.into(),
+            value_type: t,
+        })
+        .collect(),
+        body: ResultBody::Groups(vec![Group {
+            key: vec![Value::from(region)],
+            records: 1,
+            aggregates: vec![
+                Partial::Sum {
+                    sum: Value::Decimal(Decimal::new(total, 2).unwrap()),
+                    count: 1,
+                },
+                Partial::Count(1),
+                Partial::Avg {
+                    sum: mean,
+                    count: 1,
+                },
+                Partial::Min(Value::Null),
+                Partial::Max(Value::Int(1)),
+                Partial::Sum {
+                    sum: Value::Null,
+                    count: 0,
+                },
+            ],
+        }]),
+        suppressed_groups: 0,
+        scanned_records: 1,
+    }
+}
+
+#[test]
+fn a_regions_overflowed_sum_stays_overflowed_above_it_and_nothing_else_does() {
+    let q = query();
+    let mut region = Merger::new(&q, 100);
+    region
+        .add(0, one_group("east", i64::MAX, Value::Int(1)))
+        .unwrap();
+    region.add(1, one_group("east", 1, Value::Int(3))).unwrap();
+    region
+        .add(2, one_group("west", 250, Value::Int(2)))
+        .unwrap();
+    let partial = region.into_partial();
+    assert_eq!(
+        partial.overflows,
+        vec![psp_core::query::CellRef { row: 0, column: 1 }],
+        "east's total left the range in the region"
+    );
+    let answer = partial.result.unwrap();
+    let mut top = Merger::new(&q, 100);
+    top.add_marked(0, answer.clone(), &partial.overflows)
+        .unwrap();
+    top.add(1, one_group("west", 50, Value::Int(4))).unwrap();
+    let merged = top.finish();
+    let rows = by_key(&merged);
+    assert!(rows[&Value::from("east")][1].is_null(), "still overflowed");
+    assert_eq!(rows[&Value::from("east")][2], Value::Int(2));
+    assert_eq!(
+        rows[&Value::from("east")][3],
+        Value::Float(2.0),
+        "the average travelled as its sum and count: (1 + 3) / 2"
+    );
+    assert_eq!(
+        rows[&Value::from("west")][1],
+        Value::Decimal(Decimal::new(300, 2).unwrap())
+    );
+    assert_eq!(rows[&Value::from("west")][3], Value::Float(3.0));
+
+    // A mark on a cell that is no aggregate of the answer: the answer is set aside, whole.
+    let mut top = Merger::new(&q, 100);
+    for bad in [
+        psp_core::query::CellRef { row: 5, column: 1 },
+        psp_core::query::CellRef { row: 0, column: 0 },
+        psp_core::query::CellRef { row: 0, column: 9 },
+    ] {
+        assert!(top.add_marked(0, answer.clone(), &[bad]).is_err());
+    }
+    assert_eq!(top.parts(), 0);
+}
+
+#[test]
+fn a_region_whose_archives_disagree_on_a_numeric_type_answers_in_the_widest() {
+    let q = query();
+    let mut region = Merger::new(&q, 100);
+    region
+        .add(0, one_group("east", 100, Value::Int(1)))
+        .unwrap();
+    region
+        .add(
+            1,
+            one_group("west", 100, Value::Decimal(Decimal::new(150, 2).unwrap())),
+        )
+        .unwrap();
+    let answer = region.into_partial().result.unwrap();
+    let mut top = Merger::new(&q, 100);
+    top.add(0, answer)
+        .expect("one type per column, as the query allows");
 }

@@ -134,6 +134,40 @@ pub async fn dial(
         })
 }
 
+/// Dials `peer` at `address` as `identity` by `give_up`, and sets up the RPC system of a
+/// downstream connection: every frame from the peer passes a [`DiodeGuard`] (returned, to ask
+/// later whether it cut the connection) before capnp-rpc reads it, and this side exports
+/// nothing for the peer to call. What a Totebox connection and a connection to a regional
+/// orchestrator share.
+pub async fn dial_guarded(
+    address: SocketAddr,
+    identity: &IdentityKey,
+    peer: PublicKey,
+    limits: Limits,
+    give_up: tokio::time::Instant,
+) -> Result<(RpcSystem<rpc_twoparty_capnp::Side>, DiodeGuard), ConnectError> {
+    let guard = DiodeGuard::new(peer, limits.max_message_words);
+    let stream = tokio::time::timeout_at(give_up, dial(address, identity, peer))
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            address,
+            after: limits.handshake_timeout,
+        })??;
+    let (reader, writer) = tokio::io::split(stream);
+    let (reader, writer) = guard.wrap(reader.compat(), writer.compat_write());
+    // The guard holds every frame to the message limit; reading may traverse twice that,
+    // because an answer is measured (`total_size`) before it is decoded.
+    let network = twoparty::VatNetwork::new(
+        reader,
+        writer,
+        rpc_twoparty_capnp::Side::Client,
+        *limits
+            .reader_options()
+            .traversal_limit_in_words(Some(limits.max_message_words.saturating_mul(2))),
+    );
+    Ok((RpcSystem::new(Box::new(network), None), guard))
+}
+
 /// What a Totebox says about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -418,28 +452,8 @@ impl ToteboxClient {
     ) -> Result<Opened, ConnectError> {
         let deadline = limits.handshake_timeout;
         let give_up = tokio::time::Instant::now() + deadline;
-        // Every frame from the Totebox passes the diode guard before capnp-rpc reads it.
-        let guard = DiodeGuard::new(totebox_key, limits.max_message_words);
-        let stream = tokio::time::timeout_at(give_up, dial(address, identity, totebox_key))
-            .await
-            .map_err(|_| ConnectError::Timeout {
-                address,
-                after: deadline,
-            })??;
-        let (reader, writer) = tokio::io::split(stream);
-        let (reader, writer) = guard.wrap(reader.compat(), writer.compat_write());
-        // The guard holds every frame to the message limit; reading may traverse twice that,
-        // because an answer is measured (`total_size`) before it is decoded.
-        let network = twoparty::VatNetwork::new(
-            reader,
-            writer,
-            rpc_twoparty_capnp::Side::Client,
-            *limits
-                .reader_options()
-                .traversal_limit_in_words(Some(limits.max_message_words.saturating_mul(2))),
-        );
-        // No bootstrap capability: this side exports nothing for the Totebox to call.
-        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let (mut rpc, guard) =
+            dial_guarded(address, identity, totebox_key, limits, give_up).await?;
         let totebox: totebox::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
         // Held by the client (or by `connect` until confirmed): when it is dropped, the task
         // stops and the socket closes with it.

@@ -8,6 +8,7 @@ pub mod flights;
 pub mod hostile;
 pub mod processes;
 pub mod slow;
+pub mod tree;
 
 use std::path::Path;
 
@@ -55,6 +56,7 @@ pub async fn world_of(properties: usize, subsidiaries: usize) -> World {
             archive: entry.id.clone(),
             address: running.local_addr(),
             key: *running.key(),
+            member: Default::default(),
         });
         toteboxes.push(running);
     }

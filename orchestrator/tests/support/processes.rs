@@ -190,6 +190,17 @@ impl Fleet {
         subsidiaries: usize,
         server: impl Fn(usize) -> String,
     ) -> Fleet {
+        Fleet::start_paired(properties, subsidiaries, server, &[])
+    }
+
+    /// [`Fleet::start_with`], every Totebox also paired with `also` (regional orchestrators'
+    /// keys, say).
+    pub fn start_paired(
+        properties: usize,
+        subsidiaries: usize,
+        server: impl Fn(usize) -> String,
+        also: &[PublicKey],
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let owner = IdentityKey::generate().unwrap();
         let orchestrator = IdentityKey::generate().unwrap();
@@ -216,9 +227,12 @@ impl Fleet {
                     .save(&config.with_file_name("identity.pem"))
                     .unwrap();
                 let mut text = std::fs::read_to_string(&config).unwrap();
+                let paired: Vec<String> = std::iter::once(orchestrator.public())
+                    .chain(also.iter().copied())
+                    .map(|k| k.to_string())
+                    .collect();
                 text.push_str(&format!(
-                    "\n[server]\nlisten = \"127.0.0.1:0\"\nidentity = \"identity.pem\"\npaired = [\"{}\"]\ntrusted_roots = [\"{}\"]\n{}",
-                    orchestrator.public(),
+                    "\n[server]\nlisten = \"127.0.0.1:0\"\nidentity = \"identity.pem\"\npaired = {paired:?}\ntrusted_roots = [\"{}\"]\n{}",
                     owner.public(),
                     server(i)
                 ));

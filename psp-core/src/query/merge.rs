@@ -26,6 +26,9 @@ use super::model::{AggregateFunction, Query, Shape};
 use super::result::{Column, Partial, QueryResult, ResultBody, Table, sort_and_limit_by};
 use super::value::{Decimal, MAX_SCALE, Value, ValueType};
 
+mod tier;
+pub use tier::PartialMerge;
+
 /// One cell of a merged table, by position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CellRef {
@@ -434,7 +437,43 @@ impl Merger {
     /// request) orders rows that the query does not order. A non-conforming answer changes
     /// nothing and says why.
     pub fn add(&mut self, source: usize, answer: QueryResult) -> Result<(), Nonconforming> {
+        self.add_marked(source, answer, &[])
+    }
+
+    /// [`Merger::add`] for an unfinished merge from a tier below ([`Merger::into_partial`]):
+    /// the cells `overflowed` names (row: the group's index in `answer`; column: the column's)
+    /// left the 64-bit range there, and stay overflowed here whatever their state says. A
+    /// reference to a cell that is not an aggregate of `answer` makes it nonconforming.
+    pub fn add_marked(
+        &mut self,
+        source: usize,
+        answer: QueryResult,
+        overflowed: &[CellRef],
+    ) -> Result<(), Nonconforming> {
         check(&self.query, &answer, self.max_rows)?;
+        let key_columns = match &self.query.shape {
+            Shape::Aggregate { group_by, .. } => group_by.len(),
+            Shape::Rows(_) => 0,
+        };
+        // Checked before anything is folded, so a bad mark changes nothing.
+        let mut marks = std::collections::BTreeSet::new();
+        for cell in overflowed {
+            let fits = match &answer.body {
+                ResultBody::Groups(groups) => {
+                    cell.row < groups.len()
+                        && cell.column >= key_columns
+                        && cell.column < answer.columns.len()
+                }
+                ResultBody::Rows(_) => false,
+            };
+            if !fits {
+                return Err(Nonconforming(format!(
+                    "marks cell ({}, {}) overflowed, which is no aggregate of its answer",
+                    cell.row, cell.column
+                )));
+            }
+            marks.insert((cell.row, cell.column - key_columns));
+        }
         for (seen, column) in self.declared.iter_mut().zip(&answer.columns) {
             *seen.entry(column.value_type).or_default() += 1;
         }
@@ -463,8 +502,19 @@ impl Merger {
                 }
             }
             (Body::Groups(groups), ResultBody::Groups(more)) => {
-                for group in more {
-                    let cells = group.aggregates.into_iter().map(Cell::of).collect();
+                for (g, group) in more.into_iter().enumerate() {
+                    let cells = group
+                        .aggregates
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, partial)| {
+                            if marks.contains(&(g, i)) {
+                                Cell::Overflowed
+                            } else {
+                                Cell::of(partial)
+                            }
+                        })
+                        .collect();
                     let incoming = MergedGroup {
                         records: group.records,
                         cells,

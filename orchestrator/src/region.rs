@@ -1,0 +1,316 @@
+//! A regional orchestrator as one member of this orchestrator's fleet: the connection this
+//! orchestrator holds to it, as a console of one of its tenants.
+//!
+//! The connection is pinned-key TLS like a Totebox's, and every frame from the regional
+//! orchestrator passes the same diode guard: it may answer our calls and nothing else, so a
+//! region can never call up the tree. The session is confirmed by `fleet()`, whose answer (the
+//! archives of our tenant there) is the region's *directory*: how a selection by label or "all"
+//! reaches its archives, how each archive is named (`<region>/<archive>`), and how they are
+//! reported one by one when the region itself does not answer.
+//!
+//! For each request, the capability the console delegated to us is delegated one step further,
+//! to the region's key, with the same archives, scope and window: the region's tenancy rules see
+//! us as the operator, and the Toteboxes check the whole chain.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use capnp_rpc::rpc_twoparty_capnp;
+use futures::FutureExt;
+use futures::future::{LocalBoxFuture, Shared};
+use psp_core::query::wire::{read_result, write_query};
+use psp_core::query::{PartialMerge, Query};
+use psp_core::{Chain, Grant, IdentityKey, PublicKey};
+use psp_rpc::client::{ANSWER_TOO_LARGE, ConnectError, MALFORMED_ANSWER, dial_guarded};
+use psp_rpc::diode::DiodeGuard;
+use psp_rpc::limits::{CallError, Limits};
+use psp_schema::orchestrator_capnp::{PartialPolicy, orchestrator};
+
+use crate::console::ArchiveStatus;
+use crate::fanout::SourceOutcome;
+use crate::selection::Selector;
+use crate::wire::{read_archives, read_cells, read_outcome, write_selector};
+
+/// Most archives a region's directory may list; a longer listing fails the confirmation.
+pub const MAX_DIRECTORY: usize = 100_000;
+
+/// A region's answer to one query: its unfinished merge and each of its sources' outcomes (named
+/// as the region names them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionAnswer {
+    /// The unfinished merge (`None` when none of its sources answered).
+    pub merge: PartialMerge,
+    /// One per source it asked.
+    pub outcomes: Vec<SourceOutcome>,
+}
+
+type Confirmation = Shared<LocalBoxFuture<'static, Result<Rc<Vec<ArchiveStatus>>, ConnectError>>>;
+
+/// A connection to a regional orchestrator. Must live on a tokio `LocalSet`.
+pub struct RegionClient {
+    orchestrator: orchestrator::Client,
+    rpc: tokio::task::JoinHandle<()>,
+    guard: DiodeGuard,
+    limits: Limits,
+    address: SocketAddr,
+    peer: PublicKey,
+    confirmation: Confirmation,
+}
+
+impl Drop for RegionClient {
+    fn drop(&mut self) {
+        self.rpc.abort();
+    }
+}
+
+fn malformed(e: impl std::fmt::Display) -> CallError {
+    CallError::new(MALFORMED_ANSWER, e.to_string())
+}
+
+impl RegionClient {
+    /// Connects to the regional orchestrator at `address` whose key is `peer`, as `identity`,
+    /// returning once TLS is up: the confirming `fleet()` is in flight (see
+    /// [`RegionClient::confirmed`]), and a first request may go out beside it.
+    pub async fn connect(
+        address: SocketAddr,
+        identity: &IdentityKey,
+        peer: PublicKey,
+        limits: Limits,
+    ) -> Result<RegionClient, ConnectError> {
+        let give_up = tokio::time::Instant::now() + limits.handshake_timeout;
+        let (mut rpc, guard) = dial_guarded(address, identity, peer, limits, give_up).await?;
+        let orchestrator: orchestrator::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
+        let rpc = tokio::task::spawn_local(async move {
+            if let Err(e) = rpc.await {
+                tracing::debug!("regional orchestrator connection ended: {e}");
+            }
+        });
+        let listing = orchestrator.fleet_request().send().promise;
+        let (ours, check) = (identity.public(), guard.clone());
+        let confirmation = async move {
+            let refused = |reason: String| match check.violation() {
+                Some(why) => ConnectError::DiodeViolation {
+                    address,
+                    reason: why,
+                },
+                None if reason.contains("AccessDenied") || reason.contains("not-an-operator") => {
+                    ConnectError::NotPaired { ours }
+                }
+                None => ConnectError::Protocol { address, reason },
+            };
+            let answer = tokio::time::timeout_at(give_up, listing)
+                .await
+                .map_err(|_| ConnectError::Timeout {
+                    address,
+                    after: limits.handshake_timeout,
+                })?
+                .map_err(|e| refused(e.to_string()))?;
+            let list = answer
+                .get()
+                .and_then(|r| r.get_archives())
+                .map_err(|e| refused(e.to_string()))?;
+            if list.len() as usize > MAX_DIRECTORY {
+                return Err(refused(format!(
+                    "it lists {} archives; at most {MAX_DIRECTORY} are accepted",
+                    list.len()
+                )));
+            }
+            read_archives(list)
+                .map(Rc::new)
+                .map_err(|e| refused(e.to_string()))
+        }
+        .boxed_local()
+        .shared();
+        // Settled by its deadline even if nobody waits: a failed confirmation closes the socket.
+        let stop = rpc.abort_handle();
+        tokio::task::spawn_local(confirmation.clone().map(move |confirmed| {
+            if confirmed.is_err() {
+                stop.abort();
+            }
+        }));
+        Ok(RegionClient {
+            orchestrator,
+            rpc,
+            guard,
+            limits,
+            address,
+            peer,
+            confirmation,
+        })
+    }
+
+    /// The region's directory as it listed it when the session was confirmed.
+    pub async fn confirmed(&self) -> Result<Rc<Vec<ArchiveStatus>>, ConnectError> {
+        self.confirmation.clone().await
+    }
+
+    /// Why the confirmation failed, once it has.
+    pub fn confirmation_error(&self) -> Option<&ConnectError> {
+        match self.confirmation.peek() {
+            Some(Err(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Why the diode guard cut this connection, if it did.
+    pub fn diode_violation(&self) -> Option<String> {
+        self.guard.violation()
+    }
+
+    /// Whether the connection is up and not refused.
+    pub fn is_connected(&self) -> bool {
+        !self.rpc.is_finished() && !matches!(self.confirmation.peek(), Some(Err(_)))
+    }
+
+    /// Lists the region's archives again (a liveness check that refreshes the directory).
+    pub async fn directory(&self) -> Result<Vec<ArchiveStatus>, CallError> {
+        let request = self.orchestrator.fleet_request();
+        let answer = self.call("fleet", request.send().promise).await?;
+        let list = answer
+            .get()
+            .and_then(|r| r.get_archives())
+            .map_err(malformed)?;
+        if list.len() as usize > MAX_DIRECTORY {
+            return Err(malformed(format!(
+                "listed {} archives; at most {MAX_DIRECTORY} are accepted",
+                list.len()
+            )));
+        }
+        read_archives(list).map_err(malformed)
+    }
+
+    /// Asks the region for its unfinished merge of `query` over the archives `select` names,
+    /// with `labels` as leading columns, under `chain` (the console's, delegated here one step
+    /// further to the region), answering within `deadline`. Refuses an answer over `max_bytes`.
+    pub async fn partial(
+        &self,
+        identity: &IdentityKey,
+        chain: &Chain,
+        ask: &PartialAsk<'_>,
+        max_bytes: usize,
+    ) -> Result<RegionAnswer, CallError> {
+        let chain = self.delegated(identity, chain)?;
+        let mut request = self.orchestrator.partial_request();
+        {
+            let mut params = request.get();
+            write_query(ask.query, params.reborrow().init_query());
+            let mut labels = params.reborrow().init_labels(ask.labels.len() as u32);
+            for (i, key) in ask.labels.iter().enumerate() {
+                labels.set(i as u32, key);
+            }
+            let mut r = params.init_request();
+            write_selector(ask.select, r.reborrow().init_archives());
+            chain.write(r.reborrow().init_chain());
+            let mut options = r.init_options();
+            let millis = u32::try_from(ask.deadline.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1);
+            options.set_deadline_millis(millis);
+            options.set_partial(PartialPolicy::BestEffort);
+        }
+        // Never waits past the deadline given, plus the time the answer needs to travel.
+        let confirmed = async {
+            self.confirmed()
+                .await
+                .map_err(|e| CallError::new(e.code(), e.to_string()))?;
+            self.call("partial", request.send().promise).await
+        };
+        let response = confirmed.await?;
+        let size = response
+            .get()
+            .and_then(|r| r.total_size())
+            .map_err(malformed)?;
+        let bytes = size.word_count.saturating_mul(8);
+        if bytes > max_bytes as u64 {
+            return Err(CallError::new(
+                ANSWER_TOO_LARGE,
+                format!(
+                    "answered {bytes} bytes; this request accepts at most {max_bytes} from one source"
+                ),
+            ));
+        }
+        let answer = response
+            .get()
+            .and_then(|r| r.get_answer())
+            .map_err(malformed)?;
+        let parts = answer.get_parts();
+        let result = if parts == 0 {
+            None
+        } else {
+            Some(
+                read_result(answer.get_result().map_err(malformed)?)
+                    .map_err(|e| malformed(e.to_string()))?,
+            )
+        };
+        let overflows = read_cells(answer.get_overflows().map_err(malformed)?);
+        let outcomes = answer
+            .get_outcomes()
+            .map_err(malformed)?
+            .iter()
+            .map(read_outcome)
+            .collect::<capnp::Result<Vec<_>>>()
+            .map_err(malformed)?;
+        Ok(RegionAnswer {
+            merge: PartialMerge {
+                parts: parts as usize,
+                result,
+                overflows,
+            },
+            outcomes,
+        })
+    }
+
+    /// The console's chain delegated to the region's key: the same archives, scope and window.
+    fn delegated(&self, identity: &IdentityKey, chain: &Chain) -> Result<Chain, CallError> {
+        let last = chain.last();
+        chain
+            .delegate(
+                identity,
+                Grant {
+                    holder: self.peer,
+                    archives: chain.archives().clone(),
+                    scope: last.scope.clone(),
+                    window: last.window,
+                },
+            )
+            .map_err(|e| {
+                CallError::new(
+                    "capability.not-delegable",
+                    format!("could not delegate the request to {}: {e}", self.address),
+                )
+            })
+    }
+
+    async fn call<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = capnp::Result<T>>,
+    ) -> Result<T, CallError> {
+        let explain = |e: CallError| match self.guard.violation() {
+            Some(why) => CallError::new(
+                "diode.violation",
+                format!("the regional orchestrator sent {why}; the connection was cut"),
+            ),
+            None => e,
+        };
+        match tokio::time::timeout(self.limits.call_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(explain(CallError::from_capnp(&e))),
+            Err(_) => Err(CallError::timed_out(what, self.limits.call_timeout)),
+        }
+    }
+}
+
+/// What one region is asked for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct PartialAsk<'a> {
+    /// Its archives the request reaches.
+    pub select: &'a Selector,
+    /// The query.
+    pub query: &'a Query,
+    /// Label keys to prepend ("" for the archive id).
+    pub labels: &'a [String],
+    /// How long the region has to answer.
+    pub deadline: Duration,
+}
