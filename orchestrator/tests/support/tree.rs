@@ -28,6 +28,10 @@ pub struct Tree {
     pub top_key: IdentityKey,
 }
 
+/// The top's keepalive pings its regions every 6 × `redial_ms`: kept out of the few seconds a
+/// test counts round trips in (a region found down is dialed by the request that needs it).
+const TOP_DEFAULTS: &str = "redial_ms = 600000";
+
 /// A region's `[[fleet]]` address as the top dials it: the region itself, or a proxy before it.
 pub type Address = Box<dyn Fn(usize, &str) -> String>;
 
@@ -120,7 +124,7 @@ impl Tree {
         std::fs::write(
             &top_config,
             format!(
-                "identity = \"top.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 3000\ndeadline_ms = 6000\n{section}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {:?}\n{}",
+                "identity = \"top.pem\"\nlisten = \"127.0.0.1:0\"\n[defaults]\nsource_timeout_ms = 3000\ndeadline_ms = 6000\n{TOP_DEFAULTS}\n{section}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {:?}\n{}",
                 acme.key,
                 names,
                 orchestrator::demo::VIEWPORTS
