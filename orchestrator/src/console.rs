@@ -18,7 +18,7 @@ use psp_rpc::limits::{CallError, Limits};
 use psp_schema::orchestrator_capnp::{fleet_query, fleet_request, orchestrator};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
-use crate::config::Partial;
+use crate::config::{PATH_SEPARATOR, Partial};
 use crate::fanout::{Health, SourceOutcome};
 use crate::report::Report;
 use crate::request_link::{self, Needs};
@@ -322,7 +322,27 @@ impl Console {
             })
         };
         Ok(match selector {
-            Selector::Ids(ids) => ids.clone(),
+            // A regional orchestrator named by its id stands for every archive listed below it
+            // (`eu-west/...`), when this console has the listing.
+            Selector::Ids(ids) => ids
+                .iter()
+                .flat_map(|id| {
+                    let prefix = format!("{id}{PATH_SEPARATOR}");
+                    let below: Vec<String> = self
+                        .archives
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|a| a.id.starts_with(&prefix))
+                        .map(|a| a.id.clone())
+                        .collect();
+                    if below.is_empty() {
+                        vec![id.clone()]
+                    } else {
+                        below
+                    }
+                })
+                .collect(),
             Selector::All => listed()?.iter().map(|a| a.id.clone()).collect(),
             Selector::Labels(labels) => listed()?
                 .iter()

@@ -21,7 +21,7 @@ use futures::FutureExt;
 use futures::future::{LocalBoxFuture, Shared};
 use psp_core::query::wire::{read_result, write_query};
 use psp_core::query::{PartialMerge, Query};
-use psp_core::{Chain, Grant, IdentityKey, PublicKey};
+use psp_core::{ArchiveDigest, ArchiveSet, Chain, Grant, IdentityKey, PublicKey};
 use psp_rpc::client::{ANSWER_TOO_LARGE, ConnectError, MALFORMED_ANSWER, dial_guarded};
 use psp_rpc::diode::DiodeGuard;
 use psp_rpc::limits::{CallError, Limits};
@@ -117,7 +117,7 @@ impl RegionClient {
                 )));
             }
             read_archives(list)
-                .map(Rc::new)
+                .map(|listed| Rc::new(sane(listed)))
                 .map_err(|e| refused(e.to_string()))
         }
         .boxed_local()
@@ -177,7 +177,7 @@ impl RegionClient {
                 list.len()
             )));
         }
-        read_archives(list).map_err(malformed)
+        read_archives(list).map(sane).map_err(malformed)
     }
 
     /// Asks the region for its unfinished merge of `query` over the archives `select` names,
@@ -190,7 +190,7 @@ impl RegionClient {
         ask: &PartialAsk<'_>,
         max_bytes: usize,
     ) -> Result<RegionAnswer, CallError> {
-        let chain = self.delegated(identity, chain)?;
+        let chain = self.delegated(identity, chain, ask.select)?;
         let mut request = self.orchestrator.partial_request();
         {
             let mut params = request.get();
@@ -261,15 +261,31 @@ impl RegionClient {
         })
     }
 
-    /// The console's chain delegated to the region's key: the same archives, scope and window.
-    fn delegated(&self, identity: &IdentityKey, chain: &Chain) -> Result<Chain, CallError> {
+    /// The console's chain delegated to the region's key: the same scope and window.
+    ///
+    /// When the region is asked for archives by id, the link names only those: a region can
+    /// spend it on its own archives, never on another region's.
+    fn delegated(
+        &self,
+        identity: &IdentityKey,
+        chain: &Chain,
+        select: &Selector,
+    ) -> Result<Chain, CallError> {
         let last = chain.last();
+        let archives = match select {
+            Selector::Ids(ids) => ArchiveSet::of_digests(
+                ids.iter()
+                    .map(|id| ArchiveDigest::of(crate::tier::archive_of(id)))
+                    .filter(|d| chain.reaches(d)),
+            ),
+            _ => chain.archives().clone(),
+        };
         chain
             .delegate(
                 identity,
                 Grant {
                     holder: self.peer,
-                    archives: chain.archives().clone(),
+                    archives,
                     scope: last.scope.clone(),
                     window: last.window,
                 },
@@ -300,6 +316,35 @@ impl RegionClient {
             Err(_) => Err(CallError::timed_out(what, self.limits.call_timeout)),
         }
     }
+}
+
+/// Longest archive id, label key or label value taken from a region's directory.
+const MAX_NAME: usize = 256;
+/// Most labels taken from one archive of a region's directory.
+const MAX_LABELS: usize = 64;
+
+/// A region's directory as this orchestrator uses it: entries whose id is empty, long, holds a
+/// control character or repeats an earlier one are left out (logged), and so are labels beyond
+/// the first 64 or longer than 256 bytes. A region names its archives; it cannot make one
+/// unreadable in a listing or a path.
+fn sane(listed: Vec<ArchiveStatus>) -> Vec<ArchiveStatus> {
+    let fits = |t: &str| !t.is_empty() && t.len() <= MAX_NAME && !t.chars().any(char::is_control);
+    let mut seen = std::collections::HashSet::new();
+    listed
+        .into_iter()
+        .filter_map(|mut a| {
+            if !fits(&a.id) || !seen.insert(a.id.clone()) {
+                tracing::warn!(target: "psp::security", "left out a regional orchestrator's listing of {:?}", a.id.escape_debug().to_string());
+                return None;
+            }
+            a.labels = std::mem::take(&mut a.labels)
+                .into_iter()
+                .filter(|(k, v)| fits(k) && v.len() <= MAX_NAME && !v.chars().any(char::is_control))
+                .take(MAX_LABELS)
+                .collect();
+            Some(a)
+        })
+        .collect()
 }
 
 /// What one region is asked for one request.

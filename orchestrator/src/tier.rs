@@ -332,7 +332,10 @@ pub fn region_ask(
                 format!("{prefix}{}", leaf.id),
                 SourceStatus::Denied {
                     code: "capability.archive-not-in-scope".into(),
-                    message: "the capability does not name this archive; it was not asked".into(),
+                    message: "the capability does not name this archive; it was not asked \
+                              (a console names a regional orchestrator's archives by path, \
+                              or selects them by label or all)"
+                        .into(),
                 },
                 Duration::ZERO,
             )

@@ -312,7 +312,11 @@ async fn misbehave(
                 let Ok(message::Call(Ok(call))) = root.which() else {
                     continue;
                 };
-                if call.get_interface_id() != totebox::Client::TYPE_ID {
+                // A bootstrap upstream answers any call (a regional orchestrator's `fleet`
+                // too); the others play a Totebox.
+                if how != Misbehaviour::Bootstrap
+                    && call.get_interface_id() != totebox::Client::TYPE_ID
+                {
                     continue;
                 }
                 let question = call.get_question_id();

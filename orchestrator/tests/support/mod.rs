@@ -6,6 +6,7 @@
 pub mod faults;
 pub mod flights;
 pub mod hostile;
+pub mod hostile_region;
 pub mod processes;
 pub mod slow;
 pub mod tree;
