@@ -221,6 +221,8 @@ pub enum Answer {
     Command(CommandAnswer),
     /// A regional orchestrator's unfinished merge and its archives' outcomes.
     Region(RegionAnswer),
+    /// A regional orchestrator's archives' outcomes of a command, as it reports them.
+    RegionCommands(Vec<(SourceOutcome, Option<CommandAnswer>)>),
 }
 
 /// One source's end of a fan-out, as soon as it ends.
@@ -243,6 +245,9 @@ pub struct Gathered {
     pub results: Vec<Option<QueryResult>>,
     /// Command answers, in the same order (empty for a query).
     pub commands: Vec<Option<CommandAnswer>>,
+    /// A regional orchestrator's report of a command, in the same order (`None` for a Totebox
+    /// or a region that did not answer): each of its archives' outcome, as it reports them.
+    pub regions: Vec<Option<Vec<(SourceOutcome, Option<CommandAnswer>)>>>,
 }
 
 /// Reachability of one archive, as the fleet thread last saw it.
@@ -519,6 +524,7 @@ async fn gather(mut arrivals: mpsc::Receiver<Arrival>, names: Vec<String>) -> Ga
     let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; count];
     let mut results = vec![None; count];
     let mut commands = vec![None; count];
+    let mut regions = vec![None; count];
     while let Some(arrival) = arrivals.recv().await {
         let Some(slot) = outcomes.get_mut(arrival.index) else {
             continue;
@@ -527,6 +533,7 @@ async fn gather(mut arrivals: mpsc::Receiver<Arrival>, names: Vec<String>) -> Ga
         match arrival.answer {
             Some(Answer::Result(r)) => results[arrival.index] = Some(r),
             Some(Answer::Command(c)) => commands[arrival.index] = Some(c),
+            Some(Answer::RegionCommands(r)) => regions[arrival.index] = Some(r),
             Some(Answer::Region(_)) | None => {}
         }
     }
@@ -546,6 +553,7 @@ async fn gather(mut arrivals: mpsc::Receiver<Arrival>, names: Vec<String>) -> Ga
             .collect(),
         results,
         commands,
+        regions,
     }
 }
 

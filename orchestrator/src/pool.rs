@@ -539,12 +539,17 @@ impl Pool {
                         .await
                         .map(Answer::Region)
                 }
-                (Downstream::Region(_), Work::Command(_)) => {
-                    return Err(SourceStatus::Error(
-                        "command.not-through-regions: commands are sent to Toteboxes this \
-                         orchestrator reaches directly, not through a regional orchestrator"
-                            .into(),
-                    ));
+                (Downstream::Region(client), Work::Command(command)) => {
+                    let Member::Region(region) = &source.member else {
+                        return Err(SourceStatus::Error(
+                            "a regional orchestrator listed as a Totebox".into(),
+                        ));
+                    };
+                    let within = (region_deadline(until), limits.max_answer_bytes);
+                    client
+                        .command(&self.identity, chain, &region.select, command, within)
+                        .await
+                        .map(Answer::RegionCommands)
                 }
             };
             match answer {
@@ -712,6 +717,7 @@ fn arrival(
             outcome.rows = rows_of(r) as u64;
         }
         Some(Answer::Command(c)) => outcome.as_of = c.as_of,
+        Some(Answer::RegionCommands(_)) => {}
         Some(Answer::Region(r)) => {
             if let Some(result) = &r.merge.result {
                 outcome.as_of = result.as_of;

@@ -22,7 +22,9 @@ use futures::future::{LocalBoxFuture, Shared};
 use psp_core::query::wire::{read_result, write_query};
 use psp_core::query::{PartialMerge, Query};
 use psp_core::{ArchiveDigest, ArchiveSet, Chain, Grant, IdentityKey, PublicKey};
-use psp_rpc::client::{ANSWER_TOO_LARGE, ConnectError, MALFORMED_ANSWER, dial_guarded};
+use psp_rpc::client::{
+    ANSWER_TOO_LARGE, CommandAnswer, CommandSpec, ConnectError, MALFORMED_ANSWER, dial_guarded,
+};
 use psp_rpc::diode::DiodeGuard;
 use psp_rpc::limits::{CallError, Limits};
 use psp_schema::orchestrator_capnp::{PartialPolicy, orchestrator};
@@ -30,7 +32,7 @@ use psp_schema::orchestrator_capnp::{PartialPolicy, orchestrator};
 use crate::console::ArchiveStatus;
 use crate::fanout::SourceOutcome;
 use crate::selection::Selector;
-use crate::wire::{read_archives, read_cells, read_outcome, write_selector};
+use crate::wire::{read_archives, read_cells, read_command_result, read_outcome, write_selector};
 
 /// Most archives a region's directory may list; a longer listing fails the confirmation.
 pub const MAX_DIRECTORY: usize = 100_000;
@@ -217,19 +219,7 @@ impl RegionClient {
             self.call("partial", request.send().promise).await
         };
         let response = confirmed.await?;
-        let size = response
-            .get()
-            .and_then(|r| r.total_size())
-            .map_err(malformed)?;
-        let bytes = size.word_count.saturating_mul(8);
-        if bytes > max_bytes as u64 {
-            return Err(CallError::new(
-                ANSWER_TOO_LARGE,
-                format!(
-                    "answered {bytes} bytes; this request accepts at most {max_bytes} from one source"
-                ),
-            ));
-        }
+        within_bytes(response.get().and_then(|r| r.total_size()), max_bytes)?;
         let answer = response
             .get()
             .and_then(|r| r.get_answer())
@@ -259,6 +249,54 @@ impl RegionClient {
             },
             outcomes,
         })
+    }
+
+    /// Sends `command` to the region's archives that `select` names, under `chain` delegated to
+    /// the region, answering within `deadline`: each archive's outcome, as the region reports
+    /// it. Refuses an answer over `max_bytes`.
+    pub async fn command(
+        &self,
+        identity: &IdentityKey,
+        chain: &Chain,
+        select: &Selector,
+        command: &CommandSpec,
+        (deadline, max_bytes): (Duration, usize),
+    ) -> Result<Vec<(SourceOutcome, Option<CommandAnswer>)>, CallError> {
+        let chain = self.delegated(identity, chain, select)?;
+        let mut request = self.orchestrator.command_request();
+        {
+            let mut params = request.get();
+            let mut r = params.reborrow().init_request();
+            write_selector(select, r.reborrow().init_archives());
+            chain.write(r.reborrow().init_chain());
+            let mut options = r.init_options();
+            options.set_deadline_millis(
+                u32::try_from(deadline.as_millis())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            );
+            options.set_partial(PartialPolicy::BestEffort);
+            let mut c = params.init_command();
+            c.set_name(&command.name);
+            c.set_collection(&command.collection);
+            c.set_idempotency_key(&command.idempotency_key);
+            c.set_arguments(&command.arguments);
+        }
+        // A command goes only to a region whose session is confirmed (it is the region it was
+        // configured as).
+        self.confirmed()
+            .await
+            .map_err(|e| CallError::new(e.code(), e.to_string()))?;
+        let response = self.call("command", request.send().promise).await?;
+        within_bytes(response.get().and_then(|r| r.total_size()), max_bytes)?;
+        let list = response
+            .get()
+            .and_then(|r| r.get_outcomes())
+            .map_err(malformed)?;
+        list.iter()
+            .map(read_command_result)
+            .collect::<capnp::Result<Vec<_>>>()
+            .map_err(malformed)
     }
 
     /// The console's chain delegated to the region's key: the same scope and window.
@@ -345,6 +383,23 @@ fn sane(listed: Vec<ArchiveStatus>) -> Vec<ArchiveStatus> {
             Some(a)
         })
         .collect()
+}
+
+/// Refuses an answer of `size` over `max_bytes`, measured before it is read.
+fn within_bytes(
+    size: capnp::Result<capnp::MessageSize>,
+    max_bytes: usize,
+) -> Result<(), CallError> {
+    let bytes = size.map_err(malformed)?.word_count.saturating_mul(8);
+    if bytes > max_bytes as u64 {
+        return Err(CallError::new(
+            ANSWER_TOO_LARGE,
+            format!(
+                "answered {bytes} bytes; this request accepts at most {max_bytes} from one source"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What one region is asked for one request.

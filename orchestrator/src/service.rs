@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use psp_core::query::wire::{read_query, write_result};
 use psp_core::{Chain, IdentityKey, PublicKey};
-use psp_rpc::client::CommandSpec;
+use psp_rpc::client::{CommandAnswer, CommandSpec};
 use psp_rpc::limits::Limits;
 use psp_rpc::runtime::{Bootstrap, Connection};
 use psp_schema::orchestrator_capnp::{fleet_query, fleet_request, orchestrator};
@@ -34,7 +34,7 @@ use crate::gate::TenantId;
 use crate::quota::TenantQuota;
 use crate::report::{Reach, Report, Run, run};
 use crate::selection::{Refusal, reach, select};
-use crate::tier::region_ask;
+use crate::tier::{expand_commands, region_ask};
 use crate::view::ViewError;
 use crate::viewports::Viewport;
 use crate::wire::{
@@ -590,19 +590,30 @@ impl orchestrator::Server for Console {
                 admitted.limits,
             )
             .await;
-        let answers = gathered
-            .commands
-            .iter()
-            .map(Option::as_ref)
-            .chain(admitted.reach.not_asked.iter().map(|_| None));
-        let outcomes: Vec<&SourceOutcome> = gathered
+        // Each archive's outcome: a Totebox's own, a region's archives' one by one.
+        let mut ended: Vec<(SourceOutcome, Option<CommandAnswer>)> = Vec::new();
+        let rows = gathered
             .outcomes
-            .iter()
-            .chain(&admitted.reach.not_asked)
-            .collect();
-        let mut list = results.get().init_outcomes(outcomes.len() as u32);
-        for (i, (o, a)) in outcomes.into_iter().zip(answers).enumerate() {
-            write_command_result(o, a, list.reborrow().get(i as u32));
+            .into_iter()
+            .zip(gathered.commands)
+            .zip(gathered.regions)
+            .zip(&admitted.reach.sources);
+        for (((outcome, answer), region), source) in rows {
+            match &source.member {
+                Member::Region(ask) => ended.extend(expand_commands(
+                    &source.archive,
+                    ask,
+                    region,
+                    &outcome.status,
+                    outcome.latency,
+                )),
+                Member::Totebox => ended.push((outcome, answer)),
+            }
+        }
+        ended.extend(admitted.reach.not_asked.iter().map(|o| (o.clone(), None)));
+        let mut list = results.get().init_outcomes(ended.len() as u32);
+        for (i, (o, a)) in ended.iter().enumerate() {
+            write_command_result(o, a.as_ref(), list.reborrow().get(i as u32));
         }
         let size = results.get().reborrow_as_reader().total_size();
         fits(size, self.service.message_limit, "list of command outcomes")

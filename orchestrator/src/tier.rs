@@ -20,6 +20,7 @@ use std::time::Duration;
 use psp_core::query::{CellRef, Column, QueryResult, ResultBody, Value, ValueType};
 
 use psp_core::{ArchiveDigest, Chain};
+use psp_rpc::client::CommandAnswer;
 
 use crate::config::{FleetArchive, PATH_SEPARATOR};
 use crate::console::ArchiveStatus;
@@ -350,4 +351,56 @@ pub fn region_ask(
         leaves: reached,
     };
     Ok((Some(ask), not_asked))
+}
+
+/// [`expand`] for a command: every archive's outcome with its command answer, when the region
+/// reports it answered.
+pub fn expand_commands(
+    region: &str,
+    ask: &RegionAsk,
+    reported: Option<Vec<(SourceOutcome, Option<CommandAnswer>)>>,
+    failed: &SourceStatus,
+    latency: Duration,
+) -> Vec<(SourceOutcome, Option<CommandAnswer>)> {
+    let Some(reported) = reported else {
+        return expand(region, ask, None, failed, None, latency)
+            .into_iter()
+            .map(|o| (o, None))
+            .collect();
+    };
+    let mut answers: BTreeMap<String, CommandAnswer> = BTreeMap::new();
+    let mut outcomes = Vec::with_capacity(reported.len());
+    for (outcome, answer) in reported.into_iter().take(MAX_UNLISTED) {
+        if let (SourceStatus::Ok, Some(mut answer)) = (&outcome.status, answer)
+            && !answers.contains_key(&outcome.archive)
+        {
+            answer.message = crate::pool::bounded(answer.message, 1024);
+            answers.insert(outcome.archive.clone(), answer);
+        }
+        outcomes.push(outcome);
+    }
+    let prefix = format!("{region}{PATH_SEPARATOR}");
+    expand(region, ask, Some(outcomes), failed, None, latency)
+        .into_iter()
+        .map(|o| {
+            let answer = (o.status == SourceStatus::Ok)
+                .then(|| o.archive.strip_prefix(&prefix))
+                .flatten()
+                .and_then(|name| answers.remove(name));
+            // Reported as applied, but with no answer: not shown as applied.
+            match answer {
+                Some(answer) => (o, Some(answer)),
+                None if o.status == SourceStatus::Ok => (
+                    SourceOutcome {
+                        status: SourceStatus::Error(format!(
+                            "the regional orchestrator {region:?} reported no outcome for this archive"
+                        )),
+                        ..o
+                    },
+                    None,
+                ),
+                None => (o, None),
+            }
+        })
+        .collect()
 }

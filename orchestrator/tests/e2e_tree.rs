@@ -190,3 +190,40 @@ fn a_slow_archive_times_out_in_its_region_and_its_region_still_answers() {
     assert_eq!(outcomes.iter().filter(|(_, s)| s == "ok").count(), 3);
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
+
+#[test]
+fn a_command_through_the_tree_is_applied_once_per_archive_whichever_way_it_is_retried() {
+    let tree = Tree::start(3, 0, 2, "", Box::new(|_, real| real.to_owned()));
+    let (fleet, acme) = (&tree.fleet, &tree.acme);
+    let snapshot = [
+        "command",
+        "--name",
+        "snapshot",
+        "--snapshot-name",
+        "through-the-tree",
+        "--idempotency-key",
+        "snapshot-through-the-tree-0001",
+    ];
+    let names = |answers: &Json, status: &str| -> Vec<String> {
+        let mut names: Vec<String> = answers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["outcome"]["status"] == status)
+            .map(|a| a["source"]["archive"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let first = tree.top.json(fleet, acme, &snapshot);
+    assert_eq!(
+        names(&first, "applied"),
+        vec!["region-0/prop-01", "region-0/prop-03", "region-1/prop-02"],
+        "{first}"
+    );
+    let again = tree.top.json(fleet, acme, &snapshot);
+    assert_eq!(names(&again, "replayed").len(), 3, "{again}");
+    // The Toteboxes keep the idempotency keys: the flat orchestrator's retry is a replay too.
+    let flat = tree.flat.json(fleet, acme, &snapshot);
+    assert_eq!(names(&flat, "replayed").len(), 3, "{flat}");
+}

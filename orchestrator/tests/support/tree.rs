@@ -72,7 +72,7 @@ impl Tree {
         let acme = fleet.operator(
             "acme",
             &ids.iter().map(String::as_str).collect::<Vec<_>>(),
-            vec![Operation::Query],
+            vec![Operation::Query, Operation::command("snapshot")],
         );
         let names: Vec<String> = (0..regions).map(|i| format!("region-{i}")).collect();
         let mut members = vec![Vec::new(); regions];
