@@ -212,6 +212,9 @@ pub enum Work {
     Command(CommandSpec),
 }
 
+/// Each archive's outcome of a command, with its answer when it answered.
+pub type CommandResults = Vec<(SourceOutcome, Option<CommandAnswer>)>;
+
 /// What one source answered.
 #[derive(Debug, Clone)]
 pub enum Answer {
@@ -222,7 +225,7 @@ pub enum Answer {
     /// A regional orchestrator's unfinished merge and its archives' outcomes.
     Region(RegionAnswer),
     /// A regional orchestrator's archives' outcomes of a command, as it reports them.
-    RegionCommands(Vec<(SourceOutcome, Option<CommandAnswer>)>),
+    RegionCommands(CommandResults),
 }
 
 /// One source's end of a fan-out, as soon as it ends.
@@ -247,7 +250,7 @@ pub struct Gathered {
     pub commands: Vec<Option<CommandAnswer>>,
     /// A regional orchestrator's report of a command, in the same order (`None` for a Totebox
     /// or a region that did not answer): each of its archives' outcome, as it reports them.
-    pub regions: Vec<Option<Vec<(SourceOutcome, Option<CommandAnswer>)>>>,
+    pub regions: Vec<Option<CommandResults>>,
 }
 
 /// Reachability of one archive, as the fleet thread last saw it.

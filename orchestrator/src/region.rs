@@ -23,14 +23,14 @@ use psp_core::query::wire::{read_result, write_query};
 use psp_core::query::{PartialMerge, Query};
 use psp_core::{ArchiveDigest, ArchiveSet, Chain, Grant, IdentityKey, PublicKey};
 use psp_rpc::client::{
-    ANSWER_TOO_LARGE, CommandAnswer, CommandSpec, ConnectError, MALFORMED_ANSWER, dial_guarded,
+    ANSWER_TOO_LARGE, CommandSpec, ConnectError, MALFORMED_ANSWER, dial_guarded,
 };
 use psp_rpc::diode::DiodeGuard;
 use psp_rpc::limits::{CallError, Limits};
 use psp_schema::orchestrator_capnp::{PartialPolicy, orchestrator};
 
 use crate::console::ArchiveStatus;
-use crate::fanout::SourceOutcome;
+use crate::fanout::{CommandResults, SourceOutcome};
 use crate::selection::Selector;
 use crate::wire::{read_archives, read_cells, read_command_result, read_outcome, write_selector};
 
@@ -261,7 +261,7 @@ impl RegionClient {
         select: &Selector,
         command: &CommandSpec,
         (deadline, max_bytes): (Duration, usize),
-    ) -> Result<Vec<(SourceOutcome, Option<CommandAnswer>)>, CallError> {
+    ) -> Result<CommandResults, CallError> {
         let chain = self.delegated(identity, chain, select)?;
         let mut request = self.orchestrator.command_request();
         {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use psp_core::query::wire::{read_query, write_result};
 use psp_core::{Chain, IdentityKey, PublicKey};
-use psp_rpc::client::{CommandAnswer, CommandSpec};
+use psp_rpc::client::CommandSpec;
 use psp_rpc::limits::Limits;
 use psp_rpc::runtime::{Bootstrap, Connection};
 use psp_schema::orchestrator_capnp::{fleet_query, fleet_request, orchestrator};
@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use crate::config::{Config, MemberKind, PATH_SEPARATOR, Partial, Tenant};
 use crate::console::ArchiveStatus;
 use crate::fanout::{
-    FanOutLimits, Fleet, Health, Member, Source, SourceOutcome, SourceStatus, Watch,
+    CommandResults, FanOutLimits, Fleet, Health, Member, Source, SourceOutcome, SourceStatus, Watch,
 };
 use crate::gate::TenantId;
 use crate::quota::TenantQuota;
@@ -591,7 +591,7 @@ impl orchestrator::Server for Console {
             )
             .await;
         // Each archive's outcome: a Totebox's own, a region's archives' one by one.
-        let mut ended: Vec<(SourceOutcome, Option<CommandAnswer>)> = Vec::new();
+        let mut ended: CommandResults = Vec::new();
         let rows = gathered
             .outcomes
             .into_iter()

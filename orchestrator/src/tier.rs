@@ -24,7 +24,7 @@ use psp_rpc::client::CommandAnswer;
 
 use crate::config::{FleetArchive, PATH_SEPARATOR};
 use crate::console::ArchiveStatus;
-use crate::fanout::{SourceOutcome, SourceStatus};
+use crate::fanout::{CommandResults, SourceOutcome, SourceStatus};
 use crate::selection::{Refusal, Selector};
 
 /// The label key that stands for an archive's id in `partial`'s `labels`.
@@ -358,10 +358,10 @@ pub fn region_ask(
 pub fn expand_commands(
     region: &str,
     ask: &RegionAsk,
-    reported: Option<Vec<(SourceOutcome, Option<CommandAnswer>)>>,
+    reported: Option<CommandResults>,
     failed: &SourceStatus,
     latency: Duration,
-) -> Vec<(SourceOutcome, Option<CommandAnswer>)> {
+) -> CommandResults {
     let Some(reported) = reported else {
         return expand(region, ask, None, failed, None, latency)
             .into_iter()

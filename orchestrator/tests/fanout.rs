@@ -207,6 +207,7 @@ async fn views_are_strict_or_best_effort_and_rollups_group_by_archive_labels() {
             outcomes: gathered.outcomes,
             results,
             commands: Vec::new(),
+            regions: Vec::new(),
         },
         Partial::Strict,
     )
