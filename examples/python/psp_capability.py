@@ -39,6 +39,12 @@ class Refused(Exception):
         self.rule = rule
 
 
+def archive_of(path: str) -> str:
+    """The archive id at the end of a path through regional orchestrators
+    (``eu-west/prop-0042`` is ``prop-0042``): what a capability names."""
+    return path.rsplit("/", 1)[-1]
+
+
 def archive_digest(archive_id: str) -> bytes:
     """How capabilities name an archive: SHA-256 over the domain and the id."""
     return hashlib.sha256(ARCHIVE_DOMAIN + archive_id.encode()).digest()

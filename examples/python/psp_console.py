@@ -192,9 +192,12 @@ class Console:
             return psp_capability.write_chain(links)
         # Only archives the grant reaches (others would widen the link, and every Totebox would
         # refuse it). A large selection is committed by a Merkle root (see delegate).
+        # An archive reached through regional orchestrators is listed by its path
+        # ("eu-west/prop-0042"); the capability names the archive itself, the path's end.
         granted = psp_capability.reached(links)
-        archives = sorted({a for a in needs["archives"]
-                           if granted is None or psp_capability.archive_digest(a) in granted})
+        archives = sorted({psp_capability.archive_of(a) for a in needs["archives"]
+                           if granted is None
+                           or psp_capability.archive_digest(psp_capability.archive_of(a)) in granted})
         delegated = psp_capability.delegate(
             links,
             self.key,

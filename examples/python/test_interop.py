@@ -199,6 +199,10 @@ def test_python_request_links_name_only_what_each_request_needs(fleet):
             link = request.body
             assert bytes(link.holder) == psp_identity.parse_printable(fleet.orchestrator)
             assert psp_capability._archives(request) == {psp_capability.archive_digest(a) for a in ["prop-01", "prop-02"]}
+            # An archive listed by its path through a regional orchestrator is named by its id.
+            by_path = dict(query_needs, archives=["eu-west/prop-01", "prop-02"])
+            through = psp_capability.read_chain(await console.request_chain(grant, by_path))[-1]
+            assert psp_capability._archives(through) == {psp_capability.archive_digest(a) for a in ["prop-01", "prop-02"]}
             [only] = link.scope.collections.only
             assert only.name == "statements" and sorted(only.fields.only) == ["noi"]
             assert [psp_capability._operation(op) for op in link.scope.operations] == [("query",)]
