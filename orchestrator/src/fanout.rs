@@ -532,13 +532,28 @@ async fn gather(mut arrivals: mpsc::Receiver<Arrival>, names: Vec<String>) -> Ga
         let Some(slot) = outcomes.get_mut(arrival.index) else {
             continue;
         };
-        *slot = Some(arrival.outcome);
+        let mut outcome = arrival.outcome;
         match arrival.answer {
             Some(Answer::Result(r)) => results[arrival.index] = Some(r),
             Some(Answer::Command(c)) => commands[arrival.index] = Some(c),
             Some(Answer::RegionCommands(r)) => regions[arrival.index] = Some(r),
-            Some(Answer::Region(_)) | None => {}
+            // Gathered, a region is one source: its unfinished merge is an answer to the query
+            // like a Totebox's (`crate::report::run` reports its archives one by one). A merge
+            // with overflowed cells cannot be one without losing them, so it is set aside.
+            Some(Answer::Region(r)) if r.merge.overflows.is_empty() => {
+                results[arrival.index] = r.merge.result;
+            }
+            Some(Answer::Region(_)) => {
+                outcome.status = SourceStatus::Rejected {
+                    code: "source.overflowed".into(),
+                    message: "a sum in the regional orchestrator's merge left the 64-bit range; \
+                              report::run reports it per cell"
+                        .into(),
+                };
+            }
+            None => {}
         }
+        *slot = Some(outcome);
     }
     Gathered {
         outcomes: outcomes
