@@ -453,24 +453,34 @@ struct KpiValue {
 }
 
 struct PartialAnswer {
-  # A merge handed up a tree of orchestrators, unfinished: one answer to the query as if from a
-  # single Totebox holding every answering archive's records (groups with partial states, so an
-  # average travels as its sum and count; aggregate groups neither ordered nor limited; rows
-  # ordered and cut to the query's limit), then merged by the caller with its other answers.
+  # A merge handed up a tree of orchestrators, unfinished.
 
-  parts @0 :UInt32;
-  # Answers merged into `result`; 0 when no source answered (`result` is then empty).
+  parts @0 :List(MergedPart);
+  # The answering sources' answers merged, one part per set of column types they declared (an
+  # archive whose field is an int and one whose field is a decimal travel apart, each value as
+  # it is); empty when no source answered.
+
+  outcomes @1 :List(SourceOutcome);
+  # One per source asked, as in `View.outcomes`; a source reached through a further
+  # orchestrator is named by its path ("eu-west/prop-0042").
+}
+
+struct MergedPart {
+  # Answers of one set of column types merged, unfinished: one answer to the query as if from a
+  # single Totebox holding their records (groups with partial states, so an average travels as
+  # its sum and count; aggregate groups neither ordered nor limited; rows ordered and cut to the
+  # query's limit), then merged by the caller with its other answers.
+
+  answers @0 :UInt32;
+  # Sources merged into this part.
 
   result @1 :Query.QueryResult;
   # The unfinished merge, with the `labels` columns first.
 
   overflows @2 :List(Cell);
-  # Cells of `result` (row: the group's index, column: the column's) whose exact value left
-  # the 64-bit range here: their state is empty and the caller keeps them overflowed.
-
-  outcomes @3 :List(SourceOutcome);
-  # One per source asked, as in `View.outcomes`; a source reached through a further
-  # orchestrator is named by its path ("eu-west/prop-0042").
+  # Cells of `result` (row: the group's index, column: the column's) whose exact value left the
+  # 64-bit range here: a count's state is then its group's records, a sum's or an average's is
+  # empty, and the caller keeps them overflowed. No other cell may be marked.
 }
 
 struct CommandResult {

@@ -539,15 +539,17 @@ async fn gather(mut arrivals: mpsc::Receiver<Arrival>, names: Vec<String>) -> Ga
             Some(Answer::RegionCommands(r)) => regions[arrival.index] = Some(r),
             // Gathered, a region is one source: its unfinished merge is an answer to the query
             // like a Totebox's (`crate::report::run` reports its archives one by one). A merge
-            // with overflowed cells cannot be one without losing them, so it is set aside.
-            Some(Answer::Region(r)) if r.merge.overflows.is_empty() => {
-                results[arrival.index] = r.merge.result;
+            // with overflowed cells, or in parts, cannot be one answer, so it is set aside.
+            Some(Answer::Region(mut r))
+                if r.parts.len() <= 1 && r.parts.iter().all(|p| p.overflows.is_empty()) =>
+            {
+                results[arrival.index] = r.parts.pop().and_then(|p| p.result);
             }
             Some(Answer::Region(_)) => {
                 outcome.status = SourceStatus::Rejected {
-                    code: "source.overflowed".into(),
-                    message: "a sum in the regional orchestrator's merge left the 64-bit range; \
-                              report::run reports it per cell"
+                    code: "source.not-one-answer".into(),
+                    message: "the regional orchestrator's merge has overflowed cells or parts \
+                              of several column types; report::run merges it"
                         .into(),
                 };
             }

@@ -156,12 +156,17 @@ struct Slot {
 use std::net::SocketAddr;
 
 impl Slot {
-    /// The pooled connection, if it is up and to `endpoint` (a reloaded config may have moved
-    /// the archive).
-    fn live(&self, endpoint: (SocketAddr, PublicKey)) -> Option<&Downstream> {
-        self.client
-            .as_ref()
-            .filter(|c| self.endpoint == Some(endpoint) && c.is_connected())
+    /// The pooled connection, if it is up and to `source`'s endpoint, of its kind (a reloaded
+    /// config may have moved the archive).
+    fn live(&self, source: &Source) -> Option<&Downstream> {
+        let endpoint = (source.address, source.key);
+        // A reload may also turn a member from a Totebox into a region, or back.
+        let region = matches!(source.member, Member::Region(_));
+        self.client.as_ref().filter(|c| {
+            self.endpoint == Some(endpoint)
+                && matches!(c, Downstream::Region(_)) == region
+                && c.is_connected()
+        })
     }
 }
 
@@ -206,7 +211,7 @@ impl Pool {
                 self.quarantine(source, why.clone());
                 return Err(SourceStatus::Quarantined(why));
             }
-            if let Some(client) = slot.live(endpoint) {
+            if let Some(client) = slot.live(source) {
                 return Ok(client.clone());
             }
             // Dropping our reference closes it once calls still holding it end.
@@ -349,7 +354,7 @@ impl Pool {
                 self.connections
                     .borrow()
                     .get(&source.archive)
-                    .is_some_and(|slot| slot.live((source.address, source.key)).is_some())
+                    .is_some_and(|slot| slot.live(source).is_some())
             });
             // Apart, so that dialing many Toteboxes that are down (each may take a handshake
             // timeout) never delays the pings that keep the others' links alive.
@@ -384,7 +389,7 @@ impl Pool {
                 return;
             }
             slot.pinged = Some(Instant::now());
-            match slot.live((source.address, source.key)) {
+            match slot.live(source) {
                 Some(client) => client.clone(),
                 None => return,
             }
@@ -417,7 +422,7 @@ impl Pool {
             .connections
             .borrow()
             .get(&source.archive)
-            .is_some_and(|slot| slot.live((source.address, source.key)).is_some());
+            .is_some_and(|slot| slot.live(source).is_some());
         if connected {
             return;
         }
@@ -532,10 +537,14 @@ impl Pool {
                         select: &region.select,
                         query,
                         labels: &asked,
-                        deadline: region_deadline(until),
+                        until,
                     };
+                    // One share of the request's answers per archive it answers for.
+                    let most = limits
+                        .max_answer_bytes
+                        .saturating_mul(region.leaves.len().max(1));
                     client
-                        .partial(&self.identity, chain, &ask, limits.max_answer_bytes)
+                        .partial(&self.identity, chain, &ask, most)
                         .await
                         .map(Answer::Region)
                 }
@@ -545,7 +554,12 @@ impl Pool {
                             "a regional orchestrator listed as a Totebox".into(),
                         ));
                     };
-                    let within = (region_deadline(until), limits.max_answer_bytes);
+                    let within = (
+                        until,
+                        limits
+                            .max_answer_bytes
+                            .saturating_mul(region.leaves.len().max(1)),
+                    );
                     client
                         .command(&self.identity, chain, &region.select, command, within)
                         .await
@@ -719,9 +733,13 @@ fn arrival(
         Some(Answer::Command(c)) => outcome.as_of = c.as_of,
         Some(Answer::RegionCommands(_)) => {}
         Some(Answer::Region(r)) => {
-            if let Some(result) = &r.merge.result {
-                outcome.as_of = result.as_of;
-                outcome.rows = rows_of(result) as u64;
+            for result in r.parts.iter().filter_map(|p| p.result.as_ref()) {
+                outcome.as_of = if outcome.as_of == 0 {
+                    result.as_of
+                } else {
+                    outcome.as_of.min(result.as_of)
+                };
+                outcome.rows = outcome.rows.saturating_add(rows_of(result) as u64);
             }
         }
         None => {}
@@ -731,15 +749,6 @@ fn arrival(
         outcome,
         answer,
     }
-}
-
-/// How long a regional orchestrator has to answer a call that must end by `until`: the time
-/// left, less a margin for its answer to travel back (a fifth of it, at least 50 ms), so a slow
-/// archive is reported timed out by its region, never the whole region as lost.
-fn region_deadline(until: Instant) -> Duration {
-    let left = until.saturating_duration_since(Instant::now());
-    let margin = (left / 5).max(Duration::from_millis(50));
-    left.saturating_sub(margin).max(Duration::from_millis(1))
 }
 
 /// Longest text from a Totebox (an error message, a command's summary) an outcome carries: a

@@ -41,8 +41,9 @@ pub const MAX_DIRECTORY: usize = 100_000;
 /// as the region names them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegionAnswer {
-    /// The unfinished merge (`None` when none of its sources answered).
-    pub merge: PartialMerge,
+    /// The unfinished merge, one part per set of column types its sources declared (none when
+    /// none of them answered).
+    pub parts: Vec<PartialMerge>,
     /// One per source it asked.
     pub outcomes: Vec<SourceOutcome>,
 }
@@ -192,7 +193,13 @@ impl RegionClient {
         ask: &PartialAsk<'_>,
         max_bytes: usize,
     ) -> Result<RegionAnswer, CallError> {
-        let chain = self.delegated(identity, chain, ask.select)?;
+        // Confirmed first: the link names the archives its directory lists, and the region's
+        // time is what is left after the wait.
+        let directory = self
+            .confirmed()
+            .await
+            .map_err(|e| CallError::new(e.code(), e.to_string()))?;
+        let chain = self.delegated(identity, chain, ask.select, &directory)?;
         let mut request = self.orchestrator.partial_request();
         {
             let mut params = request.get();
@@ -204,36 +211,32 @@ impl RegionClient {
             let mut r = params.init_request();
             write_selector(ask.select, r.reborrow().init_archives());
             chain.write(r.reborrow().init_chain());
-            let mut options = r.init_options();
-            let millis = u32::try_from(ask.deadline.as_millis())
-                .unwrap_or(u32::MAX)
-                .max(1);
-            options.set_deadline_millis(millis);
-            options.set_partial(PartialPolicy::BestEffort);
+            set_options(r.init_options(), ask.until);
         }
-        // Never waits past the deadline given, plus the time the answer needs to travel.
-        let confirmed = async {
-            self.confirmed()
-                .await
-                .map_err(|e| CallError::new(e.code(), e.to_string()))?;
-            self.call("partial", request.send().promise).await
-        };
-        let response = confirmed.await?;
+        let response = self.call("partial", request.send().promise).await?;
         within_bytes(response.get().and_then(|r| r.total_size()), max_bytes)?;
         let answer = response
             .get()
             .and_then(|r| r.get_answer())
             .map_err(malformed)?;
-        let parts = answer.get_parts();
-        let result = if parts == 0 {
-            None
-        } else {
-            Some(
-                read_result(answer.get_result().map_err(malformed)?)
-                    .map_err(|e| malformed(e.to_string()))?,
-            )
-        };
-        let overflows = read_cells(answer.get_overflows().map_err(malformed)?);
+        let listed = answer.get_parts().map_err(malformed)?;
+        if listed.len() > MAX_PARTS {
+            return Err(malformed(format!(
+                "answered {} parts; at most {MAX_PARTS} are accepted",
+                listed.len()
+            )));
+        }
+        let mut parts = Vec::with_capacity(listed.len() as usize);
+        for part in listed {
+            parts.push(PartialMerge {
+                parts: part.get_answers() as usize,
+                result: Some(
+                    read_result(part.get_result().map_err(malformed)?)
+                        .map_err(|e| malformed(e.to_string()))?,
+                ),
+                overflows: read_cells(part.get_overflows().map_err(malformed)?),
+            });
+        }
         let outcomes = answer
             .get_outcomes()
             .map_err(malformed)?
@@ -241,14 +244,7 @@ impl RegionClient {
             .map(read_outcome)
             .collect::<capnp::Result<Vec<_>>>()
             .map_err(malformed)?;
-        Ok(RegionAnswer {
-            merge: PartialMerge {
-                parts: parts as usize,
-                result,
-                overflows,
-            },
-            outcomes,
-        })
+        Ok(RegionAnswer { parts, outcomes })
     }
 
     /// Sends `command` to the region's archives that `select` names, under `chain` delegated to
@@ -260,33 +256,28 @@ impl RegionClient {
         chain: &Chain,
         select: &Selector,
         command: &CommandSpec,
-        (deadline, max_bytes): (Duration, usize),
+        (until, max_bytes): (tokio::time::Instant, usize),
     ) -> Result<CommandResults, CallError> {
-        let chain = self.delegated(identity, chain, select)?;
+        // A command goes only to a region whose session is confirmed (it is the region it was
+        // configured as), under a link naming only the archives its directory lists.
+        let directory = self
+            .confirmed()
+            .await
+            .map_err(|e| CallError::new(e.code(), e.to_string()))?;
+        let chain = self.delegated(identity, chain, select, &directory)?;
         let mut request = self.orchestrator.command_request();
         {
             let mut params = request.get();
             let mut r = params.reborrow().init_request();
             write_selector(select, r.reborrow().init_archives());
             chain.write(r.reborrow().init_chain());
-            let mut options = r.init_options();
-            options.set_deadline_millis(
-                u32::try_from(deadline.as_millis())
-                    .unwrap_or(u32::MAX)
-                    .max(1),
-            );
-            options.set_partial(PartialPolicy::BestEffort);
+            set_options(r.init_options(), until);
             let mut c = params.init_command();
             c.set_name(&command.name);
             c.set_collection(&command.collection);
             c.set_idempotency_key(&command.idempotency_key);
             c.set_arguments(&command.arguments);
         }
-        // A command goes only to a region whose session is confirmed (it is the region it was
-        // configured as).
-        self.confirmed()
-            .await
-            .map_err(|e| CallError::new(e.code(), e.to_string()))?;
         let response = self.call("command", request.send().promise).await?;
         within_bytes(response.get().and_then(|r| r.total_size()), max_bytes)?;
         let list = response
@@ -301,23 +292,33 @@ impl RegionClient {
 
     /// The console's chain delegated to the region's key: the same scope and window.
     ///
-    /// When the region is asked for archives by id, the link names only those: a region can
-    /// spend it on its own archives, never on another region's.
+    /// The link names only the region's archives the request asks for (by id, or those of its
+    /// `directory` the selection matches): a region can spend it on its own archives, never on
+    /// another region's or on a Totebox this orchestrator reaches directly.
     fn delegated(
         &self,
         identity: &IdentityKey,
         chain: &Chain,
         select: &Selector,
+        directory: &[ArchiveStatus],
     ) -> Result<Chain, CallError> {
         let last = chain.last();
-        let archives = match select {
-            Selector::Ids(ids) => ArchiveSet::of_digests(
-                ids.iter()
-                    .map(|id| ArchiveDigest::of(crate::tier::archive_of(id)))
-                    .filter(|d| chain.reaches(d)),
-            ),
-            _ => chain.archives().clone(),
+        // The archives the region is asked for: by id, or those of its directory the selection
+        // matches; never the rest of the console's selection.
+        let ids: Vec<&str> = match select {
+            Selector::Ids(ids) => ids.iter().map(String::as_str).collect(),
+            Selector::All => directory.iter().map(|a| a.id.as_str()).collect(),
+            Selector::Labels(labels) => directory
+                .iter()
+                .filter(|a| labels.iter().all(|(k, v)| a.labels.get(k) == Some(v)))
+                .map(|a| a.id.as_str())
+                .collect(),
         };
+        let archives = ArchiveSet::of_digests(
+            ids.into_iter()
+                .map(|id| ArchiveDigest::of(crate::tier::archive_of(id)))
+                .filter(|d| chain.reaches(d)),
+        );
         chain
             .delegate(
                 identity,
@@ -371,7 +372,7 @@ fn sane(listed: Vec<ArchiveStatus>) -> Vec<ArchiveStatus> {
     listed
         .into_iter()
         .filter_map(|mut a| {
-            if !fits(&a.id) || !seen.insert(a.id.clone()) {
+            if !fits(&a.id) || a.key.len() > MAX_NAME || !seen.insert(a.id.clone()) {
                 tracing::warn!(target: "psp::security", "left out a regional orchestrator's listing of {:?}", a.id.escape_debug().to_string());
                 return None;
             }
@@ -383,6 +384,29 @@ fn sane(listed: Vec<ArchiveStatus>) -> Vec<ArchiveStatus> {
             Some(a)
         })
         .collect()
+}
+
+/// Most parts one `partial` answer may carry (one per set of column types).
+const MAX_PARTS: u32 = 64;
+
+/// How long a regional orchestrator has to answer a call that must end by `until`: the time
+/// left now, less a margin for its answer to travel back and be read (a fifth of it, at least
+/// 50 ms), so a slow archive is reported timed out by its region, not the whole region as lost
+/// (the margin must cover the round trip to the region: see `docs/protocol.md`).
+pub fn region_deadline(until: tokio::time::Instant) -> Duration {
+    let left = until.saturating_duration_since(tokio::time::Instant::now());
+    let margin = (left / 5).max(Duration::from_millis(50));
+    left.saturating_sub(margin).max(Duration::from_millis(1))
+}
+
+/// A request's options for a region: best effort, by the deadline left before `until`.
+fn set_options(
+    mut options: psp_schema::orchestrator_capnp::fan_out_options::Builder<'_>,
+    until: tokio::time::Instant,
+) {
+    let millis = u32::try_from(region_deadline(until).as_millis()).unwrap_or(u32::MAX);
+    options.set_deadline_millis(millis.max(1));
+    options.set_partial(PartialPolicy::BestEffort);
 }
 
 /// Refuses an answer of `size` over `max_bytes`, measured before it is read.
@@ -411,6 +435,6 @@ pub struct PartialAsk<'a> {
     pub query: &'a Query,
     /// Label keys to prepend ("" for the archive id).
     pub labels: &'a [String],
-    /// How long the region has to answer.
-    pub deadline: Duration,
+    /// When the call must have ended (the region is given the time left less a margin).
+    pub until: tokio::time::Instant,
 }

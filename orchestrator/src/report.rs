@@ -6,16 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use psp_core::Chain;
 use psp_core::query::conform::{self, expected_columns};
-use psp_core::query::{
-    CellRef, Merger, Nonconforming, PartialMerge, Query, QueryResult, Table, Value,
-};
+use psp_core::query::{CellRef, Merger, Nonconforming, PartialMerge, Query, QueryResult, Table};
 
 use crate::config::Partial;
 use crate::fanout::{
     Answer, FanOutLimits, Fleet, Member, Source, SourceOutcome, SourceStatus, Watch, Work,
 };
 use crate::gate::TenantId;
-use crate::tier::{ID_LABEL, archive_of, asked_keys, expand, relabel, split_by_labels};
+use crate::tier::{ID_LABEL, Parts, RegionParts, archive_of, asked_keys, expand};
 use crate::view::{ViewError, enforce, labelled_query, reject, with_labels};
 use crate::viewports::{Book, Entry, Kpi, KpiValue, Reconciliation, Viewport};
 
@@ -117,7 +115,8 @@ async fn table(
     how: &Run<'_>,
 ) -> Result<Report, ViewError> {
     let max_rows = how.limits.max_rows_per_source;
-    let mut merger = Merger::new(&labelled_query(query, labels), max_rows);
+    // Each answer is checked against `max_rows` on its own (a region's per archive it reaches).
+    let mut merger = Merger::new(&labelled_query(query, labels), usize::MAX);
     let none = BTreeMap::new();
     let outcomes = fan(
         query,
@@ -134,7 +133,12 @@ async fn table(
             }
             // Judged against the query with the label columns it was asked for; the labels its
             // entry sets here are ours to fill in.
-            Returned::Region(part) => part.fold(&mut merger, index, query, labels, max_rows),
+            Returned::Region(parts) => {
+                for (result, marks) in parts.relabelled(query, labels, max_rows)? {
+                    merger.add_marked(index, result, &marks)?;
+                }
+                Ok(())
+            }
         },
     )
     .await;
@@ -157,9 +161,9 @@ pub async fn partial(
     labels: &[String],
     reach: &Reach,
     how: &Run<'_>,
-) -> (PartialMerge, Vec<SourceOutcome>) {
+) -> (Vec<PartialMerge>, Vec<SourceOutcome>) {
     let max_rows = how.limits.max_rows_per_source;
-    let mut merger = Merger::new(&labelled_query(query, labels), max_rows);
+    let mut parts = Parts::new(&labelled_query(query, labels));
     let none = BTreeMap::new();
     let outcomes = fan(
         query,
@@ -173,13 +177,18 @@ pub async fn partial(
                 if let Some(source) = reach.sources.get(index) {
                     source_labels.insert(ID_LABEL.to_owned(), source.archive.clone());
                 }
-                merger.add(index, with_labels(result, labels, &source_labels))
+                parts.add_marked(index, with_labels(result, labels, &source_labels), &[])
             }
-            Returned::Region(part) => part.fold(&mut merger, index, query, labels, max_rows),
+            Returned::Region(region) => {
+                for (result, marks) in region.relabelled(query, labels, max_rows)? {
+                    parts.add_marked(index, result, &marks)?;
+                }
+                Ok(())
+            }
         },
     )
     .await;
-    (merger.into_partial(), outcomes)
+    (parts.into_parts(), outcomes)
 }
 
 async fn reconciliation(
@@ -196,49 +205,29 @@ async fn reconciliation(
         }
         .unwrap_or_else(|| archive_of(archive).to_owned())
     };
-    // Regions are asked for the entity label (unless their entry sets it) and the archive id,
-    // so their merge keeps each entity's books apart.
-    let wanted: Vec<String> = match spec.entity_label.as_str() {
-        "" => vec![ID_LABEL.to_owned()],
-        label => vec![label.to_owned(), ID_LABEL.to_owned()],
-    };
+    // Regions are asked for each archive's id, so their merge keeps each archive's books
+    // apart; its entity is then told from the region's directory, never from what it answers.
+    let wanted = vec![ID_LABEL.to_owned()];
     // One merger per entity: an entity whose books span several archives is merged exactly.
     let mut books: BTreeMap<String, Merger> = BTreeMap::new();
     let max_rows = how.limits.max_rows_per_source;
     let outcomes = fan(&query, &wanted, reach, how, |index, returned| {
-        let archive = reach.sources.get(index).map_or("", |s| s.archive.as_str());
+        let source = reach.sources.get(index);
+        let archive = source.map_or("", |s| s.archive.as_str());
         match returned {
-            Returned::Totebox(result) => books
-                .entry(entity(reach.labels.get(index), archive))
-                .or_insert_with(|| Merger::new(&query, max_rows))
-                .add(index, result),
-            Returned::Region(part) => {
-                conform::check(&labelled_query(&query, part.asked), &part.result, max_rows)?;
-                for (prefix, result, marks) in
-                    split_by_labels(part.result, part.overflows, part.asked.len())
-                {
-                    let mut values = part.asked.iter().zip(&prefix);
-                    let text = |v: &Value| match v {
-                        Value::Text(t) => Some(t.clone()),
-                        _ => None,
-                    };
-                    let label = part.entry.get(&spec.entity_label).cloned().or_else(|| {
-                        (!spec.entity_label.is_empty())
-                            .then(|| values.find(|(k, _)| **k == spec.entity_label))
-                            .flatten()
-                            .and_then(|(_, v)| text(v))
-                    });
-                    let id = part
-                        .asked
-                        .iter()
-                        .zip(&prefix)
-                        .find(|(k, _)| k.as_str() == ID_LABEL)
-                        .and_then(|(_, v)| text(v))
-                        .unwrap_or_default();
-                    let name = label.unwrap_or_else(|| archive_of(&id).to_owned());
+            Returned::Totebox(result) => {
+                conform::check(&query, &result, max_rows)?;
+                books
+                    .entry(entity(reach.labels.get(index), archive))
+                    .or_insert_with(|| Merger::new(&query, usize::MAX))
+                    .add(index, result)
+            }
+            Returned::Region(parts) => {
+                // Checked whole before any of it is merged.
+                for (leaf, result, marks) in parts.by_archive(&query, max_rows)? {
                     books
-                        .entry(name)
-                        .or_insert_with(|| Merger::new(&query, max_rows))
+                        .entry(entity(Some(&leaf.labels), &leaf.id))
+                        .or_insert_with(|| Merger::new(&query, usize::MAX))
                         .add_marked(index, result, &marks)?;
                 }
                 Ok(())
@@ -282,15 +271,23 @@ async fn reconciliation(
 async fn summary(kpis: &[Kpi], reach: &Reach, how: &Run<'_>) -> Result<Report, ViewError> {
     let max_rows = how.limits.max_rows_per_source;
     let figures = futures::future::join_all(kpis.iter().map(|kpi| async move {
-        let mut merger = Merger::new(&kpi.query, max_rows);
+        let mut merger = Merger::new(&kpi.query, usize::MAX);
         let outcomes = fan(
             &kpi.query,
             &[],
             reach,
             how,
             |index, returned| match returned {
-                Returned::Totebox(result) => merger.add(index, result),
-                Returned::Region(part) => merger.add_marked(index, part.result, part.overflows),
+                Returned::Totebox(result) => {
+                    conform::check(&kpi.query, &result, max_rows)?;
+                    merger.add(index, result)
+                }
+                Returned::Region(parts) => {
+                    for (result, marks) in parts.relabelled(&kpi.query, &[], max_rows)? {
+                        merger.add_marked(index, result, &marks)?;
+                    }
+                    Ok(())
+                }
             },
         )
         .await;
@@ -356,17 +353,18 @@ async fn fan(
         *slot = Some(match (arrival.answer, &source.member) {
             (Some(Answer::Region(answer)), Member::Region(ask)) => {
                 let asked = asked_keys(labels, &ask.labels);
-                let rejected = answer.merge.result.and_then(|result| {
-                    let part = RegionPart {
-                        result,
-                        overflows: &answer.merge.overflows,
-                        asked: &asked,
-                        entry: &ask.labels,
-                    };
-                    let why = fold(arrival.index, Returned::Region(part)).err()?;
-                    reject(&mut outcome, &why);
-                    Some(outcome.status.clone())
-                });
+                let parts = RegionParts {
+                    parts: answer.parts,
+                    asked: &asked,
+                    ask,
+                };
+                let rejected = match fold(arrival.index, Returned::Region(parts)) {
+                    Ok(()) => None,
+                    Err(why) => {
+                        reject(&mut outcome, &why);
+                        Some(outcome.status.clone())
+                    }
+                };
                 expand(
                     &source.archive,
                     ask,
@@ -425,36 +423,7 @@ enum Returned<'a> {
     /// A Totebox's answer to the query.
     Totebox(QueryResult),
     /// A regional orchestrator's unfinished merge.
-    Region(RegionPart<'a>),
-}
-
-/// A regional orchestrator's unfinished merge, with what it was asked.
-struct RegionPart<'a> {
-    /// Its answer, with the `asked` label columns first.
-    result: QueryResult,
-    /// Its cells that overflowed there.
-    overflows: &'a [CellRef],
-    /// The label keys it was asked for.
-    asked: &'a [String],
-    /// Its entry's labels.
-    entry: &'a BTreeMap<String, String>,
-}
-
-impl RegionPart<'_> {
-    /// Checks the region's answer against `query` with the label columns it was asked for,
-    /// fills in the `labels` its entry sets, and folds it into `merger`.
-    fn fold(
-        self,
-        merger: &mut Merger,
-        index: usize,
-        query: &Query,
-        labels: &[String],
-        max_rows: usize,
-    ) -> Result<(), Nonconforming> {
-        conform::check(&labelled_query(query, self.asked), &self.result, max_rows)?;
-        let (result, marks) = relabel(self.result, self.overflows, labels, self.asked, self.entry);
-        merger.add_marked(index, result, &marks)
-    }
+    Region(RegionParts<'a>),
 }
 
 /// Each archive's labels by the name its outcome carries (a region's archives by their paths).

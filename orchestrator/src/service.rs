@@ -33,7 +33,7 @@ use crate::fanout::{
 use crate::gate::TenantId;
 use crate::quota::TenantQuota;
 use crate::report::{Reach, Report, Run, run};
-use crate::selection::{Refusal, reach, select};
+use crate::selection::{Refusal, Selector, reach, select};
 use crate::tier::{expand_commands, region_ask};
 use crate::view::ViewError;
 use crate::viewports::Viewport;
@@ -224,8 +224,27 @@ impl Console {
         let mut labels = Vec::with_capacity(reached.asked.len());
         let mut not_asked = Vec::new();
         let mut archives = 0usize;
+        // One archive reached two ways (directly and through a region, or through two regions)
+        // is asked once, by the first: its records must count once.
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let twice = |path: &str, first: &str| {
+            SourceOutcome::without_answer(
+                path.to_owned(),
+                SourceStatus::Error(format!(
+                    "the same archive is reached as {first}; it was asked once, there"
+                )),
+                Duration::ZERO,
+            )
+        };
         for a in &reached.asked {
             let mut source = Source::of(a);
+            if a.kind == MemberKind::Totebox {
+                if let Some(first) = seen.get(&a.id) {
+                    not_asked.push(twice(&a.id, first));
+                    continue;
+                }
+                seen.insert(a.id.clone(), a.id.clone());
+            }
             if a.kind == MemberKind::Orchestrator {
                 let directory = self.service.fleet.directory(&a.id);
                 let (ask, outside) = region_ask(
@@ -236,7 +255,27 @@ impl Console {
                 )
                 .map_err(refused)?;
                 not_asked.extend(outside);
-                let Some(ask) = ask else { continue };
+                let Some(mut ask) = ask else { continue };
+                if !ask.leaves.is_empty() {
+                    ask.leaves.retain(|leaf| {
+                        let path = format!("{}{PATH_SEPARATOR}{}", a.id, leaf.id);
+                        let archive = crate::tier::archive_of(&leaf.id).to_owned();
+                        match seen.get(&archive) {
+                            Some(first) => {
+                                not_asked.push(twice(&path, first));
+                                false
+                            }
+                            None => {
+                                seen.insert(archive, path);
+                                true
+                            }
+                        }
+                    });
+                    if ask.leaves.is_empty() {
+                        continue;
+                    }
+                    ask.select = Selector::Ids(ask.leaves.iter().map(|l| l.id.clone()).collect());
+                }
                 archives += ask.leaves.len().max(1);
                 source.member = Member::Region(Arc::new(ask));
             } else {
@@ -263,7 +302,7 @@ impl Console {
             target: "psp::audit",
             %operator,
             tenant = %tenant.name,
-            archives = reached.asked.len(),
+            archives,
             capability = %chain.last().id,
             "{what}"
         );
@@ -289,10 +328,8 @@ impl Console {
         };
         // Each source's share of the request's answer budget: a request never holds more,
         // however many sources answer, and no source can take the others' shares.
-        let answers = reach
-            .sources
-            .len()
-            .saturating_mul(answers_per_source.max(1));
+        // Counted by archive: a region gets one share per archive it answers for.
+        let answers = archives.saturating_mul(answers_per_source.max(1));
         let max_answer_bytes = config.source_share(answers, self.service.message_limit);
         Ok(Admitted {
             tenant: TenantId::from(tenant.name.as_str()),
@@ -535,19 +572,21 @@ impl orchestrator::Server for Console {
             partial: Partial::BestEffort,
             watch: Watch::default(),
         };
-        let (merge, outcomes) =
+        let (parts, outcomes) =
             crate::report::partial(&query, &labels, &admitted.reach, &how).await;
         let mut answer = results.get().init_answer();
-        answer.set_parts(u32::try_from(merge.parts).unwrap_or(u32::MAX));
-        if let Some(result) = &merge.result {
-            write_result(result, answer.reborrow().init_result());
+        let mut list = answer.reborrow().init_parts(parts.len() as u32);
+        for (i, part) in parts.iter().enumerate() {
+            let mut b = list.reborrow().get(i as u32);
+            b.set_answers(u32::try_from(part.parts).unwrap_or(u32::MAX));
+            if let Some(result) = &part.result {
+                write_result(result, b.reborrow().init_result());
+            }
+            write_cells(
+                &part.overflows,
+                b.init_overflows(part.overflows.len() as u32),
+            );
         }
-        write_cells(
-            &merge.overflows,
-            answer
-                .reborrow()
-                .init_overflows(merge.overflows.len() as u32),
-        );
         let mut list = answer.init_outcomes(outcomes.len() as u32);
         for (i, o) in outcomes.iter().enumerate() {
             write_outcome(o, list.reborrow().get(i as u32));

@@ -17,7 +17,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use psp_core::query::{CellRef, Column, QueryResult, ResultBody, Value, ValueType};
+use psp_core::query::conform;
+use psp_core::query::{
+    CellRef, Column, Merger, Nonconforming, PartialMerge, Query, QueryResult, ResultBody, Value,
+    ValueType, check_marks,
+};
 
 use psp_core::{ArchiveDigest, Chain};
 use psp_rpc::client::CommandAnswer;
@@ -26,11 +30,12 @@ use crate::config::{FleetArchive, PATH_SEPARATOR};
 use crate::console::ArchiveStatus;
 use crate::fanout::{CommandResults, SourceOutcome, SourceStatus};
 use crate::selection::{Refusal, Selector};
+use crate::view::labelled_query;
 
 /// The label key that stands for an archive's id in `partial`'s `labels`.
 pub const ID_LABEL: &str = "";
 
-/// Most outcomes accepted from a region whose directory is not known.
+/// Most outcomes taken from a region whose directory is not known.
 const MAX_UNLISTED: usize = 10_000;
 
 /// The archive id at the end of a path (`eu-west/prop-0042` is `prop-0042`): what a capability
@@ -174,6 +179,25 @@ pub fn split_by_labels(
         .collect()
 }
 
+/// An outcome a region reported, its texts cut to what a Totebox's may carry (a code to 64
+/// bytes, a message to 1,024).
+fn bounded_outcome(mut outcome: SourceOutcome) -> SourceOutcome {
+    let cut = |text: &mut String, max: usize| {
+        *text = crate::pool::bounded(std::mem::take(text), max);
+    };
+    match &mut outcome.status {
+        SourceStatus::Unreachable(why)
+        | SourceStatus::Error(why)
+        | SourceStatus::Quarantined(why) => cut(why, 1024),
+        SourceStatus::Denied { code, message } | SourceStatus::Rejected { code, message } => {
+            cut(code, 64);
+            cut(message, 1024);
+        }
+        SourceStatus::Ok | SourceStatus::TimedOut | SourceStatus::Cancelled => {}
+    }
+    outcome
+}
+
 /// Every archive's outcome for a region asked as `ask` under the name `region`: its own report
 /// when it answered (`reported`), otherwise `failed` for each archive of its directory (or for
 /// the region itself when its directory is not known). Paths are `region/<name>`. An answer the
@@ -201,9 +225,18 @@ pub fn expand(
             .map(|leaf| SourceOutcome::without_answer(path(&leaf.id), failed.clone(), latency))
             .collect();
     };
+    // A region reports each archive asked once; what it reports beyond (bounded, so a flood
+    // costs little) is matched and dropped. Its texts are cut as a Totebox's are.
+    let most = if ask.leaves.is_empty() {
+        MAX_UNLISTED
+    } else {
+        ask.leaves.len().saturating_mul(2).saturating_add(16)
+    };
     let mut by_name: BTreeMap<String, SourceOutcome> = BTreeMap::new();
-    for outcome in reported.into_iter().take(MAX_UNLISTED) {
-        by_name.entry(outcome.archive.clone()).or_insert(outcome);
+    for outcome in reported.into_iter().take(most) {
+        by_name
+            .entry(outcome.archive.clone())
+            .or_insert_with(|| bounded_outcome(outcome));
     }
     let mut outcomes: Vec<SourceOutcome> = if ask.leaves.is_empty() {
         by_name
@@ -298,12 +331,14 @@ pub fn region_ask(
     let mut leaves: Vec<Leaf> = Vec::new();
     match &named {
         Some(ids) => {
+            let by_id: std::collections::HashMap<&str, &ArchiveStatus> =
+                directory.iter().map(|a| (a.id.as_str(), a)).collect();
+            let mut named = std::collections::HashSet::new();
             for id in ids {
-                let listed = directory
-                    .iter()
-                    .find(|a| a.id == *id)
+                let listed = by_id
+                    .get(id)
                     .ok_or_else(|| Refusal::ArchiveNotInTenant(format!("{prefix}{id}")))?;
-                if !leaves.iter().any(|l| l.id == listed.id) {
+                if named.insert(listed.id.as_str()) {
                     leaves.push(Leaf {
                         id: listed.id.clone(),
                         labels: effective(listed),
@@ -403,4 +438,137 @@ pub fn expand_commands(
             }
         })
         .collect()
+}
+
+/// A regional orchestrator's unfinished merge, with what it was asked.
+pub struct RegionParts<'a> {
+    /// Its parts, one per set of column types.
+    pub parts: Vec<PartialMerge>,
+    /// The label keys it was asked for.
+    pub asked: &'a [String],
+    /// What the request asked of it.
+    pub ask: &'a RegionAsk,
+}
+
+impl<'a> RegionParts<'a> {
+    /// Checks every part against `query` with the asked label columns in front, as one
+    /// Totebox's answer is checked, allowing `max_rows` rows or groups per archive asked, and
+    /// its overflow marks: all parts or none.
+    pub fn checked(&self, query: &Query, max_rows: usize) -> Result<(), Nonconforming> {
+        let labelled = labelled_query(query, self.asked);
+        let most = max_rows.saturating_mul(self.ask.leaves.len().max(1));
+        for part in &self.parts {
+            let Some(result) = &part.result else {
+                return Err(Nonconforming("a part without a result".into()));
+            };
+            conform::check(&labelled, result, most)?;
+            check_marks(&labelled, result, &part.overflows)?;
+        }
+        Ok(())
+    }
+
+    /// The parts, checked, each with every `wanted` label column in front (the entry's values
+    /// filled in), ready to merge.
+    pub fn relabelled(
+        self,
+        query: &Query,
+        wanted: &[String],
+        max_rows: usize,
+    ) -> Result<Vec<(QueryResult, Vec<CellRef>)>, Nonconforming> {
+        self.checked(query, max_rows)?;
+        Ok(self
+            .parts
+            .into_iter()
+            .filter_map(|p| {
+                let result = p.result?;
+                Some(relabel(
+                    result,
+                    &p.overflows,
+                    wanted,
+                    self.asked,
+                    &self.ask.labels,
+                ))
+            })
+            .collect())
+    }
+
+    /// The parts of an answer asked with the archive id as its only label column, checked and
+    /// split by archive: each archive asked with its own answer and marks. An answer for an
+    /// archive that was not asked sets the whole answer aside, and so does a region whose
+    /// directory is not known yet (its archives could not be told from anyone else's).
+    pub fn by_archive(
+        self,
+        query: &Query,
+        max_rows: usize,
+    ) -> Result<Vec<(&'a Leaf, QueryResult, Vec<CellRef>)>, Nonconforming> {
+        if self.ask.leaves.is_empty() {
+            return Err(Nonconforming(
+                "the regional orchestrator has not listed its archives yet, so its books \
+                 cannot be told apart"
+                    .into(),
+            ));
+        }
+        if self.asked != [ID_LABEL] {
+            return Err(Nonconforming("asked for more than the archive id".into()));
+        }
+        self.checked(query, max_rows)?;
+        let mut split = Vec::new();
+        for part in self.parts {
+            let Some(result) = part.result else { continue };
+            for (prefix, result, marks) in split_by_labels(result, &part.overflows, 1) {
+                let leaf = match prefix.first() {
+                    Some(Value::Text(id)) => self.ask.leaves.iter().find(|l| l.id == *id),
+                    _ => None,
+                }
+                .ok_or_else(|| {
+                    Nonconforming(format!(
+                        "answered for {:?}, which it was not asked",
+                        prefix.first()
+                    ))
+                })?;
+                split.push((leaf, result, marks));
+            }
+        }
+        Ok(split)
+    }
+}
+
+/// An unfinished merge in parts, one per set of column types its answers declared, so every
+/// value travels as it is (see [`PartialMerge`]).
+pub struct Parts {
+    query: Query,
+    mergers: BTreeMap<Vec<ValueType>, Merger>,
+}
+
+impl Parts {
+    /// Parts for answers to `query`.
+    pub fn new(query: &Query) -> Parts {
+        Parts {
+            query: query.clone(),
+            mergers: BTreeMap::new(),
+        }
+    }
+
+    /// Folds `answer` (and its overflow marks) into the part of its column types.
+    pub fn add_marked(
+        &mut self,
+        source: usize,
+        answer: QueryResult,
+        overflowed: &[CellRef],
+    ) -> Result<(), Nonconforming> {
+        let types = answer.columns.iter().map(|c| c.value_type).collect();
+        self.mergers
+            .entry(types)
+            .or_insert_with(|| Merger::new(&self.query, usize::MAX))
+            .add_marked(source, answer, overflowed)
+    }
+
+    /// The parts, unfinished.
+    pub fn into_parts(self) -> Vec<PartialMerge> {
+        self.mergers
+            .into_values()
+            .map(Merger::into_partial)
+            .filter(|p| p.result.is_some())
+            .collect()
+    }
 }

@@ -59,8 +59,8 @@ fn answer(groups: usize, period_bytes: usize) -> QueryResult {
     }
 }
 
-/// A script answering `result` (if any), overflow `marks`, and `reported` (archive, ok?)
-/// outcomes.
+/// A script answering `result` (if any) as its one part with overflow `marks`, and
+/// `reported` (archive, ok?) outcomes.
 fn script(
     result: Option<QueryResult>,
     marks: Vec<(u32, u32)>,
@@ -68,14 +68,15 @@ fn script(
 ) -> RegionScript {
     Arc::new(move |_, _, mut b| {
         if let Some(result) = &result {
-            b.set_parts(1);
-            write_result(result, b.reborrow().init_result());
-        }
-        let mut cells = b.reborrow().init_overflows(marks.len() as u32);
-        for (i, (row, column)) in marks.iter().enumerate() {
-            let mut cell = cells.reborrow().get(i as u32);
-            cell.set_row(*row);
-            cell.set_column(*column);
+            let mut part = b.reborrow().init_parts(1).get(0);
+            part.set_answers(3);
+            write_result(result, part.reborrow().init_result());
+            let mut cells = part.init_overflows(marks.len() as u32);
+            for (i, (row, column)) in marks.iter().enumerate() {
+                let mut cell = cells.reborrow().get(i as u32);
+                cell.set_row(*row);
+                cell.set_column(*column);
+            }
         }
         let mut list = b.init_outcomes(reported.len() as u32);
         for (i, (archive, ok)) in reported.iter().enumerate() {
@@ -218,10 +219,18 @@ fn a_hostile_region_changes_only_its_own_archives_outcomes() {
     ));
     let (_, outcomes) = everyone("bad marks");
     assert_eq!(status_of(&outcomes, "hostile/h-2"), "rejected");
+    // A mark on a sum that holds a value (it would blank the group's figure for everyone).
+    hostile.answer_with(script(
+        Some(answer(1, 7)),
+        vec![(0, 1)],
+        vec![("h-1", true), ("h-2", true), ("h-3", true)],
+    ));
+    let (_, outcomes) = everyone("a mark on a figure it holds");
+    assert_eq!(status_of(&outcomes, "hostile/h-1"), "rejected");
 
     // Larger than its share of the request's answers: rejected before it is read.
     hostile.answer_with(script(
-        Some(answer(2_000, 100)),
+        Some(answer(4_000, 100)),
         Vec::new(),
         vec![("h-1", true), ("h-2", true), ("h-3", true)],
     ));

@@ -543,20 +543,54 @@ fn a_regions_overflowed_sum_stays_overflowed_above_it_and_nothing_else_does() {
 }
 
 #[test]
-fn a_region_whose_archives_disagree_on_a_numeric_type_answers_in_the_widest() {
+fn archives_that_disagree_on_a_type_travel_in_separate_parts_and_merge_as_flat() {
     let q = query();
-    let mut region = Merger::new(&q, 100);
-    region
-        .add(0, one_group("east", 100, Value::Int(1)))
-        .unwrap();
-    region
-        .add(
-            1,
-            one_group("west", 100, Value::Decimal(Decimal::new(150, 2).unwrap())),
-        )
-        .unwrap();
-    let answer = region.into_partial().result.unwrap();
+    let a = one_group("east", 100, Value::Int(1));
+    let b = one_group("west", 100, Value::Decimal(Decimal::new(150, 2).unwrap()));
+    let mut flat = Merger::new(&q, 100);
+    flat.add(0, a.clone()).unwrap();
+    flat.add(1, b.clone()).unwrap();
+    let flat = flat.finish();
+    // A region keeps one merger per set of declared column types, and sends each as a part.
     let mut top = Merger::new(&q, 100);
-    top.add(0, answer)
-        .expect("one type per column, as the query allows");
+    for (i, answer) in [a, b].into_iter().enumerate() {
+        let mut region = Merger::new(&q, 100);
+        region.add(i, answer).unwrap();
+        let part = region.into_partial();
+        top.add_marked(i, part.result.unwrap(), &part.overflows)
+            .expect("each part conforms as one Totebox's answer would");
+    }
+    let tree = top.finish();
+    assert_eq!(tree.table, flat.table);
+    let types = |m: &Merged| -> Vec<Vec<ValueType>> {
+        m.table
+            .rows
+            .iter()
+            .map(|r| r.iter().map(Value::value_type).collect())
+            .collect()
+    };
+    assert_eq!(
+        types(&tree),
+        types(&flat),
+        "no value changed type on the way"
+    );
+}
+
+#[test]
+fn a_mark_can_blank_no_minimum_and_no_figure_it_held() {
+    let q = query();
+    let answer = one_group("east", 100, Value::Int(1));
+    let mut top = Merger::new(&q, 100);
+    // "low" (min) is column 4; "total" (a sum that holds 1.00) is column 1.
+    for cell in [(0, 4), (0, 5), (0, 1)] {
+        let mark = psp_core::query::CellRef {
+            row: cell.0,
+            column: cell.1,
+        };
+        assert!(
+            top.add_marked(0, answer.clone(), &[mark]).is_err(),
+            "{cell:?}"
+        );
+    }
+    assert_eq!(top.parts(), 0);
 }

@@ -451,29 +451,7 @@ impl Merger {
         overflowed: &[CellRef],
     ) -> Result<(), Nonconforming> {
         check(&self.query, &answer, self.max_rows)?;
-        let key_columns = match &self.query.shape {
-            Shape::Aggregate { group_by, .. } => group_by.len(),
-            Shape::Rows(_) => 0,
-        };
-        // Checked before anything is folded, so a bad mark changes nothing.
-        let mut marks = std::collections::BTreeSet::new();
-        for cell in overflowed {
-            let fits = match &answer.body {
-                ResultBody::Groups(groups) => {
-                    cell.row < groups.len()
-                        && cell.column >= key_columns
-                        && cell.column < answer.columns.len()
-                }
-                ResultBody::Rows(_) => false,
-            };
-            if !fits {
-                return Err(Nonconforming(format!(
-                    "marks cell ({}, {}) overflowed, which is no aggregate of its answer",
-                    cell.row, cell.column
-                )));
-            }
-            marks.insert((cell.row, cell.column - key_columns));
-        }
+        let marks = check_marks(&self.query, &answer, overflowed)?;
         for (seen, column) in self.declared.iter_mut().zip(&answer.columns) {
             *seen.entry(column.value_type).or_default() += 1;
         }
@@ -630,6 +608,48 @@ impl Merger {
             parts: self.parts,
         }
     }
+}
+
+/// Checks the overflow marks of an unfinished merge handed up (see [`Merger::add_marked`]):
+/// each names a count, or a sum or average whose state is empty, of `answer`. Returns them as
+/// (group, aggregate) pairs.
+pub fn check_marks(
+    query: &Query,
+    answer: &QueryResult,
+    overflowed: &[CellRef],
+) -> Result<std::collections::BTreeSet<(usize, usize)>, Nonconforming> {
+    let key_columns = match &query.shape {
+        Shape::Aggregate { group_by, .. } => group_by.len(),
+        Shape::Rows(_) => 0,
+    };
+    let mut marks = std::collections::BTreeSet::new();
+    for cell in overflowed {
+        // Only a count, a sum or an average can overflow, and a sum's or an average's state
+        // is then empty: a mark can blank no minimum, maximum or figure it did not hold.
+        let fits = match &answer.body {
+            ResultBody::Groups(groups) => groups
+                .get(cell.row)
+                .zip(cell.column.checked_sub(key_columns))
+                .and_then(|(group, i)| group.aggregates.get(i))
+                .is_some_and(|state| match state {
+                    Partial::Count(_) => true,
+                    Partial::Sum { sum, count } | Partial::Avg { sum, count } => {
+                        sum.is_null() && *count == 0
+                    }
+                    Partial::Min(_) | Partial::Max(_) => false,
+                }),
+            ResultBody::Rows(_) => false,
+        };
+        if !fits {
+            return Err(Nonconforming(format!(
+                "marks cell ({}, {}) overflowed, which is no emptied count, sum or average \
+                 of its answer",
+                cell.row, cell.column
+            )));
+        }
+        marks.insert((cell.row, cell.column - key_columns));
+    }
+    Ok(marks)
 }
 
 /// Folds one group into the merged groups.

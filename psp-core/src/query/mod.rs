@@ -48,7 +48,7 @@ pub mod wire;
 pub use conform::Nonconforming;
 pub use error::QueryError;
 pub use eval::{Accumulator, Record};
-pub use merge::{CellRef, Merged, Merger, PartialMerge};
+pub use merge::{CellRef, Merged, Merger, PartialMerge, check_marks};
 pub use model::{Aggregate, AggregateFunction, CompareOp, Filter, OrderKey, Query, Shape};
 pub use plan::{DEFAULT_MAX_ROWS, Plan};
 pub use result::{Column, Group, Partial, QueryResult, ResultBody, Table};

@@ -14,16 +14,17 @@
 //!   answer's overflows and the tier above keeps it overflowed ([`Merger::add_marked`]). A flat
 //!   merge, which adds in 128 bits, could still bring such a sum back into range; the tree reports
 //!   it overflowed instead, never a wrong number;
-//! * a column whose values differ in numeric type across archives travels in the widest of them
-//!   (an int as an exact decimal; anything summed with a float as a float), as the final merge
-//!   would widen it; float sums are rounded once per tier.
+//! * values travel as they are, never converted: a `Merger` handed up must hold answers that
+//!   declared the same column types (the caller keeps one per set of types, and sends each
+//!   unfinished merge as its own part), so every value of a column has the column's type, as in
+//!   one Totebox's answer; float sums are rounded once per tier.
 
 use std::collections::BTreeMap;
 
 use super::{Body, Cell, CellRef, Merger, most_declared, order_rows};
 use crate::query::model::{AggregateFunction, Shape};
 use crate::query::result::{Column, Group, Partial, QueryResult, ResultBody};
-use crate::query::value::{Decimal, Value, ValueType};
+use crate::query::value::{Value, ValueType};
 
 /// A merge not yet finalized: one answer to the merger's query, with the cells that left the
 /// 64-bit range on the way.
@@ -57,9 +58,10 @@ impl Merger {
         let (columns, body) = match self.body {
             Body::Rows(mut rows) => {
                 order_rows(&mut rows, &self.query);
-                let mut rows: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
-                let columns = widen_columns(&names, &self.declared, &mut rows, |_| None);
-                (columns, ResultBody::Rows(rows))
+                (
+                    declared_columns(&names, &self.declared),
+                    ResultBody::Rows(rows.into_iter().map(|r| r.values).collect()),
+                )
             }
             Body::Groups(groups) => {
                 let functions: Vec<AggregateFunction> = match &self.query.shape {
@@ -84,6 +86,8 @@ impl Merger {
                                     row: g,
                                     column: key_columns + i,
                                 });
+                                // An empty state; a count keeps the group's records, so the
+                                // part still conforms (`count(*)` is its group's records).
                                 (Value::Null, 0)
                             }
                         };
@@ -93,25 +97,33 @@ impl Merger {
                     rows.push(row);
                     counts.push((group.records, row_counts));
                 }
-                let columns = widen_columns(&names, &self.declared, &mut rows, |c| {
-                    c.checked_sub(key_columns)
-                        .and_then(|i| functions.get(i))
-                        .copied()
-                });
+                let columns = declared_columns(&names, &self.declared);
+                let marked: std::collections::HashSet<(usize, usize)> =
+                    overflows.iter().map(|c| (c.row, c.column)).collect();
                 let groups = rows
                     .into_iter()
                     .zip(counts)
-                    .map(|(mut row, (records, row_counts))| {
+                    .enumerate()
+                    .map(|(g, (mut row, (records, row_counts)))| {
                         let values = row.split_off(key_columns);
+                        let aggregates = values
+                            .into_iter()
+                            .zip(&functions)
+                            .zip(row_counts)
+                            .enumerate()
+                            .map(|(i, ((value, function), count))| match function {
+                                AggregateFunction::Count
+                                    if marked.contains(&(g, key_columns + i)) =>
+                                {
+                                    Partial::Count(records)
+                                }
+                                _ => state(*function, value, count),
+                            })
+                            .collect();
                         Group {
                             key: row,
                             records,
-                            aggregates: values
-                                .into_iter()
-                                .zip(&functions)
-                                .zip(row_counts)
-                                .map(|((value, function), count)| state(*function, value, count))
-                                .collect(),
+                            aggregates,
                         }
                     })
                     .collect();
@@ -156,75 +168,14 @@ fn state(function: AggregateFunction, value: Value, count: u64) -> Partial {
     }
 }
 
-/// Gives each column one type and converts every value to it: the values' type when they agree,
-/// the widest number when numbers of several types meet, otherwise the type most answers
-/// declared (values of another type are left as they are: the tier above sets such an answer
-/// aside, naming the column). `function_of(column)` names an aggregate column's function: an
-/// average's column is a decimal when every sum is one, otherwise a float (whose sums may stay
-/// ints, as one archive sends them).
-fn widen_columns(
-    names: &[String],
-    declared: &[BTreeMap<ValueType, usize>],
-    rows: &mut [Vec<Value>],
-    function_of: impl Fn(usize) -> Option<AggregateFunction>,
-) -> Vec<Column> {
+/// Each column with the type its answers declared (the most declared, should they differ).
+fn declared_columns(names: &[String], declared: &[BTreeMap<ValueType, usize>]) -> Vec<Column> {
     names
         .iter()
         .enumerate()
-        .map(|(c, name)| {
-            let mut seen: Vec<ValueType> = Vec::new();
-            for row in rows.iter() {
-                if let Some(t) = row.get(c).map(Value::value_type)
-                    && t != ValueType::Null
-                    && !seen.contains(&t)
-                {
-                    seen.push(t);
-                }
-            }
-            let average = function_of(c) == Some(AggregateFunction::Avg);
-            let value_type = match seen.as_slice() {
-                [ValueType::Decimal] if average => ValueType::Decimal,
-                [] => declared.get(c).map_or(ValueType::Null, most_declared),
-                _ if average => ValueType::Float,
-                [one] => *one,
-                several if !several.is_empty() && several.iter().all(|t| t.is_numeric()) => {
-                    if several.contains(&ValueType::Float) {
-                        ValueType::Float
-                    } else {
-                        ValueType::Decimal
-                    }
-                }
-                _ => declared.get(c).map_or(ValueType::Null, most_declared),
-            };
-            // An average's int sums are allowed in its float column as they are.
-            let convert = seen
-                .iter()
-                .any(|t| *t != value_type && !(average && *t == ValueType::Int));
-            if convert {
-                for row in rows.iter_mut() {
-                    if let Some(v) = row.get_mut(c)
-                        && !(average && v.value_type() == ValueType::Int)
-                    {
-                        *v = widened(std::mem::replace(v, Value::Null), value_type);
-                    }
-                }
-            }
-            Column {
-                name: name.clone(),
-                value_type,
-            }
+        .map(|(c, name)| Column {
+            name: name.clone(),
+            value_type: declared.get(c).map_or(ValueType::Null, most_declared),
         })
         .collect()
-}
-
-/// `value` as a `to` (an int as an exact decimal, a number as a float); anything else as it is.
-fn widened(value: Value, to: ValueType) -> Value {
-    match (value, to) {
-        (Value::Int(i), ValueType::Decimal) => {
-            Decimal::new(i, 0).map_or(Value::Int(i), Value::Decimal)
-        }
-        (Value::Int(i), ValueType::Float) => Value::Float(i as f64),
-        (Value::Decimal(d), ValueType::Float) => Value::Float(d.to_f64()),
-        (v, _) => v,
-    }
 }
