@@ -440,6 +440,9 @@ pub fn expand_commands(
         .collect()
 }
 
+/// One archive of a region, with its answer and that answer's overflow marks.
+pub type ArchiveBook<'a> = (&'a Leaf, QueryResult, Vec<CellRef>);
+
 /// A regional orchestrator's unfinished merge, with what it was asked.
 pub struct RegionParts<'a> {
     /// Its parts, one per set of column types.
@@ -500,7 +503,7 @@ impl<'a> RegionParts<'a> {
         self,
         query: &Query,
         max_rows: usize,
-    ) -> Result<Vec<(&'a Leaf, QueryResult, Vec<CellRef>)>, Nonconforming> {
+    ) -> Result<Vec<ArchiveBook<'a>>, Nonconforming> {
         if self.ask.leaves.is_empty() {
             return Err(Nonconforming(
                 "the regional orchestrator has not listed its archives yet, so its books \
