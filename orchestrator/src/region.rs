@@ -9,8 +9,9 @@
 //! reported one by one when the region itself does not answer.
 //!
 //! For each request, the capability the console delegated to us is delegated one step further,
-//! to the region's key, with the same archives, scope and window: the region's tenancy rules see
-//! us as the operator, and the Toteboxes check the whole chain.
+//! to the region's key, with the same scope and window and only the region's archives the
+//! request asks for: the region's tenancy rules see us as the operator, and the Toteboxes check
+//! the whole chain.
 
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -11,8 +11,10 @@
 //!   (`eu-west/prop-0042`), whatever happened to the region: a region that did not answer is
 //!   reported archive by archive, from its directory ([`expand`]).
 //! * **Trust.** A region may only change its own archives' outcomes and contribution: its answer
-//!   is checked against the query like any source's, its outcomes are matched to the archives
-//!   asked (anything else it reports is ignored), and text from it is bounded.
+//!   is checked against the query like any source's, all parts or none, its overflow marks may
+//!   only empty a count, sum or average, its books in a reconciliation are told apart by archive
+//!   id against its directory, its outcomes are matched to the archives asked (anything else it
+//!   reports is ignored), and its outcomes' texts are cut like a Totebox's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
