@@ -176,7 +176,9 @@ impl Console {
         what: &str,
         answers_per_source: usize,
     ) -> capnp::Result<Admitted> {
-        let admitted = self.checked(request, what, answers_per_source);
+        // An orchestrator above asks by its last listing of our archives, which may be stale:
+        // an archive no longer ours is reported as such, not a reason to refuse the rest.
+        let admitted = self.checked(request, what, answers_per_source, kind == "partial");
         let config = self.service.config();
         let tenant = config
             .tenant_of(&self.connection.peer)
@@ -190,6 +192,7 @@ impl Console {
         request: fleet_request::Reader<'_>,
         what: &str,
         answers_per_source: usize,
+        lenient: bool,
     ) -> capnp::Result<Admitted> {
         let snapshot = self.service.snapshot();
         let config = &snapshot.config;
@@ -217,12 +220,35 @@ impl Console {
             tracing::warn!(target: "psp::security", %operator, tenant = %tenant.name, "refused a {what}: {e}");
             refuse(e.code(), e)
         };
-        let selector = read_selector(request.get_archives()?)?;
-        let selected = select(config, tenant, &selector).map_err(refused)?;
+        let mut selector = read_selector(request.get_archives()?)?;
+        let mut not_asked = Vec::new();
+        if let (true, Selector::Ids(ids)) = (lenient, &selector) {
+            let (known, gone): (Vec<String>, Vec<String>) = ids.iter().cloned().partition(|id| {
+                !matches!(
+                    select(config, tenant, &Selector::Ids(vec![id.clone()])),
+                    Err(Refusal::ArchiveNotInTenant(_))
+                )
+            });
+            not_asked.extend(gone.into_iter().map(|id| {
+                let refusal = Refusal::ArchiveNotInTenant(id.clone());
+                SourceOutcome::without_answer(
+                    id,
+                    SourceStatus::Denied {
+                        code: refusal.code().into(),
+                        message: refusal.to_string(),
+                    },
+                    Duration::ZERO,
+                )
+            }));
+            selector = Selector::Ids(known);
+        }
+        let selected = match &selector {
+            Selector::Ids(ids) if ids.is_empty() && !not_asked.is_empty() => Vec::new(),
+            _ => select(config, tenant, &selector).map_err(refused)?,
+        };
         let reached = reach(&chain, &operator, &self.service.key, selected).map_err(refused)?;
         let mut sources = Vec::with_capacity(reached.asked.len());
         let mut labels = Vec::with_capacity(reached.asked.len());
-        let mut not_asked = Vec::new();
         let mut archives = 0usize;
         // One archive reached two ways (directly and through a region, or through two regions)
         // is asked once, by the first: its records must count once.

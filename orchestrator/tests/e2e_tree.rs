@@ -227,3 +227,37 @@ fn a_command_through_the_tree_is_applied_once_per_archive_whichever_way_it_is_re
     let flat = tree.flat.json(fleet, acme, &snapshot);
     assert_eq!(names(&flat, "replayed").len(), 3, "{flat}");
 }
+
+#[test]
+fn a_region_that_let_an_archive_go_since_it_was_listed_reports_it_and_answers_the_rest() {
+    let tree = Tree::start(3, 0, 1, "", Box::new(|_, real| real.to_owned()));
+    // The region no longer lets the top reach prop-03; the top's listing of it is older.
+    let config = tree.path("region-0.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let narrowed = text.replace(
+        "archives = [\"prop-01\", \"prop-02\", \"prop-03\"]",
+        "archives = [\"prop-01\", \"prop-02\"]",
+    );
+    assert_ne!(text, narrowed);
+    std::fs::write(&config, narrowed).unwrap();
+    let region = tree.regions[0].as_ref().unwrap();
+    region.process.signal("HUP");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !region.process.stderr_text().contains("reloaded the config") {
+        assert!(std::time::Instant::now() < until, "the region never reloaded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let report = tree.top.json(&tree.fleet, &tree.acme, &ROLLUP);
+    let mut outcomes = statuses(&report);
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("region-0/prop-01".to_owned(), "ok".to_owned()),
+            ("region-0/prop-02".to_owned(), "ok".to_owned()),
+            ("region-0/prop-03".to_owned(), "denied".to_owned()),
+        ],
+        "{report}"
+    );
+    assert!(report.to_string().contains("tenant.archive-not-in-tenant"), "{report}");
+}
