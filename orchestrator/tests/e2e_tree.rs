@@ -244,7 +244,10 @@ fn a_region_that_let_an_archive_go_since_it_was_listed_reports_it_and_answers_th
     region.process.signal("HUP");
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !region.process.stderr_text().contains("reloaded the config") {
-        assert!(std::time::Instant::now() < until, "the region never reloaded");
+        assert!(
+            std::time::Instant::now() < until,
+            "the region never reloaded"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let report = tree.top.json(&tree.fleet, &tree.acme, &ROLLUP);
@@ -259,5 +262,8 @@ fn a_region_that_let_an_archive_go_since_it_was_listed_reports_it_and_answers_th
         ],
         "{report}"
     );
-    assert!(report.to_string().contains("tenant.archive-not-in-tenant"), "{report}");
+    assert!(
+        report.to_string().contains("tenant.archive-not-in-tenant"),
+        "{report}"
+    );
 }

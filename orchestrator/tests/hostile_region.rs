@@ -293,3 +293,115 @@ fn a_hostile_region_changes_only_its_own_archives_outcomes() {
     }
     assert!(!last.reaches(&psp_core::ArchiveDigest::of("prop-01")));
 }
+
+#[test]
+fn an_archive_whose_field_has_another_type_leaves_its_regions_other_archives_alone() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let region_key = IdentityKey::generate().unwrap();
+    let fleet = Fleet::start_paired(2, 0, |_| String::new(), &[region_key.public()]);
+    // prop-09 keeps `noi` as an int: its sums are ints, its siblings' decimals.
+    let ints: support::hostile::Script = Arc::new(|_, b| {
+        let mut result = answer(1, 7);
+        result.columns[1].value_type = ValueType::Int;
+        if let ResultBody::Groups(groups) = &mut result.body {
+            groups[0].key = vec![Value::from("2026-10")];
+            groups[0].aggregates[0] = Partial::Sum {
+                sum: Value::Int(5),
+                count: 1,
+            };
+        }
+        write_result(&result, b);
+    });
+    let odd = runtime.block_on(support::hostile::HostileTotebox::paired_with(
+        "prop-09",
+        vec![region_key.public(), fleet.orchestrator.public()],
+        support::hostile::Behaviour {
+            script: ints,
+            refusal: None,
+            command_detail: 0,
+        },
+    ));
+    let members = format!(
+        "{}{}",
+        fleet.fleet_toml(),
+        odd.fleet_toml("entity = \"property\"")
+    );
+    let ids = ["prop-01", "prop-02", "prop-09"];
+    let acme = fleet.operator("acme", &ids, vec![Operation::Query]);
+    let top_key = IdentityKey::generate().unwrap();
+    top_key.save(&fleet.path("top.pem")).unwrap();
+    region_key.save(&fleet.path("region.pem")).unwrap();
+    let write = |name: &str,
+                 identity: &str,
+                 fleet_section: &str,
+                 operator: &str,
+                 archives: &[&str]| {
+        std::fs::write(
+            fleet.path(name),
+            format!(
+                "identity = \"{identity}\"\nlisten = \"127.0.0.1:0\"\n{fleet_section}[[tenants]]\nname = \"t\"\noperators = [\"{operator}\"]\narchives = {archives:?}\n"
+            ),
+        )
+        .unwrap();
+        fleet.path(name)
+    };
+    let region = fleet.serve(&write(
+        "region.toml",
+        "region.pem",
+        &members,
+        &top_key.public().to_string(),
+        &ids,
+    ));
+    let top = fleet.serve(&write(
+        "top.toml",
+        "top.pem",
+        &format!(
+            "[[fleet]]\nid = \"eu\"\nkind = \"orchestrator\"\naddress = \"{}\"\nkey = \"{}\"\n",
+            region.address, region.key
+        ),
+        &acme.key.to_string(),
+        &["eu"],
+    ));
+    let flat = fleet.serve(&write(
+        "flat.toml",
+        "orchestrator.pem",
+        &members,
+        &acme.key.to_string(),
+        &ids,
+    ));
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while top
+        .json(&fleet, &acme, &["fleet"])
+        .as_array()
+        .unwrap()
+        .len()
+        < 3
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the region was never listed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let through = top.json(&fleet, &acme, &QUERY);
+    let direct = flat.json(&fleet, &acme, &QUERY);
+    let mut outcomes = statuses(&through);
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("eu/prop-01".to_owned(), "ok".to_owned()),
+            ("eu/prop-02".to_owned(), "ok".to_owned()),
+            ("eu/prop-09".to_owned(), "ok".to_owned()),
+        ],
+        "{through}"
+    );
+    assert_eq!(
+        through["table"], direct["table"],
+        "as the flat fleet merges it"
+    );
+}

@@ -68,8 +68,18 @@ impl HostileTotebox {
         orchestrator: psp_core::PublicKey,
         behaviour: Behaviour,
     ) -> HostileTotebox {
+        Self::paired_with(archive, vec![orchestrator], behaviour).await
+    }
+
+    /// [`HostileTotebox::behaving`], serving every key of `paired` (orchestrators, regional or
+    /// not).
+    pub async fn paired_with(
+        archive: &str,
+        paired: Vec<psp_core::PublicKey>,
+        behaviour: Behaviour,
+    ) -> HostileTotebox {
         let identity = IdentityKey::generate().unwrap();
-        let tls = tls::server_config(&identity, PairedKeys::new([orchestrator])).unwrap();
+        let tls = tls::server_config(&identity, PairedKeys::new(paired)).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let name = archive.to_owned();
         let bootstrap: psp_rpc::runtime::Bootstrap = Arc::new(move |_: Rc<Connection>| {
