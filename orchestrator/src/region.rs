@@ -13,6 +13,7 @@
 //! request asks for: the region's tenancy rules see us as the operator, and the Toteboxes check
 //! the whole chain.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -60,6 +61,8 @@ pub struct RegionClient {
     address: SocketAddr,
     peer: PublicKey,
     confirmation: Confirmation,
+    /// The last round trip measured (the confirmation's, then each ping's).
+    rtt: Rc<Cell<Duration>>,
 }
 
 impl Drop for RegionClient {
@@ -91,6 +94,13 @@ impl RegionClient {
             }
         });
         let listing = orchestrator.fleet_request().send().promise;
+        // The round trip the confirmation takes (and each ping's after it): what a region's
+        // deadline must leave room for.
+        let (sent, rtt) = (
+            tokio::time::Instant::now(),
+            Rc::new(Cell::new(Duration::ZERO)),
+        );
+        let measured = rtt.clone();
         let (ours, check) = (identity.public(), guard.clone());
         let confirmation = async move {
             let refused = |reason: String| match check.violation() {
@@ -110,6 +120,7 @@ impl RegionClient {
                     after: limits.handshake_timeout,
                 })?
                 .map_err(|e| refused(e.to_string()))?;
+            measured.set(sent.elapsed());
             let list = answer
                 .get()
                 .and_then(|r| r.get_archives())
@@ -141,6 +152,7 @@ impl RegionClient {
             address,
             peer,
             confirmation,
+            rtt,
         })
     }
 
@@ -170,7 +182,9 @@ impl RegionClient {
     /// Lists the region's archives again (a liveness check that refreshes the directory).
     pub async fn directory(&self) -> Result<Vec<ArchiveStatus>, CallError> {
         let request = self.orchestrator.fleet_request();
+        let sent = tokio::time::Instant::now();
         let answer = self.call("fleet", request.send().promise).await?;
+        self.rtt.set(sent.elapsed());
         let list = answer
             .get()
             .and_then(|r| r.get_archives())
@@ -212,7 +226,7 @@ impl RegionClient {
             let mut r = params.init_request();
             write_selector(ask.select, r.reborrow().init_archives());
             chain.write(r.reborrow().init_chain());
-            set_options(r.init_options(), ask.until);
+            set_options(r.init_options(), ask.until, self.rtt.get());
         }
         let response = self.call("partial", request.send().promise).await?;
         within_bytes(response.get().and_then(|r| r.total_size()), max_bytes)?;
@@ -272,7 +286,7 @@ impl RegionClient {
             let mut r = params.reborrow().init_request();
             write_selector(select, r.reborrow().init_archives());
             chain.write(r.reborrow().init_chain());
-            set_options(r.init_options(), until);
+            set_options(r.init_options(), until, self.rtt.get());
             let mut c = params.init_command();
             c.set_name(&command.name);
             c.set_collection(&command.collection);
@@ -391,12 +405,15 @@ fn sane(listed: Vec<ArchiveStatus>) -> Vec<ArchiveStatus> {
 const MAX_PARTS: u32 = 64;
 
 /// How long a regional orchestrator has to answer a call that must end by `until`: the time
-/// left now, less a margin for its answer to travel back and be read (a fifth of it, at least
-/// 50 ms), so a slow archive is reported timed out by its region, not the whole region as lost
-/// (the margin must cover the round trip to the region: see `docs/protocol.md`).
-pub fn region_deadline(until: tokio::time::Instant) -> Duration {
+/// left now, less a margin for the request and its answer to travel and be read: a fifth of the
+/// time left, at least 50 ms, and at least twice the last round trip `rtt` measured to it. So a
+/// slow archive is reported timed out by its region, not the whole region as lost, unless the
+/// time left is not even that margin (see `docs/protocol.md`).
+pub fn region_deadline(until: tokio::time::Instant, rtt: Duration) -> Duration {
     let left = until.saturating_duration_since(tokio::time::Instant::now());
-    let margin = (left / 5).max(Duration::from_millis(50));
+    let margin = (left / 5)
+        .max(Duration::from_millis(50))
+        .max(rtt.saturating_mul(2));
     left.saturating_sub(margin).max(Duration::from_millis(1))
 }
 
@@ -404,8 +421,9 @@ pub fn region_deadline(until: tokio::time::Instant) -> Duration {
 fn set_options(
     mut options: psp_schema::orchestrator_capnp::fan_out_options::Builder<'_>,
     until: tokio::time::Instant,
+    rtt: Duration,
 ) {
-    let millis = u32::try_from(region_deadline(until).as_millis()).unwrap_or(u32::MAX);
+    let millis = u32::try_from(region_deadline(until, rtt).as_millis()).unwrap_or(u32::MAX);
     options.set_deadline_millis(millis.max(1));
     options.set_partial(PartialPolicy::BestEffort);
 }
@@ -438,4 +456,24 @@ pub struct PartialAsk<'a> {
     pub labels: &'a [String],
     /// When the call must have ended (the region is given the time left less a margin).
     pub until: tokio::time::Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::region_deadline;
+    use std::time::Duration;
+
+    #[test]
+    fn a_region_is_given_the_time_left_less_a_fifth_fifty_ms_or_two_round_trips() {
+        let ms = Duration::from_millis;
+        let within = |left: u64, rtt: u64| {
+            let until = tokio::time::Instant::now() + ms(left);
+            region_deadline(until, ms(rtt)).as_millis()
+        };
+        // Measured from a moment ago: a few milliseconds may have passed.
+        assert!((790..=800).contains(&within(1000, 0)));
+        assert!((390..=400).contains(&within(1000, 300)));
+        assert!((190..=200).contains(&within(250, 20)));
+        assert_eq!(within(40, 0), 1, "less time than the margin: the least, never zero");
+    }
 }
