@@ -47,8 +47,7 @@ interface Orchestrator {
   # again) or `viewport.unknown`. An orchestrator older than this method answers it with
   # `unimplemented`, and never computes a copy it has not checked.
 
-  partial @6 (request :FleetRequest, query :Query.Query, labels :List(Text))
-      -> (answer :PartialAnswer);
+  partial @6 (request :FleetRequest, query :Query.Query, labels :List(Text)) -> (answer :PartialAnswer);
   # For an orchestrator above this one (a regional tree; its key is an operator of one of this
   # orchestrator's tenants, and `request.chain`'s last link is delegated by it to this one):
   # fans `query` out as `query` does and answers with the merge *unfinished*, so the caller
