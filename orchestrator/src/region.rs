@@ -474,6 +474,10 @@ mod tests {
         assert!((790..=800).contains(&within(1000, 0)));
         assert!((390..=400).contains(&within(1000, 300)));
         assert!((190..=200).contains(&within(250, 20)));
-        assert_eq!(within(40, 0), 1, "less time than the margin: the least, never zero");
+        assert_eq!(
+            within(40, 0),
+            1,
+            "less time than the margin: the least, never zero"
+        );
     }
 }
