@@ -156,21 +156,9 @@ fn a_hostile_region_changes_only_its_own_archives_outcomes() {
     )
     .unwrap();
     let top = fleet.serve(&fleet.path("top.toml"));
-    // Until both regions have listed their archives, a console cannot name them.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while top
-        .json(&fleet, &acme, &["fleet"])
-        .as_array()
-        .unwrap()
-        .len()
-        < 2 + 3 + 1
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "the regions were never listed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    // Until both regions have listed their archives, a console cannot name them (the rogue
+    // never does: it is listed as itself).
+    top.wait_listed(&fleet, &acme, 5, 1);
     // What the honest region alone gives.
     let alone = top.json(
         &fleet,
@@ -373,20 +361,7 @@ fn an_archive_whose_field_has_another_type_leaves_its_regions_other_archives_alo
         &acme.key.to_string(),
         &ids,
     ));
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while top
-        .json(&fleet, &acme, &["fleet"])
-        .as_array()
-        .unwrap()
-        .len()
-        < 3
-    {
-        assert!(
-            std::time::Instant::now() < until,
-            "the region was never listed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    top.wait_listed(&fleet, &acme, 3, 0);
     let through = top.json(&fleet, &acme, &QUERY);
     let direct = flat.json(&fleet, &acme, &QUERY);
     let mut outcomes = statuses(&through);

@@ -466,6 +466,30 @@ impl Orchestrator {
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
+    /// Waits (at most 20 s) until `operator`'s listing of its archives holds `paths` paths
+    /// through regional orchestrators (each region has listed its archives), plus `others`.
+    pub fn wait_listed(&self, fleet: &Fleet, operator: &Operator, paths: usize, others: usize) {
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let listed = self.json(fleet, operator, &["fleet"]);
+            let ids: Vec<&str> = listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["id"].as_str().unwrap())
+                .collect();
+            let through = ids.iter().filter(|id| id.contains('/')).count();
+            if through == paths && ids.len() == paths + others {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the regions never listed their archives: {listed}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Runs a console subcommand that must fail, and returns its stderr.
     pub fn refused(&self, fleet: &Fleet, operator: &Operator, args: &[&str]) -> String {
         let output = self.console(fleet, operator, args);

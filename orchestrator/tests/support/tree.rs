@@ -158,24 +158,7 @@ impl Tree {
     /// its first `fleet()`), for at most 20 s.
     pub fn wait_for_directories(&self) {
         let expected: usize = self.members.iter().map(Vec::len).sum();
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let listed = self.top.json(&self.fleet, &self.acme, &["fleet"]);
-            let paths = listed
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|a| a["id"].as_str().unwrap().contains('/'))
-                .count();
-            if paths == expected {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < until,
-                "the top never listed every archive: {listed}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        self.top.wait_listed(&self.fleet, &self.acme, expected, 0);
     }
 
     /// The region archive `id` is reached through.
