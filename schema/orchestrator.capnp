@@ -71,6 +71,30 @@ interface FleetQuery {
 
   cancel @2 () -> ();
   # Stops the fan-out now; `view` then returns what arrived, with the rest marked cancelled.
+
+  next @3 (after :UInt32) -> (update :Update);
+  # Progressive results, asked for (the orchestrator never calls a console): returns as soon as
+  # more than `after` sources have ended, with the view merged so far, or once the fan-out is
+  # over, with the final view (`update.final`; the same as `view()`'s). Call it again with
+  # `update.answered` for the next. Never waits past the request's deadline. An orchestrator
+  # older than this method answers `unimplemented`.
+}
+
+struct Update {
+  # A fan-out's view so far.
+
+  answered @0 :UInt32;
+  # Sources ended so far (answered, failed or timed out), as `progress` counts them.
+
+  total @1 :UInt32;
+  # Sources in all, as `progress` counts them.
+
+  final @2 :Bool;
+  # The fan-out is over and `view` is its final view.
+
+  view @3 :View;
+  # The view merged from the sources ended so far: their outcomes (the rest are not listed yet)
+  # and the figures they give; `complete` is false until the final view.
 }
 
 struct FleetRequest {

@@ -67,6 +67,20 @@ impl Options {
     }
 }
 
+/// A fan-out's view so far ([`InFlight::next`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// Sources ended so far (answered, failed or timed out).
+    pub answered: u32,
+    /// Sources in all.
+    pub total: u32,
+    /// The fan-out is over and `report` is its final view.
+    pub done: bool,
+    /// The view merged from the sources ended so far: their outcomes (the rest are not listed
+    /// yet) and their figures; the final view once `done`.
+    pub report: Report,
+}
+
 /// A fan-out running at the orchestrator: poll its progress, cancel it, or wait for its report.
 pub struct InFlight {
     fleet_query: fleet_query::Client,
@@ -85,6 +99,25 @@ impl InFlight {
             .await?;
         let r = response.get().map_err(failed)?;
         Ok((r.get_answered(), r.get_total()))
+    }
+
+    /// Progressive results: waits until more than `after` sources have ended, and returns the
+    /// view merged so far, or the final view once the fan-out is over ([`Update::done`]; the
+    /// same as [`InFlight::report`]'s). Call again with [`Update::answered`] for the next.
+    pub async fn next(&self, after: u32) -> Result<Update, CallError> {
+        let mut request = self.fleet_query.next_request();
+        request.get().set_after(after);
+        let response = self.link.within("next", request.send().promise).await?;
+        let read = || -> capnp::Result<Update> {
+            let update = response.get()?.get_update()?;
+            Ok(Update {
+                answered: update.get_answered(),
+                total: update.get_total(),
+                done: update.get_final(),
+                report: read_report(update.get_view()?)?,
+            })
+        };
+        read().map_err(failed)
     }
 
     /// Stops the fan-out; [`InFlight::report`] then returns what arrived.

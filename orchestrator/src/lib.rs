@@ -40,6 +40,7 @@ pub mod demo;
 mod downstream;
 pub mod fanout;
 pub mod gate;
+pub mod live;
 pub mod metrics;
 pub mod operate;
 mod pool;

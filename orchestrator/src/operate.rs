@@ -6,6 +6,7 @@
 //! its deadline plus clock skew; a command's link is bound to that one command) or already by the
 //! orchestrator (sent as it is).
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +16,7 @@ use psp_core::{Chain, IdentityKey, PublicKey};
 use psp_rpc::limits::{CallError, Limits};
 
 use crate::console::{Console, InFlight, Options};
+use crate::fanout::SourceStatus;
 use crate::report::Report;
 use crate::selection::Selector;
 use crate::viewport_cache::ViewportCache;
@@ -127,32 +129,54 @@ pub fn selector(archives: Option<&str>, labels: &[String]) -> Result<Selector, S
     }
 }
 
-/// Waits for a fan-out's report. On a terminal, a fan-out that takes longer than a second
-/// shows a progress line on stderr, erased when the report arrives.
+/// Waits for a fan-out's report. On a terminal, a fan-out that takes longer than a second is
+/// followed with progressive results (`next`, at most four a second) and shows a progress line
+/// on stderr (sources answered, and those that failed so far, by outcome), erased when the
+/// report arrives. Against an orchestrator without `next`, it waits for the report alone.
 pub async fn wait(in_flight: &InFlight) -> Result<Report, CallError> {
-    let show = std::io::stderr().is_terminal();
-    let progress = async {
-        if !show {
-            return std::future::pending::<std::convert::Infallible>().await;
-        }
-        tokio::time::sleep(PROGRESS_AFTER).await;
-        loop {
-            if let Ok((answered, total)) = in_flight.progress().await {
-                eprint!("\r\x1b[2K{answered}/{total} sources answered...");
-                let _ = std::io::stderr().flush();
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    };
-    let started = std::time::Instant::now();
-    let report = tokio::select! {
-        report = in_flight.report() => report,
-        never = progress => match never {},
-    };
-    if show && started.elapsed() >= PROGRESS_AFTER {
-        eprint!("\r\x1b[2K");
+    if !std::io::stderr().is_terminal() {
+        return in_flight.report().await;
     }
+    tokio::select! {
+        report = in_flight.report() => return report,
+        () = tokio::time::sleep(PROGRESS_AFTER) => {}
+    }
+    let mut after = 0;
+    let report = loop {
+        let update = match in_flight.next(after).await {
+            Ok(update) => update,
+            Err(e) if e.code == "unimplemented" || e.message.contains("not implemented") => {
+                break in_flight.report().await;
+            }
+            Err(e) => break Err(e),
+        };
+        if update.done {
+            break Ok(update.report);
+        }
+        after = update.answered;
+        eprint!("\r\x1b[2K{}", progress_line(&update));
+        let _ = std::io::stderr().flush();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprint!("\r\x1b[2K");
     report
+}
+
+/// "answered/total sources answered..." with the sources that failed so far, by outcome.
+fn progress_line(update: &crate::console::Update) -> String {
+    let mut failed: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in &update.report.outcomes {
+        if o.status != SourceStatus::Ok {
+            *failed.entry(o.status.word()).or_default() += 1;
+        }
+    }
+    let failed: Vec<String> = failed.iter().map(|(w, n)| format!("{n} {w}")).collect();
+    let mut line = format!("{}/{} sources answered", update.answered, update.total);
+    if !failed.is_empty() {
+        line.push_str(&format!(" ({})", failed.join(", ")));
+    }
+    line.push_str("...");
+    line
 }
 
 /// Runs a console subcommand's future on a fresh current-thread runtime (the console's RPC

@@ -2,6 +2,7 @@
 //! or summary, with one outcome per selected source. The console service answers every `query`
 //! and `view` through [`run`]; integrators can call it on their own [`Fleet`].
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use psp_core::Chain;
@@ -13,6 +14,7 @@ use crate::fanout::{
     Answer, FanOutLimits, Fleet, Member, Source, SourceOutcome, SourceStatus, Watch, Work,
 };
 use crate::gate::TenantId;
+use crate::live::Live;
 use crate::tier::{ID_LABEL, Parts, RegionParts, archive_of, asked_keys, expand};
 use crate::view::{ViewError, enforce, labelled_query, reject, with_labels};
 use crate::viewports::{Book, Entry, Kpi, KpiValue, Reconciliation, Viewport};
@@ -91,6 +93,8 @@ pub struct Run<'a> {
     pub partial: Partial,
     /// Progress and cancellation.
     pub watch: Watch,
+    /// Where the view so far is published when a console asks for it (progressive results).
+    pub live: Option<std::rc::Rc<Live>>,
 }
 
 /// Runs `viewport` over `reach`. Answers are checked against the query sent and merged as they
@@ -116,33 +120,39 @@ async fn table(
 ) -> Result<Report, ViewError> {
     let max_rows = how.limits.max_rows_per_source;
     // Each answer is checked against `max_rows` on its own (a region's per archive it reaches).
-    let mut merger = Merger::new(&labelled_query(query, labels), usize::MAX);
+    let merger = RefCell::new(Merger::new(&labelled_query(query, labels), usize::MAX));
     let none = BTreeMap::new();
+    let so_far = |_: &[SourceOutcome]| {
+        let merged = merger.borrow().clone().finish();
+        (Body::Table(merged.table), merged.overflows)
+    };
     let outcomes = fan(
         query,
         labels,
         reach,
-        how,
+        (how, &so_far),
         |index, returned| match returned {
             // Judged against the query sent, then labelled with the archive's labels (ours, from
             // the config, never the Totebox's), then merged.
             Returned::Totebox(result) => {
                 conform::check(query, &result, max_rows)?;
                 let source_labels = reach.labels.get(index).unwrap_or(&none);
-                merger.add(index, with_labels(result, labels, source_labels))
+                merger
+                    .borrow_mut()
+                    .add(index, with_labels(result, labels, source_labels))
             }
             // Judged against the query with the label columns it was asked for; the labels its
             // entry sets here are ours to fill in.
             Returned::Region(parts) => {
                 for (result, marks) in parts.relabelled(query, labels, max_rows)? {
-                    merger.add_marked(index, result, &marks)?;
+                    merger.borrow_mut().add_marked(index, result, &marks)?;
                 }
                 Ok(())
             }
         },
     )
     .await;
-    let v = crate::view::finish(merger, outcomes, how.partial)?;
+    let v = crate::view::finish(merger.into_inner(), outcomes, how.partial)?;
     Ok(Report {
         complete: v.complete,
         outcomes: v.outcomes,
@@ -169,7 +179,9 @@ pub async fn partial(
         query,
         labels,
         reach,
-        how,
+        (how, &|_: &[SourceOutcome]| {
+            (Body::Reconciliation(Vec::new()), Vec::new())
+        }),
         |index, returned| match returned {
             Returned::Totebox(result) => {
                 conform::check(query, &result, max_rows)?;
@@ -209,11 +221,48 @@ async fn reconciliation(
     // apart; its entity is then told from the region's directory, never from what it answers.
     let wanted = vec![ID_LABEL.to_owned()];
     // One merger per entity: an entity whose books span several archives is merged exactly.
-    let mut books: BTreeMap<String, Merger> = BTreeMap::new();
+    let books: RefCell<BTreeMap<String, Merger>> = RefCell::default();
+    let labels_of = labels_by_name(reach);
+    let amount = expected_columns(&query).len() - 1;
+    // The entries from the books merged so far and the outcomes of the sources ended so far.
+    let entries = |books: &BTreeMap<String, Merger>, outcomes: &[SourceOutcome]| {
+        let unanswered: BTreeSet<String> = outcomes
+            .iter()
+            .filter(|o| o.status != SourceStatus::Ok)
+            .map(|o| entity(labels_of.get(o.archive.as_str()).copied(), &o.archive))
+            .collect();
+        let books: BTreeMap<String, Book> = books
+            .iter()
+            .map(|(name, merger)| {
+                let merged = merger.clone().finish();
+                let overflowed = merged
+                    .overflows
+                    .iter()
+                    .filter(|c| c.column == amount)
+                    .map(|c| c.row)
+                    .collect();
+                (
+                    name.clone(),
+                    Book {
+                        table: merged.table,
+                        overflowed,
+                    },
+                )
+            })
+            .collect();
+        spec.reconcile_books(&books, &unanswered)
+    };
+    let so_far = |outcomes: &[SourceOutcome]| {
+        (
+            Body::Reconciliation(entries(&books.borrow(), outcomes)),
+            Vec::new(),
+        )
+    };
     let max_rows = how.limits.max_rows_per_source;
-    let outcomes = fan(&query, &wanted, reach, how, |index, returned| {
+    let outcomes = fan(&query, &wanted, reach, (how, &so_far), |index, returned| {
         let source = reach.sources.get(index);
         let archive = source.map_or("", |s| s.archive.as_str());
+        let mut books = books.borrow_mut();
         match returned {
             Returned::Totebox(result) => {
                 conform::check(&query, &result, max_rows)?;
@@ -235,49 +284,33 @@ async fn reconciliation(
         }
     })
     .await;
-    let labels_of = labels_by_name(reach);
-    let unanswered: BTreeSet<String> = outcomes
-        .iter()
-        .filter(|o| o.status != SourceStatus::Ok)
-        .map(|o| entity(labels_of.get(o.archive.as_str()).copied(), &o.archive))
-        .collect();
-    let amount = expected_columns(&query).len() - 1;
-    let books: BTreeMap<String, Book> = books
-        .into_iter()
-        .map(|(name, merger)| {
-            let merged = merger.finish();
-            let overflowed = merged
-                .overflows
-                .iter()
-                .filter(|c| c.column == amount)
-                .map(|c| c.row)
-                .collect();
-            (
-                name,
-                Book {
-                    table: merged.table,
-                    overflowed,
-                },
-            )
-        })
-        .collect();
-    finish(
-        outcomes,
-        how.partial,
-        Body::Reconciliation(spec.reconcile_books(&books, &unanswered)),
-    )
+    let body = Body::Reconciliation(entries(&books.borrow(), &outcomes));
+    finish(outcomes, how.partial, body)
 }
 
 async fn summary(kpis: &[Kpi], reach: &Reach, how: &Run<'_>) -> Result<Report, ViewError> {
     let max_rows = how.limits.max_rows_per_source;
-    let figures = futures::future::join_all(kpis.iter().map(|kpi| async move {
-        let mut merger = Merger::new(&kpi.query, usize::MAX);
-        let outcomes = fan(
-            &kpi.query,
-            &[],
-            reach,
-            how,
-            |index, returned| match returned {
+    // One merger per key figure, each fed by its own fan-out.
+    let mergers: RefCell<Vec<Merger>> = RefCell::new(
+        kpis.iter()
+            .map(|kpi| Merger::new(&kpi.query, usize::MAX))
+            .collect(),
+    );
+    // Every figure so far, against the outcomes of the fan-out asking.
+    let so_far = |outcomes: &[SourceOutcome]| {
+        let figures = kpis
+            .iter()
+            .zip(mergers.borrow().iter())
+            .map(|(kpi, merger)| kpi.figure(merger.clone().finish(), outcomes))
+            .collect();
+        (Body::Summary(figures), Vec::new())
+    };
+    let (mergers, so_far) = (&mergers, &so_far);
+    let figures = futures::future::join_all(kpis.iter().enumerate().map(|(k, kpi)| async move {
+        let outcomes = fan(&kpi.query, &[], reach, (how, so_far), |index, returned| {
+            let mut mergers = mergers.borrow_mut();
+            let merger = &mut mergers[k];
+            match returned {
                 Returned::Totebox(result) => {
                     conform::check(&kpi.query, &result, max_rows)?;
                     merger.add(index, result)
@@ -288,11 +321,11 @@ async fn summary(kpis: &[Kpi], reach: &Reach, how: &Run<'_>) -> Result<Report, V
                     }
                     Ok(())
                 }
-            },
-        )
+            }
+        })
         .await;
-        let value = kpi.figure(merger.finish(), &outcomes);
-        (value, outcomes)
+        let merged = mergers.borrow()[k].clone().finish();
+        (kpi.figure(merged, &outcomes), outcomes)
     }))
     .await;
     // A source's outcome over the whole summary: its first failure, else ok. Matched by name:
@@ -329,7 +362,7 @@ async fn fan(
     query: &Query,
     labels: &[String],
     reach: &Reach,
-    how: &Run<'_>,
+    (how, so_far): (&Run<'_>, &SoFar<'_>),
     mut fold: impl FnMut(usize, Returned<'_>) -> Result<(), Nonconforming>,
 ) -> Vec<SourceOutcome> {
     let mut arrivals = how.fleet.stream_labelled(
@@ -342,7 +375,51 @@ async fn fan(
         how.watch.clone(),
     );
     let mut outcomes: Vec<Option<Vec<SourceOutcome>>> = vec![None; reach.sources.len()];
-    while let Some(arrival) = arrivals.recv().await {
+    // The view so far, published when a console asks (progressive results).
+    let publish = |outcomes: &[Option<Vec<SourceOutcome>>]| {
+        let Some(live) = how.live.as_deref() else {
+            return;
+        };
+        let ended: Vec<SourceOutcome> = outcomes
+            .iter()
+            .flatten()
+            .flatten()
+            .chain(&reach.not_asked)
+            .cloned()
+            .collect();
+        let (body, overflows) = so_far(&ended);
+        let answered = how
+            .watch
+            .answered
+            .load(std::sync::atomic::Ordering::Relaxed);
+        live.publish(
+            answered,
+            Report {
+                complete: false,
+                as_of_oldest: oldest(&ended),
+                outcomes: ended,
+                body,
+                overflows,
+            },
+        );
+    };
+    loop {
+        let asked = async {
+            match how.live.as_deref() {
+                Some(live) => live.asked().await,
+                None => std::future::pending().await,
+            }
+        };
+        let arrival = tokio::select! {
+            arrival = arrivals.recv() => match arrival {
+                Some(arrival) => arrival,
+                None => break,
+            },
+            () = asked => {
+                publish(&outcomes);
+                continue;
+            }
+        };
         let (Some(slot), Some(source)) = (
             outcomes.get_mut(arrival.index),
             reach.sources.get(arrival.index),
@@ -390,6 +467,10 @@ async fn fan(
             }
             _ => vec![outcome],
         });
+        // Asked while this answer was being folded: published with it.
+        if how.live.as_deref().is_some_and(Live::wanted) {
+            publish(&outcomes);
+        }
     }
     outcomes
         .into_iter()
@@ -416,6 +497,20 @@ async fn fan(
         })
         .chain(reach.not_asked.iter().cloned())
         .collect()
+}
+
+/// The view so far from the outcomes of the sources ended so far: the body, and for a table
+/// its overflowed cells.
+type SoFar<'a> = dyn Fn(&[SourceOutcome]) -> (Body, Vec<CellRef>) + 'a;
+
+/// The oldest data time among the outcomes that answered (0 when none did).
+fn oldest(outcomes: &[SourceOutcome]) -> i64 {
+    outcomes
+        .iter()
+        .filter(|o| o.status == SourceStatus::Ok)
+        .map(|o| o.as_of)
+        .min()
+        .unwrap_or(0)
 }
 
 /// What one source's answer gives a fold.
@@ -452,12 +547,7 @@ fn labels_by_name(reach: &Reach) -> std::collections::HashMap<String, &BTreeMap<
 
 fn finish(outcomes: Vec<SourceOutcome>, partial: Partial, body: Body) -> Result<Report, ViewError> {
     let (outcomes, missing) = enforce(partial, outcomes)?;
-    let as_of_oldest = outcomes
-        .iter()
-        .filter(|o| o.status == SourceStatus::Ok)
-        .map(|o| o.as_of)
-        .min()
-        .unwrap_or(0);
+    let as_of_oldest = oldest(&outcomes);
     Ok(Report {
         complete: missing == 0,
         outcomes,

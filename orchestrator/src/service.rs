@@ -31,6 +31,7 @@ use crate::fanout::{
     CommandResults, FanOutLimits, Fleet, Health, Member, Source, SourceOutcome, SourceStatus, Watch,
 };
 use crate::gate::TenantId;
+use crate::live::Live;
 use crate::quota::TenantQuota;
 use crate::report::{Reach, Report, Run, run};
 use crate::selection::{Refusal, Selector, reach, select};
@@ -396,6 +397,7 @@ impl Console {
             done: Notify::new(),
             total: admitted.reach.answers_expected(&viewport),
             watch: watch.clone(),
+            live: Rc::default(),
         });
         let (fleet, pending) = (self.service.fleet.clone(), state.clone());
         // The fan-out counts as running until its answer is ready.
@@ -409,6 +411,7 @@ impl Console {
                 limits: admitted.limits,
                 partial: admitted.partial,
                 watch,
+                live: Some(pending.live.clone()),
             };
             let report = run(&viewport, &admitted.reach, &how).await;
             drop(admitted); // the quota slot is free once the answer is ready
@@ -597,6 +600,7 @@ impl orchestrator::Server for Console {
             limits: admitted.limits,
             partial: Partial::BestEffort,
             watch: Watch::default(),
+            live: None,
         };
         let (parts, outcomes) =
             crate::report::partial(&query, &labels, &admitted.reach, &how).await;
@@ -709,6 +713,8 @@ struct Pending {
     done: Notify,
     total: u32,
     watch: Watch,
+    /// The view so far, made when a console asks (`next`).
+    live: Rc<Live>,
 }
 
 struct FleetQueryServer {
@@ -772,6 +778,60 @@ impl fleet_query::Server for FleetQueryServer {
                 ));
             }
             notified.await;
+        }
+    }
+
+    async fn next(
+        self: Rc<Self>,
+        params: fleet_query::NextParams,
+        mut results: fleet_query::NextResults,
+    ) -> Result<(), capnp::Error> {
+        // Part of a request already admitted, like `view`.
+        let _running = self.connection.hold();
+        let after = params.get()?.get_after();
+        let total = self.state.total;
+        // Bounded: the fan-out ends by its deadline, and its end wakes this.
+        loop {
+            let published = self.state.live.published();
+            let done = self.state.done.notified();
+            let mut update = results.get().init_update();
+            update.set_total(total);
+            if let Some(result) = self.state.result.borrow().as_ref() {
+                return match result {
+                    Ok(report) => {
+                        update.set_answered(total);
+                        update.set_final(true);
+                        write_report(report, update.init_view());
+                        let size = results.get().reborrow_as_reader().total_size();
+                        fits(size, self.max_view_bytes, "merged view")
+                    }
+                    Err(e) => Err(refuse(e.code(), e)),
+                };
+            }
+            if self.task.is_finished() {
+                return Err(refuse(
+                    "fanout.failed",
+                    "the request stopped without an answer",
+                ));
+            }
+            match self.state.live.latest() {
+                Some((answered, report)) if answered > after => {
+                    update.set_answered(answered.min(total));
+                    write_report(&report, update.init_view());
+                    let size = results.get().reborrow_as_reader().total_size();
+                    return fits(size, self.max_view_bytes, "view so far");
+                }
+                // Sources ended since: the view is made now, from what has arrived.
+                _ if self.state.watch.answered.load(Ordering::Relaxed) > after => {
+                    self.state.live.want();
+                }
+                // Nothing new yet: the view is made at the next arrival (or the end).
+                _ => self.state.live.want_next(),
+            }
+            tokio::select! {
+                () = published => {}
+                () = done => {}
+            }
         }
     }
 
