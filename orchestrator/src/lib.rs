@@ -57,6 +57,7 @@ pub mod tier;
 pub mod view;
 pub mod viewport_cache;
 pub mod viewports;
+pub mod web;
 pub mod wire;
 
 pub use psp_core;

@@ -197,6 +197,22 @@ enum Action {
         #[arg(long)]
         snapshot_name: Option<String>,
     },
+    /// Serves a console in your browser: the fleet, and the config's viewports as charts,
+    /// tables and figure tiles. It holds your key and grant and talks to the orchestrator as
+    /// any console does; it listens on loopback unless you say otherwise.
+    ConsoleWeb {
+        #[command(flatten)]
+        connection: Connection,
+        /// The capability file you hold (delegated to the orchestrator per request).
+        #[arg(long)]
+        chain: PathBuf,
+        /// Where to serve the pages.
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        listen: std::net::SocketAddr,
+        /// A viewport of the orchestrator's config to offer (repeat for several).
+        #[arg(long = "viewport")]
+        viewports: Vec<String>,
+    },
     /// Starts a local fleet of 12 Toteboxes and an orchestrator, runs three viewports, exits.
     #[cfg(feature = "demo")]
     Demo,
@@ -546,6 +562,41 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", render::commands(&results));
             }
+            Ok(())
+        }),
+        Action::ConsoleWeb {
+            connection,
+            chain,
+            listen,
+            viewports,
+        } => operate::run(async {
+            let target = target(&connection)?;
+            let grant = target.grant(&chain)?;
+            // Connected with the tenant's listing: pages select all archives, or by label.
+            let console = target
+                .connect_for(&orchestrator::selection::Selector::All)
+                .await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot serve the web console on {listen}: {e}"))?;
+            let address = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("web console on http://{address}/");
+            if address.ip().is_loopback() {
+                println!("bound to loopback: only this machine can open it");
+            } else {
+                println!(
+                    "bound to {}: every machine that reaches it sees your tenant's data",
+                    address.ip()
+                );
+            }
+            let web = std::rc::Rc::new(orchestrator::web::WebConsole {
+                console,
+                grant,
+                viewports,
+                copies: ViewportCache::for_user(&target.orchestrator),
+                address,
+            });
+            orchestrator::web::serve(listener, web).await;
             Ok(())
         }),
         #[cfg(feature = "demo")]

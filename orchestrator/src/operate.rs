@@ -145,7 +145,7 @@ pub async fn wait(in_flight: &InFlight) -> Result<Report, CallError> {
     let report = loop {
         let update = match in_flight.next(after).await {
             Ok(update) => update,
-            Err(e) if e.code == "unimplemented" || e.message.contains("not implemented") => {
+            Err(e) if e.code.ends_with("unimplemented") => {
                 break in_flight.report().await;
             }
             Err(e) => break Err(e),

@@ -32,7 +32,7 @@ pub fn clean(text: &str) -> String {
 }
 
 /// A value for a table cell.
-fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         other => clean(&other.to_string()),
@@ -126,7 +126,7 @@ pub fn table_with(t: &Table, overflows: &[CellRef]) -> String {
 }
 
 /// What a cell whose exact value left the 64-bit range shows.
-const OVERFLOW: &str = "overflow";
+pub(crate) const OVERFLOW: &str = "overflow";
 
 /// A merged table.
 pub fn table(t: &Table) -> String {
@@ -257,7 +257,7 @@ pub fn report(r: &Report, exceptions_only: bool) -> String {
     )
 }
 
-fn match_word(s: MatchStatus) -> &'static str {
+pub(crate) fn match_word(s: MatchStatus) -> &'static str {
     match s {
         MatchStatus::Matched => "matched",
         MatchStatus::Mismatched => "MISMATCHED",
@@ -267,7 +267,7 @@ fn match_word(s: MatchStatus) -> &'static str {
     }
 }
 
-fn as_of(micros: i64) -> String {
+pub(crate) fn as_of(micros: i64) -> String {
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000);
     match at {
         _ if micros == 0 => "unknown".into(),

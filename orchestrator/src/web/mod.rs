@@ -1,0 +1,235 @@
+//! `orchestrator console-web`: a console in a browser. A small web server, on loopback unless
+//! told otherwise, that holds the operator's key and grant and talks PSP to the orchestrator as
+//! any console does (the orchestrator gains no listener and never calls it). It serves the
+//! fleet page and one page per config viewport: rollups as charts with the table beside them,
+//! reconciliations by break, and key figures as tiles, each with its sources and freshness.
+//!
+//! Every page is HTML written on the server: each string that came over the network is escaped
+//! (`maud` escapes every interpolation), charts are SVG drawn here ([`charts`]), and every answer
+//! carries a strict content security policy (no script, no style from elsewhere, no framing).
+//! Only GET is served, and only to a `Host` this server is known by (a page elsewhere cannot
+//! rebind a name to it and read it).
+
+pub mod charts;
+pub mod pages;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::HOST;
+use hyper::{Method, Request, Response, StatusCode};
+use psp_core::Chain;
+
+use crate::console::{Console, Options};
+use crate::selection::Selector;
+use crate::viewport_cache::ViewportCache;
+
+/// What every answer says about what the page may load and do.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The page's style sheet (served from here: the policy allows no other).
+const STYLE: &str = include_str!("style.css");
+
+/// A request's head must arrive within this, and its page be written within the request's own
+/// deadline plus this.
+const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The console a browser drives: its connection to the orchestrator, the operator's grant, the
+/// viewports it offers, and where it listens.
+pub struct WebConsole {
+    /// The connection to the orchestrator, as the operator.
+    pub console: Console,
+    /// The operator's grant, delegated per request.
+    pub grant: Chain,
+    /// The config viewports offered, by name.
+    pub viewports: Vec<String>,
+    /// Where the kept viewport definitions live (as the CLI keeps them).
+    pub copies: Option<ViewportCache>,
+    /// Where this server listens (the `Host` it answers to).
+    pub address: SocketAddr,
+}
+
+/// Serves `web` on `listener` until the task is dropped. Call on a tokio `LocalSet` (the
+/// console's connection is `!Send`).
+pub async fn serve(listener: tokio::net::TcpListener, web: Rc<WebConsole>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let web = web.clone();
+        tokio::task::spawn_local(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let web = web.clone();
+                async move { Ok::<_, Infallible>(answer(&web, request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_DEADLINE)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = connection.await;
+        });
+    }
+}
+
+/// Whether `host` (a request's `Host` header) names this server: its address, or `localhost`
+/// at its port.
+fn known_host(host: &str, address: SocketAddr) -> bool {
+    host == address.to_string() || host == format!("localhost:{}", address.port())
+}
+
+async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET is served".into(),
+        );
+    }
+    let host = request
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !known_host(host, web.address) {
+        return page(
+            StatusCode::MISDIRECTED_REQUEST,
+            "text/plain",
+            "this console answers only to its own address".into(),
+        );
+    }
+    let path = request.uri().path();
+    let query = request.uri().query().unwrap_or("");
+    match path {
+        "/style.css" => page(StatusCode::OK, "text/css", STYLE.into()),
+        "/" => {
+            let labels = label_filter(query);
+            match web.console.fleet().await {
+                Ok(archives) => html(pages::fleet(web, &archives, &labels)),
+                Err(e) => html_status(
+                    StatusCode::BAD_GATEWAY,
+                    pages::failed(web, "fleet", &e.to_string()),
+                ),
+            }
+        }
+        _ => match path.strip_prefix("/view/") {
+            Some(name) if web.viewports.iter().any(|v| v == name) => {
+                let report = crate::operate::view_by_name(
+                    &web.console,
+                    web.copies.as_ref(),
+                    &Selector::All,
+                    &web.grant,
+                    name,
+                    Options::default(),
+                )
+                .await;
+                match report {
+                    Ok(report) => html(pages::viewport(web, name, &report)),
+                    Err(e) => html_status(StatusCode::BAD_GATEWAY, pages::failed(web, name, &e)),
+                }
+            }
+            _ => html_status(
+                StatusCode::NOT_FOUND,
+                pages::failed(web, "not found", "no such page"),
+            ),
+        },
+    }
+}
+
+/// `label=key=value` pairs of a query string (percent-decoded).
+fn label_filter(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("label="))
+        .filter_map(|label| {
+            let decoded = percent_decode(label);
+            decoded
+                .split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// `%XX` and `+` decoded; anything malformed is left as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn html(body: maud::Markup) -> Response<Full<Bytes>> {
+    html_status(StatusCode::OK, body)
+}
+
+fn html_status(status: StatusCode, body: maud::Markup) -> Response<Full<Bytes>> {
+    page(status, "text/html; charset=utf-8", body.into_string())
+}
+
+fn page(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("content-type", content_type),
+        ("content-security-policy", CONTENT_SECURITY_POLICY),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_for_another_host_is_not_answered() {
+        let address: SocketAddr = "127.0.0.1:7480".parse().unwrap();
+        assert!(known_host("127.0.0.1:7480", address));
+        assert!(known_host("localhost:7480", address));
+        assert!(!known_host("evil.example:7480", address));
+        assert!(!known_host("127.0.0.1:80", address));
+    }
+
+    #[test]
+    fn label_filters_are_read_from_the_query_string() {
+        assert_eq!(
+            label_filter("label=region%3Dnorth&x=1&label=entity=property"),
+            vec![
+                ("region".to_owned(), "north".to_owned()),
+                ("entity".to_owned(), "property".to_owned())
+            ]
+        );
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

@@ -1,0 +1,158 @@
+//! End to end with real processes: `orchestrator console-web` over a real fleet and
+//! orchestrator. Its pages show what the CLI prints for the same viewports; a hostile string
+//! from the fleet is text, never markup; every page carries the strict content security policy;
+//! only GET, and only to its own address, is served.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::process::Command;
+
+use psp_core::Operation;
+use serde_json::Value as Json;
+use support::processes::{Fleet, Proc};
+
+const HOSTILE: &str = "<script>alert(1)</script>";
+
+/// One HTTP/1.1 request to `address`; the status code, the head and the body.
+fn fetch(address: &str, method: &str, path: &str, host: &str) -> (u16, String, String) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_lowercase(), body.to_owned())
+}
+
+/// A cell as the CLI's JSON gives it, as the pages print it.
+fn text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        Json::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn escaped(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[test]
+fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
+    let mut fleet = Fleet::start(4, 2);
+    // One archive's region label is hostile: it reaches the fleet page, a rollup's group key
+    // and its chart.
+    let labels = fleet.toteboxes[0].labels.clone();
+    let region = labels
+        .split(", ")
+        .find(|l| l.starts_with("region = "))
+        .unwrap()
+        .to_owned();
+    fleet.toteboxes[0].labels = labels.replace(&region, &format!("region = {HOSTILE:?}"));
+    let ids: Vec<String> = fleet.toteboxes.iter().map(|t| t.id.clone()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let acme = fleet.operator("acme", &ids, vec![Operation::Query]);
+    let config = fleet.orchestrator_config(
+        "orchestrator.toml",
+        &format!(
+            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {ids:?}\n",
+            acme.key
+        ),
+    );
+    let orchestrator = fleet.serve(&config);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    command.env("XDG_CACHE_HOME", fleet.path("cache"));
+    command.args([
+        "console-web",
+        "--connect",
+        &orchestrator.address,
+        "--orchestrator-key",
+        &orchestrator.key,
+        "--listen",
+        "127.0.0.1:0",
+        "--viewport",
+        "noi-by-region",
+        "--viewport",
+        "intercompany",
+        "--viewport",
+        "executive-summary",
+        "--key",
+    ]);
+    command.arg(fleet.path("acme.pem"));
+    command.arg("--chain").arg(fleet.path("acme.cap"));
+    let (_web, line) = Proc::start(command, fleet.path("web.log"));
+    // "web console on http://127.0.0.1:PORT/"
+    let address = line
+        .trim()
+        .strip_prefix("web console on http://")
+        .and_then(|a| a.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let get = |path: &str| fetch(&address, "GET", path, &address);
+
+    // The fleet: every archive, the hostile label as text.
+    let (status, head, body) = get("/");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    for id in &ids {
+        assert!(body.contains(id), "{id} missing");
+    }
+    assert!(
+        body.contains(&escaped(HOSTILE)),
+        "the label is shown, escaped"
+    );
+    assert!(!body.contains(HOSTILE), "the label never becomes markup");
+    let (_, _, filtered) = get("/?label=entity%3Dsubsidiary");
+    assert!(filtered.contains("sub-01") && !filtered.contains("prop-01"));
+
+    // Each viewport: the figures the CLI prints for it.
+    let cli = |name: &str| -> Json { orchestrator.json(&fleet, &acme, &["view", "--name", name]) };
+    let (status, _, rollup) = get("/view/noi-by-region");
+    assert_eq!(status, 200, "{rollup}");
+    assert!(rollup.contains("<svg"), "the rollup is charted");
+    assert!(
+        !rollup.contains(HOSTILE),
+        "no markup from the fleet, in the table or the chart"
+    );
+    for row in cli("noi-by-region")["table"]["rows"].as_array().unwrap() {
+        for value in row.as_array().unwrap() {
+            assert!(rollup.contains(&escaped(&text(value))), "{value} missing");
+        }
+    }
+    let (_, _, recon) = get("/view/intercompany");
+    let entries = cli("intercompany")["reconciliation"]["entries"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(recon.contains(&format!("{entries} balances")), "{recon}");
+    let (_, _, summary) = get("/view/executive-summary");
+    for kpi in cli("executive-summary")["summary"]["kpis"]
+        .as_array()
+        .unwrap()
+    {
+        assert!(summary.contains(&escaped(kpi["name"].as_str().unwrap())));
+        assert!(summary.contains(&text(&kpi["value"])), "{kpi}");
+    }
+
+    // What it refuses.
+    assert_eq!(get("/view/not-offered").0, 404);
+    assert_eq!(fetch(&address, "POST", "/", &address).0, 405);
+    let (status, _, _) = fetch(&address, "GET", "/", "rebound.example:80");
+    assert_eq!(
+        status, 421,
+        "a page elsewhere cannot read it through another name"
+    );
+}
