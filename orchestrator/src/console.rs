@@ -82,6 +82,8 @@ pub struct Update {
 }
 
 /// A fan-out running at the orchestrator: poll its progress, cancel it, or wait for its report.
+/// A clone is another handle on the same fan-out, which stops once every handle is dropped.
+#[derive(Clone)]
 pub struct InFlight {
     fleet_query: fleet_query::Client,
     link: Link,

@@ -595,6 +595,7 @@ fn main() -> ExitCode {
                 viewports,
                 copies: ViewportCache::for_user(&target.orchestrator),
                 address,
+                runs: Default::default(),
             });
             orchestrator::web::serve(listener, web).await;
             Ok(())

@@ -120,7 +120,7 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
 
     // Each viewport: the figures the CLI prints for it.
     let cli = |name: &str| -> Json { orchestrator.json(&fleet, &acme, &["view", "--name", name]) };
-    let (status, _, rollup) = get("/view/noi-by-region");
+    let (status, _, rollup) = get("/view/noi-by-region?final");
     assert_eq!(status, 200, "{rollup}");
     assert!(rollup.contains("<svg"), "the rollup is charted");
     assert!(
@@ -132,13 +132,13 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
             assert!(rollup.contains(&escaped(&text(value))), "{value} missing");
         }
     }
-    let (_, _, recon) = get("/view/intercompany");
+    let (_, _, recon) = get("/view/intercompany?final");
     let entries = cli("intercompany")["reconciliation"]["entries"]
         .as_array()
         .unwrap()
         .len();
     assert!(recon.contains(&format!("{entries} balances")), "{recon}");
-    let (_, _, summary) = get("/view/executive-summary");
+    let (_, _, summary) = get("/view/executive-summary?final");
     for kpi in cli("executive-summary")["summary"]["kpis"]
         .as_array()
         .unwrap()
@@ -146,6 +146,52 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
         assert!(summary.contains(&escaped(kpi["name"].as_str().unwrap())));
         assert!(summary.contains(&text(&kpi["value"])), "{kpi}");
     }
+
+    // Progressive: the page starts the request and follows it with its one script, asking
+    // for the view so far until it is final; the last view has the figures.
+    let (status, _, shell) = get("/view/noi-by-region");
+    assert_eq!(status, 200);
+    assert!(shell.contains("<script src=\"/console.js\">"), "{shell}");
+    let run = shell
+        .split("data-run=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("{shell}"))
+        .to_owned();
+    let mut after = 0;
+    let last = loop {
+        let (status, head, fragment) = get(&format!("/run/{run}?after={after}"));
+        assert_eq!(status, 200, "{fragment}");
+        if head.contains("x-final: 1") {
+            break fragment;
+        }
+        let answered: u32 = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-answered: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            answered > after,
+            "each view so far has more sources than the last"
+        );
+        after = answered;
+    };
+    for row in cli("noi-by-region")["table"]["rows"].as_array().unwrap() {
+        assert!(
+            last.contains(&escaped(&text(&row[1]))),
+            "{row} missing from the last view"
+        );
+    }
+    assert_eq!(
+        get(&format!("/run/{run}?after=0")).0,
+        404,
+        "a finished run is let go"
+    );
+    let (status, head, script) = get("/console.js");
+    assert_eq!(status, 200);
+    assert!(head.contains("text/javascript") && script.contains("/run/"));
 
     // What it refuses.
     assert_eq!(get("/view/not-offered").0, 404);

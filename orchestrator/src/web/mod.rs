@@ -24,16 +24,24 @@ use hyper::header::HOST;
 use hyper::{Method, Request, Response, StatusCode};
 use psp_core::Chain;
 
-use crate::console::{Console, Options};
+use std::cell::RefCell;
+
+use crate::console::{Console, InFlight, Options};
 use crate::selection::Selector;
 use crate::viewport_cache::ViewportCache;
 
 /// What every answer says about what the page may load and do.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
-     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
 
 /// The page's style sheet (served from here: the policy allows no other).
 const STYLE: &str = include_str!("style.css");
+/// The page's only script, hand-written: it follows a running viewport (`/run/<id>`) and puts
+/// each view so far, written and escaped here, in its place.
+const SCRIPT: &str = include_str!("console.js");
+/// Viewports running for pages at once; starting one more lets the oldest go.
+const MOST_RUNS: usize = 32;
 
 /// A request's head must arrive within this, and its page be written within the request's own
 /// deadline plus this.
@@ -52,6 +60,8 @@ pub struct WebConsole {
     pub copies: Option<ViewportCache>,
     /// Where this server listens (the `Host` it answers to).
     pub address: SocketAddr,
+    /// The viewports running for pages, by run id, oldest first.
+    pub runs: RefCell<Vec<(String, InFlight)>>,
 }
 
 /// Serves `web` on `listener` until the task is dropped. Call on a tokio `LocalSet` (the
@@ -107,6 +117,7 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
     let query = request.uri().query().unwrap_or("");
     match path {
         "/style.css" => page(StatusCode::OK, "text/css", STYLE.into()),
+        "/console.js" => page(StatusCode::OK, "text/javascript", SCRIPT.into()),
         "/" => {
             let labels = label_filter(query);
             match web.console.fleet().await {
@@ -117,7 +128,15 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
                 ),
             }
         }
+        _ if path.starts_with("/run/") => follow(web, &path["/run/".len()..], query).await,
         _ => match path.strip_prefix("/view/") {
+            // Without a script, the page waits for the final view (`<noscript>` links here).
+            Some(name) if web.viewports.iter().any(|v| v == name) && query != "final" => {
+                match start(web, name).await {
+                    Ok(run) => html(pages::running(web, name, &run)),
+                    Err(e) => html_status(StatusCode::BAD_GATEWAY, pages::failed(web, name, &e)),
+                }
+            }
             Some(name) if web.viewports.iter().any(|v| v == name) => {
                 let report = crate::operate::view_by_name(
                     &web.console,
@@ -138,6 +157,75 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
                 pages::failed(web, "not found", "no such page"),
             ),
         },
+    }
+}
+
+/// Starts viewport `name` for a page, and returns the run id the page follows it by.
+async fn start(web: &WebConsole, name: &str) -> Result<String, String> {
+    let viewport = web
+        .console
+        .viewport(name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let in_flight = web
+        .console
+        .start_view(&Selector::All, &web.grant, &viewport, Options::default())
+        .map_err(|e| e.to_string())?;
+    let run = psp_core::capability::CapabilityId::random()
+        .map(|id| hex::encode(id.0))
+        .map_err(|e| e.to_string())?;
+    let mut runs = web.runs.borrow_mut();
+    if runs.len() >= MOST_RUNS {
+        // Dropping its `FleetQuery` stops the oldest's fan-out at the orchestrator.
+        runs.remove(0);
+    }
+    runs.push((run.clone(), in_flight));
+    Ok(run)
+}
+
+/// `/run/<id>?after=N`: the view so far of a running viewport, as the fragment the page puts in
+/// place, once more than N sources have ended (or the final view, after which the run is let
+/// go). `x-answered` and `x-final` say where it stands.
+async fn follow(web: &WebConsole, run: &str, query: &str) -> Response<Full<Bytes>> {
+    let after = query
+        .split('&')
+        .find_map(|p| p.strip_prefix("after="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // The call is made on a handle to the fan-out, not under the borrow: other pages go on.
+    let Some(handle) = web
+        .runs
+        .borrow()
+        .iter()
+        .find(|(id, _)| id == run)
+        .map(|(_, in_flight)| in_flight.clone())
+    else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "no such run (it ended or was let go)".into(),
+        );
+    };
+    match handle.next(after).await {
+        Ok(update) => {
+            if update.done {
+                web.runs.borrow_mut().retain(|(id, _)| id != run);
+            }
+            let mut response = html(pages::progress(&update));
+            for (name, value) in [
+                ("x-answered", update.answered.to_string()),
+                ("x-final", u8::from(update.done).to_string()),
+            ] {
+                if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
+        Err(e) => {
+            web.runs.borrow_mut().retain(|(id, _)| id != run);
+            html_status(StatusCode::BAD_GATEWAY, pages::refused(&e.to_string()))
+        }
     }
 }
 

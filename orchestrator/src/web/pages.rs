@@ -3,7 +3,7 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::console::ArchiveStatus;
+use crate::console::{ArchiveStatus, Update};
 use crate::fanout::{Health, SourceOutcome, SourceStatus};
 use crate::render::{OVERFLOW, as_of, cell, clean, match_word};
 use crate::report::{Body, Report};
@@ -83,15 +83,52 @@ pub fn fleet(web: &WebConsole, archives: &[ArchiveStatus], labels: &[(String, St
 
 /// A viewport's report: its figures, then every source's outcome.
 pub fn viewport(web: &WebConsole, name: &str, report: &Report) -> Markup {
+    let content = html! {
+        h1 { (name) }
+        (figures(report, report.outcomes.len()))
+    };
+    layout(web, name, content)
+}
+
+/// A viewport running: the page follows it (`/run/<id>`) with its only script, filling in the
+/// figures as sources answer; without a script, a link waits for the final view.
+pub fn running(web: &WebConsole, name: &str, run: &str) -> Markup {
+    let content = html! {
+        h1 { (name) }
+        div id="run" data-run=(run) {
+            p class="status" { "asking the fleet..." }
+        }
+        noscript { p { a href={ "/view/" (name) "?final" } { "Show the view when every source has answered" } } }
+        script src="/console.js" {}
+    };
+    layout(web, name, content)
+}
+
+/// The view so far of a running viewport, as the fragment its page puts in place.
+pub fn progress(update: &Update) -> Markup {
+    html! {
+        @if !update.done {
+            p class="status" { (update.answered) "/" (update.total) " sources ended; figures so far" }
+        }
+        (figures(&update.report, update.total as usize))
+    }
+}
+
+/// What a running viewport's page shows when its request was refused.
+pub fn refused(why: &str) -> Markup {
+    html! { p class="incomplete" { (why) } }
+}
+
+/// A report's status line, figures and outcomes; `total` sources were asked.
+fn figures(report: &Report, total: usize) -> Markup {
     let answered = report
         .outcomes
         .iter()
         .filter(|o| o.status == SourceStatus::Ok)
         .count();
-    let content = html! {
-        h1 { (name) }
+    html! {
         p class={ @if report.complete { "complete" } @else { "incomplete" } } {
-            (answered) "/" (report.outcomes.len()) " sources answered; data as of "
+            (answered) "/" (total.max(report.outcomes.len())) " sources answered; data as of "
             (as_of(report.as_of_oldest))
         }
         @match &report.body {
@@ -100,8 +137,7 @@ pub fn viewport(web: &WebConsole, name: &str, report: &Report) -> Markup {
             Body::Summary(kpis) => (summary(kpis)),
         }
         (outcomes(&report.outcomes))
-    };
-    layout(web, name, content)
+    }
 }
 
 /// How many leading columns of a merged table are its groups (text, before the first number).
