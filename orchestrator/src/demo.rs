@@ -76,9 +76,14 @@ query = { collection = "valuations", where = ["period = '2026-08'"], aggregates 
 /// Records per generated archive.
 const RECORDS: u64 = 3_000;
 
-/// Runs the demo in `dir` (an empty folder), printing as it goes through `print`. Must run on a
-/// tokio `LocalSet` (the console is `!Send`).
-pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> {
+/// Runs the demo in `dir` (an empty folder), printing as it goes through `print`; with `web`,
+/// then serves the web console over the demo fleet there until Ctrl-C. Must run on a tokio
+/// `LocalSet` (the console is `!Send`).
+pub async fn run(
+    dir: &Path,
+    mut print: impl FnMut(&str),
+    web: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
     let started = Instant::now();
     let fail = |what: &str| {
         let what = what.to_owned();
@@ -198,7 +203,7 @@ pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> 
             "Executive summary",
         ),
     ];
-    for (name, selector, title) in runs {
+    for (name, selector, title) in runs.clone() {
         let viewport = console.viewport(name).await.map_err(|e| e.to_string())?;
         let asked = Instant::now();
         let report = console
@@ -216,7 +221,23 @@ pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> 
             render::report(&report, true).trim_end()
         ));
     }
-    drop(console);
+    if let Some(listen) = web {
+        let names = runs.iter().map(|(name, _, _)| (*name).to_owned()).collect();
+        let selections = ["entity=property", "entity=subsidiary", "entity=property"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        serve_web(
+            console,
+            operator_cap,
+            (names, selections),
+            listen,
+            &mut print,
+        )
+        .await?;
+    } else {
+        drop(console);
+    }
     server.shutdown(Duration::from_millis(500)).await;
     futures::future::join_all(
         toteboxes
@@ -228,6 +249,42 @@ pub async fn run(dir: &Path, mut print: impl FnMut(&str)) -> Result<(), String> 
         "\ndemo finished in {:.1} s",
         started.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// Serves the web console over the demo fleet on `listen` until Ctrl-C.
+async fn serve_web(
+    console: Console,
+    grant: Chain,
+    (viewports, selections): (Vec<String>, Vec<String>),
+    listen: std::net::SocketAddr,
+    print: &mut impl FnMut(&str),
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot serve the web console on {listen} (try --listen): {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    print(&format!(
+        "\nweb console on http://{address}/ ({}); Ctrl-C stops the demo",
+        if address.ip().is_loopback() {
+            "bound to loopback: only this machine can open it"
+        } else {
+            "reachable from other machines"
+        }
+    ));
+    let web = std::rc::Rc::new(crate::web::WebConsole {
+        console,
+        grant,
+        viewports,
+        selections,
+        copies: None,
+        address,
+        runs: Default::default(),
+    });
+    tokio::select! {
+        () = crate::web::serve(listener, web) => {}
+        _ = tokio::signal::ctrl_c() => print("stopping the demo"),
+    }
     Ok(())
 }
 

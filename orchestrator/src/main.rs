@@ -209,13 +209,23 @@ enum Action {
         /// Where to serve the pages.
         #[arg(long, default_value = "127.0.0.1:7480")]
         listen: std::net::SocketAddr,
-        /// A viewport of the orchestrator's config to offer (repeat for several).
+        /// A viewport of the orchestrator's config to offer (repeat for several), optionally
+        /// over archives selected by label: `noi-by-region@entity=property` (labels
+        /// comma-separated).
         #[arg(long = "viewport")]
         viewports: Vec<String>,
     },
-    /// Starts a local fleet of 12 Toteboxes and an orchestrator, runs three viewports, exits.
+    /// Starts a local fleet of 12 Toteboxes and an orchestrator, runs three viewports, exits;
+    /// with --web, then serves the web console over them until Ctrl-C.
     #[cfg(feature = "demo")]
-    Demo,
+    Demo {
+        /// Then serve the web console over the demo fleet (until Ctrl-C).
+        #[arg(long)]
+        web: bool,
+        /// Where the web console listens.
+        #[arg(long, default_value = "127.0.0.1:7480", requires = "web")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// Where and as whom a console subcommand connects.
@@ -589,10 +599,18 @@ fn main() -> ExitCode {
                     address.ip()
                 );
             }
+            let (viewports, selections) = viewports
+                .iter()
+                .map(|v| match v.split_once('@') {
+                    Some((name, labels)) => (name.to_owned(), labels.to_owned()),
+                    None => (v.clone(), String::new()),
+                })
+                .unzip();
             let web = std::rc::Rc::new(orchestrator::web::WebConsole {
                 console,
                 grant,
                 viewports,
+                selections,
                 copies: ViewportCache::for_user(&target.orchestrator),
                 address,
                 runs: Default::default(),
@@ -601,16 +619,22 @@ fn main() -> ExitCode {
             Ok(())
         }),
         #[cfg(feature = "demo")]
-        Action::Demo => tempfile::tempdir()
-            .map_err(|e| e.to_string())
-            .and_then(|dir| {
-                // The console is `!Send`: it runs on a LocalSet; servers use the runtime's workers.
-                let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-                tokio::task::LocalSet::new().block_on(
-                    &runtime,
-                    orchestrator::demo::run(dir.path(), |line| println!("{line}")),
-                )
-            }),
+        Action::Demo { web, listen } => {
+            tempfile::tempdir()
+                .map_err(|e| e.to_string())
+                .and_then(|dir| {
+                    // The console is `!Send`: it runs on a LocalSet; servers use the runtime's workers.
+                    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                    tokio::task::LocalSet::new().block_on(
+                        &runtime,
+                        orchestrator::demo::run(
+                            dir.path(),
+                            |line| println!("{line}"),
+                            web.then_some(listen),
+                        ),
+                    )
+                })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

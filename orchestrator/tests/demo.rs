@@ -2,8 +2,13 @@
 //! rollup, a reconciliation and an executive summary, printed, and a clean exit within a
 //! minute.
 
-use std::process::Command;
+mod support;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::web::fetch;
 
 #[test]
 fn the_demo_runs_three_viewports_over_twelve_toteboxes() {
@@ -38,4 +43,59 @@ fn the_demo_runs_three_viewports_over_twelve_toteboxes() {
     );
     assert_eq!(text.matches(" 8/8 ").count(), 6, "{text}");
     assert_eq!(text.matches("sources did not answer").count(), 0, "{text}");
+}
+
+#[test]
+fn demo_web_serves_the_web_console_over_the_demo_fleet_until_interrupted() {
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_orchestrator"))
+        .args(["demo", "--web", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    // "web console on http://127.0.0.1:PORT/ (bound to loopback: ...); Ctrl-C stops the demo"
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("the demo ended before serving")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("web console on http://") {
+            assert!(line.contains("bound to loopback"), "{line}");
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
+    let (status, _, fleet) = fetch(&address, "GET", "/", &address);
+    assert_eq!(status, 200);
+    assert_eq!(fleet.matches("class=\"health-up\"").count(), 12, "{fleet}");
+    let (status, _, summary) = fetch(
+        &address,
+        "GET",
+        "/view/executive-summary?final&label=entity%3Dproperty",
+        &address,
+    );
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(
+        summary.matches("8/8 sources · as of").count(),
+        6,
+        "{summary}"
+    );
+    assert!(summary.contains("8/8 sources answered"), "{summary}");
+    // The nav links select as the demo does.
+    assert!(
+        fleet.contains("/view/noi-by-region?label=entity%3Dproperty"),
+        "{fleet}"
+    );
+    unsafe {
+        libc::kill(demo.id() as i32, libc::SIGINT);
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = demo.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < until, "the demo did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -5,32 +5,14 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::process::Command;
 
 use psp_core::Operation;
 use serde_json::Value as Json;
 use support::processes::{Fleet, Proc};
+use support::web::fetch;
 
 const HOSTILE: &str = "<script>alert(1)</script>";
-
-/// One HTTP/1.1 request to `address`; the status code, the head and the body.
-fn fetch(address: &str, method: &str, path: &str, host: &str) -> (u16, String, String) {
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_lowercase(), body.to_owned())
-}
 
 /// A cell as the CLI's JSON gives it, as the pages print it.
 fn text(v: &Json) -> String {

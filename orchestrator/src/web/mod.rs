@@ -56,6 +56,9 @@ pub struct WebConsole {
     pub grant: Chain,
     /// The config viewports offered, by name.
     pub viewports: Vec<String>,
+    /// For each viewport offered, the labels its link selects archives by (`key=value`, may be
+    /// empty: all archives), in the same order.
+    pub selections: Vec<String>,
     /// Where the kept viewport definitions live (as the CLI keeps them).
     pub copies: Option<ViewportCache>,
     /// Where this server listens (the `Host` it answers to).
@@ -130,18 +133,28 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
         }
         _ if path.starts_with("/run/") => follow(web, &path["/run/".len()..], query).await,
         _ => match path.strip_prefix("/view/") {
-            // Without a script, the page waits for the final view (`<noscript>` links here).
-            Some(name) if web.viewports.iter().any(|v| v == name) && query != "final" => {
-                match start(web, name).await {
-                    Ok(run) => html(pages::running(web, name, &run)),
-                    Err(e) => html_status(StatusCode::BAD_GATEWAY, pages::failed(web, name, &e)),
-                }
-            }
             Some(name) if web.viewports.iter().any(|v| v == name) => {
+                // `?label=key=value` selects the archives by label; all of them otherwise.
+                let labels = label_filter(query);
+                let selector = if labels.is_empty() {
+                    Selector::All
+                } else {
+                    Selector::Labels(labels.into_iter().collect())
+                };
+                // Without a script, the page waits for the final view (`<noscript>` links
+                // here with `final`).
+                if !query.split('&').any(|p| p == "final") {
+                    return match start(web, name, &selector).await {
+                        Ok(run) => html(pages::running(web, name, &run, query)),
+                        Err(e) => {
+                            html_status(StatusCode::BAD_GATEWAY, pages::failed(web, name, &e))
+                        }
+                    };
+                }
                 let report = crate::operate::view_by_name(
                     &web.console,
                     web.copies.as_ref(),
-                    &Selector::All,
+                    &selector,
                     &web.grant,
                     name,
                     Options::default(),
@@ -161,7 +174,7 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
 }
 
 /// Starts viewport `name` for a page, and returns the run id the page follows it by.
-async fn start(web: &WebConsole, name: &str) -> Result<String, String> {
+async fn start(web: &WebConsole, name: &str, selector: &Selector) -> Result<String, String> {
     let viewport = web
         .console
         .viewport(name)
@@ -169,7 +182,7 @@ async fn start(web: &WebConsole, name: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let in_flight = web
         .console
-        .start_view(&Selector::All, &web.grant, &viewport, Options::default())
+        .start_view(selector, &web.grant, &viewport, Options::default())
         .map_err(|e| e.to_string())?;
     let run = psp_core::capability::CapabilityId::random()
         .map(|id| hex::encode(id.0))

@@ -27,8 +27,8 @@ fn layout(web: &WebConsole, title: &str, content: Markup) -> Markup {
                 header {
                     strong { "os-orchestration" }
                     a href="/" { "Fleet" }
-                    @for name in &web.viewports {
-                        a href={ "/view/" (name) } { (name) }
+                    @for (i, name) in web.viewports.iter().enumerate() {
+                        a href=(link(name, web.selections.get(i).map_or("", String::as_str))) { (name) }
                     }
                     span class="note" { "console on " (web.address.to_string()) }
                 }
@@ -36,6 +36,31 @@ fn layout(web: &WebConsole, title: &str, content: Markup) -> Markup {
             }
         }
     }
+}
+
+/// A viewport's link, selecting archives by `labels` (`key=value,...`; empty: all).
+fn link(name: &str, labels: &str) -> String {
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02X}"),
+            })
+            .collect()
+    };
+    let query: Vec<String> = labels
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .map(|l| format!("label={}", encode(l)))
+        .collect();
+    let mut href = format!("/view/{}", encode(name));
+    if !query.is_empty() {
+        href.push('?');
+        href.push_str(&query.join("&"));
+    }
+    href
 }
 
 fn health_word(h: Health) -> &'static str {
@@ -92,13 +117,13 @@ pub fn viewport(web: &WebConsole, name: &str, report: &Report) -> Markup {
 
 /// A viewport running: the page follows it (`/run/<id>`) with its only script, filling in the
 /// figures as sources answer; without a script, a link waits for the final view.
-pub fn running(web: &WebConsole, name: &str, run: &str) -> Markup {
+pub fn running(web: &WebConsole, name: &str, run: &str, query: &str) -> Markup {
     let content = html! {
         h1 { (name) }
         div id="run" data-run=(run) {
             p class="status" { "asking the fleet..." }
         }
-        noscript { p { a href={ "/view/" (name) "?final" } { "Show the view when every source has answered" } } }
+        noscript { p { a href={ "/view/" (name) "?final&" (query) } { "Show the view when every source has answered" } } }
         script src="/console.js" {}
     };
     layout(web, name, content)

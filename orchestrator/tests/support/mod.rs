@@ -10,6 +10,7 @@ pub mod hostile_region;
 pub mod processes;
 pub mod slow;
 pub mod tree;
+pub mod web;
 
 use std::path::Path;
 
