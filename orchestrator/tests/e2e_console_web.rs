@@ -5,82 +5,14 @@
 
 mod support;
 
-use std::process::Command;
-
-use psp_core::Operation;
-use serde_json::Value as Json;
-use support::processes::{Fleet, Proc};
-use support::web::fetch;
-
-const HOSTILE: &str = "<script>alert(1)</script>";
-
-/// A cell as the CLI's JSON gives it, as the pages print it.
-fn text(v: &Json) -> String {
-    match v {
-        Json::String(s) => s.clone(),
-        Json::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn escaped(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
+use support::web::{HOSTILE, Site, escaped, fetch, text};
 
 #[test]
 fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
-    let mut fleet = Fleet::start(4, 2);
-    // One archive's region label is hostile: it reaches the fleet page, a rollup's group key
-    // and its chart.
-    let labels = fleet.toteboxes[0].labels.clone();
-    let region = labels
-        .split(", ")
-        .find(|l| l.starts_with("region = "))
-        .unwrap()
-        .to_owned();
-    fleet.toteboxes[0].labels = labels.replace(&region, &format!("region = {HOSTILE:?}"));
-    let ids: Vec<String> = fleet.toteboxes.iter().map(|t| t.id.clone()).collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let acme = fleet.operator("acme", &ids, vec![Operation::Query]);
-    let config = fleet.orchestrator_config(
-        "orchestrator.toml",
-        &format!(
-            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {ids:?}\n",
-            acme.key
-        ),
-    );
-    let orchestrator = fleet.serve(&config);
-    let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
-    command.env("XDG_CACHE_HOME", fleet.path("cache"));
-    command.args([
-        "console-web",
-        "--connect",
-        &orchestrator.address,
-        "--orchestrator-key",
-        &orchestrator.key,
-        "--listen",
-        "127.0.0.1:0",
-        "--viewport",
-        "noi-by-region",
-        "--viewport",
-        "intercompany",
-        "--viewport",
-        "executive-summary",
-        "--key",
-    ]);
-    command.arg(fleet.path("acme.pem"));
-    command.arg("--chain").arg(fleet.path("acme.cap"));
-    let (_web, line) = Proc::start(command, fleet.path("web.log"));
-    // "web console on http://127.0.0.1:PORT/"
-    let address = line
-        .trim()
-        .strip_prefix("web console on http://")
-        .and_then(|a| a.strip_suffix('/'))
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_owned();
-    let get = |path: &str| fetch(&address, "GET", path, &address);
+    let site = Site::start();
+    let address = &site.address;
+    let ids = site.ids();
+    let get = |path: &str| fetch(address, "GET", path, address);
 
     // The fleet: every archive, the hostile label as text.
     let (status, head, body) = get("/");
@@ -90,7 +22,7 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
         "{head}"
     );
     for id in &ids {
-        assert!(body.contains(id), "{id} missing");
+        assert!(body.contains(id.as_str()), "{id} missing");
     }
     assert!(
         body.contains(&escaped(HOSTILE)),
@@ -101,27 +33,28 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
     assert!(filtered.contains("sub-01") && !filtered.contains("prop-01"));
 
     // Each viewport: the figures the CLI prints for it.
-    let cli = |name: &str| -> Json { orchestrator.json(&fleet, &acme, &["view", "--name", name]) };
-    let (status, _, rollup) = get("/view/noi-by-region?final");
+    let properties = "entity=property";
+    let (status, _, rollup) = get("/view/noi-by-region?final&label=entity%3Dproperty");
     assert_eq!(status, 200, "{rollup}");
     assert!(rollup.contains("<svg"), "the rollup is charted");
     assert!(
         !rollup.contains(HOSTILE),
         "no markup from the fleet, in the table or the chart"
     );
-    for row in cli("noi-by-region")["table"]["rows"].as_array().unwrap() {
+    let noi = site.cli("noi-by-region", properties);
+    for row in noi["table"]["rows"].as_array().unwrap() {
         for value in row.as_array().unwrap() {
             assert!(rollup.contains(&escaped(&text(value))), "{value} missing");
         }
     }
-    let (_, _, recon) = get("/view/intercompany?final");
-    let entries = cli("intercompany")["reconciliation"]["entries"]
+    let (_, _, recon) = get("/view/intercompany?final&label=entity%3Dsubsidiary");
+    let entries = site.cli("intercompany", "entity=subsidiary")["reconciliation"]["entries"]
         .as_array()
         .unwrap()
         .len();
     assert!(recon.contains(&format!("{entries} balances")), "{recon}");
-    let (_, _, summary) = get("/view/executive-summary?final");
-    for kpi in cli("executive-summary")["summary"]["kpis"]
+    let (_, _, summary) = get("/view/executive-summary?final&label=entity%3Dproperty");
+    for kpi in site.cli("executive-summary", properties)["summary"]["kpis"]
         .as_array()
         .unwrap()
     {
@@ -131,7 +64,7 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
 
     // Progressive: the page starts the request and follows it with its one script, asking
     // for the view so far until it is final; the last view has the figures.
-    let (status, _, shell) = get("/view/noi-by-region");
+    let (status, _, shell) = get("/view/noi-by-region?label=entity%3Dproperty");
     assert_eq!(status, 200);
     assert!(shell.contains("<script src=\"/console.js\">"), "{shell}");
     let run = shell
@@ -160,7 +93,7 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
         );
         after = answered;
     };
-    for row in cli("noi-by-region")["table"]["rows"].as_array().unwrap() {
+    for row in noi["table"]["rows"].as_array().unwrap() {
         assert!(
             last.contains(&escaped(&text(&row[1]))),
             "{row} missing from the last view"
@@ -177,8 +110,8 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
 
     // What it refuses.
     assert_eq!(get("/view/not-offered").0, 404);
-    assert_eq!(fetch(&address, "POST", "/", &address).0, 405);
-    let (status, _, _) = fetch(&address, "GET", "/", "rebound.example:80");
+    assert_eq!(fetch(address, "POST", "/", address).0, 405);
+    let (status, _, _) = fetch(address, "GET", "/", "rebound.example:80");
     assert_eq!(
         status, 421,
         "a page elsewhere cannot read it through another name"

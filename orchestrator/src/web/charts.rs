@@ -92,6 +92,13 @@ fn frame(name: &str, low: f64, high: f64) -> Document {
         .set("role", "img")
         .add(Title::new(name))
         .add(
+            Text::new(name)
+                .set("x", WIDTH - 8.0)
+                .set("y", TOP + 10.0)
+                .set("text-anchor", "end")
+                .set("class", "caption"),
+        )
+        .add(
             Line::new()
                 .set("x1", LEFT)
                 .set("x2", WIDTH)

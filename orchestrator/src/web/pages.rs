@@ -110,7 +110,7 @@ pub fn fleet(web: &WebConsole, archives: &[ArchiveStatus], labels: &[(String, St
 pub fn viewport(web: &WebConsole, name: &str, report: &Report) -> Markup {
     let content = html! {
         h1 { (name) }
-        (figures(report, report.outcomes.len()))
+        (figures(report, true))
     };
     layout(web, name, content)
 }
@@ -133,9 +133,10 @@ pub fn running(web: &WebConsole, name: &str, run: &str, query: &str) -> Markup {
 pub fn progress(update: &Update) -> Markup {
     html! {
         @if !update.done {
-            p class="status" { (update.answered) "/" (update.total) " sources ended; figures so far" }
+            // A summary asks every source once per key figure: these are answers, not sources.
+            p class="status" { (update.answered) "/" (update.total) " answers in; figures so far" }
         }
-        (figures(&update.report, update.total as usize))
+        (figures(&update.report, update.done))
     }
 }
 
@@ -144,17 +145,20 @@ pub fn refused(why: &str) -> Markup {
     html! { p class="incomplete" { (why) } }
 }
 
-/// A report's status line, figures and outcomes; `total` sources were asked.
-fn figures(report: &Report, total: usize) -> Markup {
+/// A report's figures and outcomes, after its status line when it is `final` (a view so far
+/// lists only the sources ended yet).
+fn figures(report: &Report, last: bool) -> Markup {
     let answered = report
         .outcomes
         .iter()
         .filter(|o| o.status == SourceStatus::Ok)
         .count();
     html! {
-        p class={ @if report.complete { "complete" } @else { "incomplete" } } {
-            (answered) "/" (total.max(report.outcomes.len())) " sources answered; data as of "
-            (as_of(report.as_of_oldest))
+        @if last {
+            p class={ @if report.complete { "complete" } @else { "incomplete" } } {
+                (answered) "/" (report.outcomes.len()) " sources answered; data as of "
+                (as_of(report.as_of_oldest))
+            }
         }
         @match &report.body {
             Body::Table(t) => (rollup(t, &report.overflows)),

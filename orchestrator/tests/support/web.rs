@@ -2,6 +2,122 @@
 //! tests (the pages are plain HTML; what a real browser does with them is for the browser tests).
 
 use std::io::{Read, Write};
+use std::process::Command;
+
+use psp_core::Operation;
+use serde_json::Value as Json;
+
+use super::processes::{Fleet, Operator, Orchestrator, Proc};
+
+/// A string no page may turn into markup.
+pub const HOSTILE: &str = "<script>alert(1)</script>";
+
+/// A real fleet (4 properties, 2 subsidiaries; one archive's region label is [`HOSTILE`]), an
+/// orchestrator over it, and `orchestrator console-web` over that, offering the demo's three
+/// viewports, as processes.
+pub struct Site {
+    /// The fleet and its files.
+    pub fleet: Fleet,
+    /// The operator of tenant `acme`, whose key and grant the web console holds.
+    pub acme: Operator,
+    /// The orchestrator.
+    pub orchestrator: Orchestrator,
+    /// The web console's process.
+    pub web: Proc,
+    /// Where the web console listens (`127.0.0.1:PORT`).
+    pub address: String,
+}
+
+impl Site {
+    /// Starts it all.
+    pub fn start() -> Site {
+        let mut fleet = Fleet::start(4, 2);
+        // The hostile label reaches the fleet page, a rollup's group key and its chart.
+        let labels = fleet.toteboxes[0].labels.clone();
+        let region = labels
+            .split(", ")
+            .find(|l| l.starts_with("region = "))
+            .unwrap()
+            .to_owned();
+        fleet.toteboxes[0].labels = labels.replace(&region, &format!("region = {HOSTILE:?}"));
+        let ids: Vec<String> = fleet.toteboxes.iter().map(|t| t.id.clone()).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let acme = fleet.operator("acme", &ids, vec![Operation::Query]);
+        let config = fleet.orchestrator_config(
+            "orchestrator.toml",
+            &format!(
+                "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {ids:?}\n",
+                acme.key
+            ),
+        );
+        let orchestrator = fleet.serve(&config);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+        command.env("XDG_CACHE_HOME", fleet.path("cache"));
+        command.args([
+            "console-web",
+            "--connect",
+            &orchestrator.address,
+            "--orchestrator-key",
+            &orchestrator.key,
+            "--listen",
+            "127.0.0.1:0",
+            "--viewport",
+            "noi-by-region@entity=property",
+            "--viewport",
+            "intercompany@entity=subsidiary",
+            "--viewport",
+            "executive-summary@entity=property",
+            "--key",
+        ]);
+        command.arg(fleet.path("acme.pem"));
+        command.arg("--chain").arg(fleet.path("acme.cap"));
+        let (web, line) = Proc::start(command, fleet.path("web.log"));
+        // "web console on http://127.0.0.1:PORT/"
+        let address = line
+            .trim()
+            .strip_prefix("web console on http://")
+            .and_then(|a| a.strip_suffix('/'))
+            .unwrap_or_else(|| panic!("{line}"))
+            .to_owned();
+        Site {
+            fleet,
+            acme,
+            orchestrator,
+            web,
+            address,
+        }
+    }
+
+    /// The archive ids.
+    pub fn ids(&self) -> Vec<String> {
+        self.fleet.toteboxes.iter().map(|t| t.id.clone()).collect()
+    }
+
+    /// What the CLI's `view --name <name> --json` prints, over the archives `labels` select.
+    pub fn cli(&self, name: &str, label: &str) -> Json {
+        self.orchestrator.json(
+            &self.fleet,
+            &self.acme,
+            &["view", "--name", name, "--label", label],
+        )
+    }
+}
+
+/// A cell as the CLI's JSON gives it, as the pages print it.
+pub fn text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        Json::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// `s` as HTML text.
+pub fn escaped(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
 
 /// One HTTP/1.1 request to `address` naming `host`; the status code, the head (lowercase) and
 /// the body.
