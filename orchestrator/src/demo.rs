@@ -272,15 +272,14 @@ async fn serve_web(
             "reachable from other machines"
         }
     ));
-    let web = std::rc::Rc::new(crate::web::WebConsole {
+    // The demo offers no commands: its grant allows none.
+    let web = std::rc::Rc::new(crate::web::WebConsole::new(
         console,
         grant,
-        viewports,
-        selections,
-        copies: None,
-        address,
-        runs: Default::default(),
-    });
+        (viewports, selections),
+        None,
+        (address, false),
+    ));
     tokio::select! {
         () = crate::web::serve(listener, web) => {}
         _ = tokio::signal::ctrl_c() => print("stopping the demo"),

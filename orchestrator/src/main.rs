@@ -209,6 +209,10 @@ enum Action {
         /// Where to serve the pages.
         #[arg(long, default_value = "127.0.0.1:7480")]
         listen: std::net::SocketAddr,
+        /// Offer commands on a page (each sent only after a confirmation page); off by
+        /// default.
+        #[arg(long)]
+        commands: bool,
         /// A viewport of the orchestrator's config to offer (repeat for several), optionally
         /// over archives selected by label: `noi-by-region@entity=property` (labels
         /// comma-separated).
@@ -578,6 +582,7 @@ fn main() -> ExitCode {
             connection,
             chain,
             listen,
+            commands,
             viewports,
         } => operate::run(async {
             let target = target(&connection)?;
@@ -599,6 +604,9 @@ fn main() -> ExitCode {
                     address.ip()
                 );
             }
+            if commands {
+                println!("commands are offered on the page, each after a confirmation");
+            }
             let (viewports, selections) = viewports
                 .iter()
                 .map(|v| match v.split_once('@') {
@@ -606,15 +614,13 @@ fn main() -> ExitCode {
                     None => (v.clone(), String::new()),
                 })
                 .unzip();
-            let web = std::rc::Rc::new(orchestrator::web::WebConsole {
+            let web = std::rc::Rc::new(orchestrator::web::WebConsole::new(
                 console,
                 grant,
-                viewports,
-                selections,
-                copies: ViewportCache::for_user(&target.orchestrator),
-                address,
-                runs: Default::default(),
-            });
+                (viewports, selections),
+                ViewportCache::for_user(&target.orchestrator),
+                (address, commands),
+            ));
             orchestrator::web::serve(listener, web).await;
             Ok(())
         }),

@@ -5,7 +5,7 @@
 
 mod support;
 
-use support::web::{HOSTILE, Site, escaped, fetch, text};
+use support::web::{HOSTILE, Site, escaped, fetch, post, text};
 
 #[test]
 fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
@@ -108,7 +108,9 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
     assert_eq!(status, 200);
     assert!(head.contains("text/javascript") && script.contains("/run/"));
 
-    // What it refuses.
+    // What it refuses. Without --commands, no command page, and no POST at all.
+    assert_eq!(get("/command").0, 404);
+    assert_eq!(post(address, "/command", &[], "name=ping").0, 405);
     assert_eq!(get("/view/not-offered").0, 404);
     assert_eq!(fetch(address, "POST", "/", address).0, 405);
     let (status, _, _) = fetch(address, "GET", "/", "rebound.example:80");
@@ -116,4 +118,56 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
         status, 421,
         "a page elsewhere cannot read it through another name"
     );
+}
+
+#[test]
+fn a_command_is_offered_only_when_asked_confirmed_first_and_refused_from_elsewhere() {
+    let site = Site::offering(true);
+    let address = site.address.as_str();
+    let (status, _, form) = fetch(address, "GET", "/command", address);
+    assert_eq!(status, 200, "{form}");
+    let token = form
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    let fields = format!(
+        "token={token}&name=snapshot&snapshot_name=web-nightly&labels=entity%3Dproperty&idempotency_key=web-snapshot-0000000001"
+    );
+    let own = format!("http://{address}");
+
+    // Refused: no token, another token, another origin.
+    let without = fields.replace(&format!("token={token}&"), "");
+    assert_eq!(post(address, "/command", &[], &without).0, 403);
+    let forged = fields.replace(&token, "0000");
+    assert_eq!(post(address, "/command", &[], &forged).0, 403);
+    let elsewhere = post(
+        address,
+        "/command",
+        &[("Origin", "http://evil.example")],
+        &fields,
+    );
+    assert_eq!(elsewhere.0, 403);
+
+    // First the confirmation, naming every archive it will reach; nothing is applied yet.
+    let (status, _, confirm) = post(address, "/command", &[("Origin", &own)], &fields);
+    assert_eq!(status, 200, "{confirm}");
+    for id in ["prop-01", "prop-02", "prop-03", "prop-04"] {
+        assert!(confirm.contains(id), "{id} missing: {confirm}");
+    }
+    assert!(!confirm.contains("sub-01"), "{confirm}");
+    assert!(confirm.contains("name=\"confirm\" value=\"yes\""));
+
+    // Confirmed: applied on each, once; again: a replay on each.
+    let confirmed = format!("{fields}&confirm=yes");
+    let (status, _, applied) = post(address, "/command", &[("Origin", &own)], &confirmed);
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(
+        applied.matches(">applied<").count(),
+        4,
+        "the preview applied nothing: {applied}"
+    );
+    let (_, _, again) = post(address, "/command", &[], &confirmed);
+    assert_eq!(again.matches(">replayed<").count(), 4, "{again}");
 }

@@ -11,6 +11,7 @@
 //! rebind a name to it and read it).
 
 pub mod charts;
+pub mod commands;
 pub mod pages;
 
 use std::convert::Infallible;
@@ -65,6 +66,37 @@ pub struct WebConsole {
     pub address: SocketAddr,
     /// The viewports running for pages, by run id, oldest first.
     pub runs: RefCell<Vec<(String, InFlight)>>,
+    /// When commands are offered (`--commands`), the token their forms carry; `None`: no page
+    /// offers or accepts a command.
+    pub commands: Option<String>,
+}
+
+impl WebConsole {
+    /// A web console at `address`, offering `viewports` (each selecting archives by the labels
+    /// of `selections`, `key=value,...`, in the same order), and commands when `commands`.
+    pub fn new(
+        console: Console,
+        grant: Chain,
+        (viewports, selections): (Vec<String>, Vec<String>),
+        copies: Option<ViewportCache>,
+        (address, commands): (SocketAddr, bool),
+    ) -> WebConsole {
+        let token = commands.then(|| {
+            psp_core::capability::CapabilityId::random()
+                .map(|id| hex::encode(id.0))
+                .unwrap_or_default()
+        });
+        WebConsole {
+            console,
+            grant,
+            viewports,
+            selections,
+            copies,
+            address,
+            runs: RefCell::default(),
+            commands: token.filter(|t| !t.is_empty()),
+        }
+    }
 }
 
 /// Serves `web` on `listener` until the task is dropped. Call on a tokio `LocalSet` (the
@@ -97,13 +129,6 @@ fn known_host(host: &str, address: SocketAddr) -> bool {
 }
 
 async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET {
-        return page(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET is served".into(),
-        );
-    }
     let host = request
         .headers()
         .get(HOST)
@@ -116,9 +141,25 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
             "this console answers only to its own address".into(),
         );
     }
+    if request.method() == Method::POST
+        && request.uri().path() == "/command"
+        && let Some(token) = &web.commands
+    {
+        return post_command(web, token, request).await;
+    }
+    if request.method() != Method::GET {
+        return page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET is served".into(),
+        );
+    }
     let path = request.uri().path();
     let query = request.uri().query().unwrap_or("");
     match path {
+        "/command" if web.commands.is_some() => {
+            html(commands::form(web, web.commands.as_deref().unwrap_or("")))
+        }
         "/style.css" => page(StatusCode::OK, "text/css", STYLE.into()),
         "/console.js" => page(StatusCode::OK, "text/javascript", SCRIPT.into()),
         "/" => {
@@ -242,6 +283,60 @@ async fn follow(web: &WebConsole, run: &str, query: &str) -> Response<Full<Bytes
     }
 }
 
+/// A command form posted: refused unless it comes from this console's own page (its origin,
+/// when the browser names one, and the form's token); the first post shows the confirmation,
+/// the confirmed one applies the command and shows each archive's outcome.
+async fn post_command(
+    web: &WebConsole,
+    token: &str,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let refused = |why: &str| page(StatusCode::FORBIDDEN, "text/plain", why.to_owned());
+    if let Some(origin) = request.headers().get(hyper::header::ORIGIN) {
+        let own = [
+            format!("http://{}", web.address),
+            format!("http://localhost:{}", web.address.port()),
+        ];
+        if !own.iter().any(|o| origin.as_bytes() == o.as_bytes()) {
+            return refused("a command is accepted only from this console's own page");
+        }
+    }
+    let body = http_body_util::Limited::new(request.into_body(), commands::MAX_FORM_BYTES);
+    let bytes = match tokio::time::timeout(HEAD_DEADLINE, body.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        _ => {
+            return page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                "the form is too large or too slow".into(),
+            );
+        }
+    };
+    let form = commands::Form::parse(&String::from_utf8_lossy(&bytes));
+    if !form.carries(token) {
+        return refused("the form is not this console's (its token does not match)");
+    }
+    let checked = form.command().and_then(|c| form.selector().map(|s| (c, s)));
+    let (command, selector) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return html_status(StatusCode::BAD_REQUEST, pages::failed(web, "command", &e)),
+    };
+    if !form.confirmed() {
+        return match web.console.selected(&selector) {
+            Ok(archives) => html(commands::confirm(web, &form, &command, &archives)),
+            Err(e) => html_status(
+                StatusCode::BAD_REQUEST,
+                pages::failed(web, "command", &e.to_string()),
+            ),
+        };
+    }
+    match commands::run(web, &form).await {
+        Ok((command, results)) => html(commands::outcomes(web, &command, &results)),
+        Err(e) => html_status(StatusCode::BAD_GATEWAY, pages::failed(web, "command", &e)),
+    }
+}
+
 /// `label=key=value` pairs of a query string (percent-decoded).
 fn label_filter(query: &str) -> Vec<(String, String)> {
     query
@@ -257,7 +352,7 @@ fn label_filter(query: &str) -> Vec<(String, String)> {
 }
 
 /// `%XX` and `+` decoded; anything malformed is left as it is.
-fn percent_decode(text: &str) -> String {
+pub(crate) fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -14,7 +14,7 @@ use super::WebConsole;
 use super::charts::chart;
 
 /// The frame around every page: where to go, and where this console is bound.
-fn layout(web: &WebConsole, title: &str, content: Markup) -> Markup {
+pub(crate) fn layout(web: &WebConsole, title: &str, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -30,6 +30,7 @@ fn layout(web: &WebConsole, title: &str, content: Markup) -> Markup {
                     @for (i, name) in web.viewports.iter().enumerate() {
                         a href=(link(name, web.selections.get(i).map_or("", String::as_str))) { (name) }
                     }
+                    @if web.commands.is_some() { a href="/command" { "Command" } }
                     span class="note" { "console on " (web.address.to_string()) }
                 }
                 main { (content) }
@@ -295,7 +296,7 @@ fn outcomes(list: &[SourceOutcome]) -> Markup {
     }
 }
 
-fn detail(status: &SourceStatus) -> String {
+pub(crate) fn detail(status: &SourceStatus) -> String {
     match status {
         SourceStatus::Denied { code, message } | SourceStatus::Rejected { code, message } => {
             clean(&format!("{code}: {message}"))

@@ -31,6 +31,12 @@ pub struct Site {
 impl Site {
     /// Starts it all.
     pub fn start() -> Site {
+        Site::offering(false)
+    }
+
+    /// Starts it all, offering commands on the page when `commands` (the operator may then send
+    /// snapshots).
+    pub fn offering(commands: bool) -> Site {
         let mut fleet = Fleet::start(4, 2);
         // The hostile label reaches the fleet page, a rollup's group key and its chart.
         let labels = fleet.toteboxes[0].labels.clone();
@@ -42,7 +48,11 @@ impl Site {
         fleet.toteboxes[0].labels = labels.replace(&region, &format!("region = {HOSTILE:?}"));
         let ids: Vec<String> = fleet.toteboxes.iter().map(|t| t.id.clone()).collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let acme = fleet.operator("acme", &ids, vec![Operation::Query]);
+        let mut operations = vec![Operation::Query];
+        if commands {
+            operations.push(Operation::command("snapshot"));
+        }
+        let acme = fleet.operator("acme", &ids, operations);
         let config = fleet.orchestrator_config(
             "orchestrator.toml",
             &format!(
@@ -71,6 +81,9 @@ impl Site {
         ]);
         command.arg(fleet.path("acme.pem"));
         command.arg("--chain").arg(fleet.path("acme.cap"));
+        if commands {
+            command.arg("--commands");
+        }
         let (web, line) = Proc::start(command, fleet.path("web.log"));
         // "web console on http://127.0.0.1:PORT/"
         let address = line
@@ -122,13 +135,40 @@ pub fn escaped(s: &str) -> String {
 /// One HTTP/1.1 request to `address` naming `host`; the status code, the head (lowercase) and
 /// the body.
 pub fn fetch(address: &str, method: &str, path: &str, host: &str) -> (u16, String, String) {
+    send(address, &format!("{method} {path}"), host, &[], "")
+}
+
+/// A form posted to `path` at `address` (by its own name), with `headers` besides.
+pub fn post(
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    form: &str,
+) -> (u16, String, String) {
+    let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    send(address, &format!("POST {path}"), address, &all, form)
+}
+
+fn send(
+    address: &str,
+    request_line: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{request_line} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut answer = String::new();
