@@ -264,14 +264,6 @@ async fn serve_web(
         .await
         .map_err(|e| format!("cannot serve the web console on {listen} (try --listen): {e}"))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    print(&format!(
-        "\nweb console on http://{address}/ ({}); Ctrl-C stops the demo",
-        if address.ip().is_loopback() {
-            "bound to loopback: only this machine can open it"
-        } else {
-            "reachable from other machines"
-        }
-    ));
     // The demo offers no commands: its grant allows none.
     let web = std::rc::Rc::new(crate::web::WebConsole::new(
         console,
@@ -279,6 +271,15 @@ async fn serve_web(
         (viewports, selections),
         None,
         (address, false),
+    ));
+    print(&format!(
+        "\nweb console on {} ({}); Ctrl-C stops the demo",
+        web.url(),
+        if address.ip().is_loopback() {
+            "bound to loopback: only this machine can open it"
+        } else {
+            "other machines can reach it; its key keeps them out"
+        }
     ));
     tokio::select! {
         () = crate::web::serve(listener, web) => {}

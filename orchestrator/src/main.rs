@@ -595,18 +595,6 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| format!("cannot serve the web console on {listen}: {e}"))?;
             let address = listener.local_addr().map_err(|e| e.to_string())?;
-            println!("web console on http://{address}/");
-            if address.ip().is_loopback() {
-                println!("bound to loopback: only this machine can open it");
-            } else {
-                println!(
-                    "bound to {}: every machine that reaches it sees your tenant's data",
-                    address.ip()
-                );
-            }
-            if commands {
-                println!("commands are offered on the page, each after a confirmation");
-            }
             let (viewports, selections) = viewports
                 .iter()
                 .map(|v| match v.split_once('@') {
@@ -621,6 +609,19 @@ fn main() -> ExitCode {
                 ViewportCache::for_user(&target.orchestrator),
                 (address, commands),
             ));
+            // The key in it is this console's secret: whoever has the address can act as you.
+            println!("web console on {}", web.url());
+            if address.ip().is_loopback() {
+                println!("bound to loopback: only this machine can open it");
+            } else {
+                println!(
+                    "bound to {}: other machines can reach it; its key keeps them out",
+                    address.ip()
+                );
+            }
+            if commands {
+                println!("commands are offered on the page, each after a confirmation");
+            }
             orchestrator::web::serve(listener, web).await;
             Ok(())
         }),

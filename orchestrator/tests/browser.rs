@@ -54,7 +54,7 @@ fn screenshots() -> PathBuf {
 #[test]
 fn every_page_shows_the_cli_figures_in_a_real_browser_and_the_fleet_stays_text() {
     let site = Site::start();
-    let url = |path: &str| format!("http://{}{path}", site.address);
+    let url = |path: &str| site.url(path);
     let pages = [
         ("fleet", "/".to_owned()),
         (

@@ -8,8 +8,6 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::web::fetch;
-
 #[test]
 fn the_demo_runs_three_viewports_over_twelve_toteboxes() {
     let started = Instant::now();
@@ -54,26 +52,31 @@ fn demo_web_serves_the_web_console_over_the_demo_fleet_until_interrupted() {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
-    // "web console on http://127.0.0.1:PORT/ (bound to loopback: ...); Ctrl-C stops the demo"
-    let address = loop {
+    // "web console on http://127.0.0.1:PORT/?key=... (bound to loopback: ...); Ctrl-C stops ..."
+    let (address, key) = loop {
         let line = lines
             .next()
             .expect("the demo ended before serving")
             .unwrap();
-        if let Some(rest) = line.strip_prefix("web console on http://") {
+        if line.starts_with("web console on http://") {
             assert!(line.contains("bound to loopback"), "{line}");
-            break rest.split('/').next().unwrap().to_owned();
+            break support::web::web_address(&line);
         }
     };
-    let (status, _, fleet) = fetch(&address, "GET", "/", &address);
+    let cookie = format!("psp_console={key}");
+    let get = |path: &str| {
+        support::web::send(
+            &address,
+            &format!("GET {path}"),
+            &address,
+            &[("Cookie", &cookie)],
+            "",
+        )
+    };
+    let (status, _, fleet) = get("/");
     assert_eq!(status, 200);
     assert_eq!(fleet.matches("class=\"health-up\"").count(), 12, "{fleet}");
-    let (status, _, summary) = fetch(
-        &address,
-        "GET",
-        "/view/executive-summary?final&label=entity%3Dproperty",
-        &address,
-    );
+    let (status, _, summary) = get("/view/executive-summary?final&label=entity%3Dproperty");
     assert_eq!(status, 200, "{summary}");
     assert_eq!(
         summary.matches("8/8 sources · as of").count(),

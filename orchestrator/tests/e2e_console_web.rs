@@ -12,7 +12,18 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
     let site = Site::start();
     let address = &site.address;
     let ids = site.ids();
-    let get = |path: &str| fetch(address, "GET", path, address);
+    let get = |path: &str| site.get(path);
+    // Without its secret, nothing: not another user of the machine, not another site's page.
+    let (status, _, _) = fetch(address, "GET", "/", address);
+    assert_eq!(status, 401);
+    let first = fetch(address, "GET", &format!("/?key={}", site.key), address);
+    assert_eq!(first.0, 303, "the first visit moves the key to a cookie");
+    assert!(first.1.contains("set-cookie: psp_console=") && first.1.contains("samesite=strict"));
+    let (status, _, _) = send_cross_site(&site);
+    assert_eq!(
+        status, 403,
+        "a request another site's page makes is refused"
+    );
 
     // The fleet: every archive, the hostile label as text.
     let (status, head, body) = get("/");
@@ -110,9 +121,11 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
 
     // What it refuses. Without --commands, no command page, and no POST at all.
     assert_eq!(get("/command").0, 404);
-    assert_eq!(post(address, "/command", &[], "name=ping").0, 405);
+    let p = site.post("/command", &[], "name=ping");
+    assert_eq!(p.0, 405, "{p:?}");
     assert_eq!(get("/view/not-offered").0, 404);
-    assert_eq!(fetch(address, "POST", "/", address).0, 405);
+    assert_eq!(fetch(address, "POST", "/", address).0, 401);
+    assert_eq!(site.post("/", &[], "").0, 405);
     let (status, _, _) = fetch(address, "GET", "/", "rebound.example:80");
     assert_eq!(
         status, 421,
@@ -124,7 +137,7 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
 fn a_command_is_offered_only_when_asked_confirmed_first_and_refused_from_elsewhere() {
     let site = Site::offering(true);
     let address = site.address.as_str();
-    let (status, _, form) = fetch(address, "GET", "/command", address);
+    let (status, _, form) = site.get("/command");
     assert_eq!(status, 200, "{form}");
     let token = form
         .split("name=\"token\" value=\"")
@@ -139,19 +152,19 @@ fn a_command_is_offered_only_when_asked_confirmed_first_and_refused_from_elsewhe
 
     // Refused: no token, another token, another origin.
     let without = fields.replace(&format!("token={token}&"), "");
-    assert_eq!(post(address, "/command", &[], &without).0, 403);
+    assert_eq!(site.post("/command", &[], &without).0, 403);
     let forged = fields.replace(&token, "0000");
-    assert_eq!(post(address, "/command", &[], &forged).0, 403);
-    let elsewhere = post(
-        address,
-        "/command",
-        &[("Origin", "http://evil.example")],
-        &fields,
-    );
+    assert_eq!(site.post("/command", &[], &forged).0, 403);
+    let elsewhere = site.post("/command", &[("Origin", "http://evil.example")], &fields);
     assert_eq!(elsewhere.0, 403);
+    assert_eq!(
+        post(address, "/command", &[], &fields).0,
+        401,
+        "no secret, no command"
+    );
 
     // First the confirmation, naming every archive it will reach; nothing is applied yet.
-    let (status, _, confirm) = post(address, "/command", &[("Origin", &own)], &fields);
+    let (status, _, confirm) = site.post("/command", &[("Origin", &own)], &fields);
     assert_eq!(status, 200, "{confirm}");
     for id in ["prop-01", "prop-02", "prop-03", "prop-04"] {
         assert!(confirm.contains(id), "{id} missing: {confirm}");
@@ -161,13 +174,25 @@ fn a_command_is_offered_only_when_asked_confirmed_first_and_refused_from_elsewhe
 
     // Confirmed: applied on each, once; again: a replay on each.
     let confirmed = format!("{fields}&confirm=yes");
-    let (status, _, applied) = post(address, "/command", &[("Origin", &own)], &confirmed);
+    let (status, _, applied) = site.post("/command", &[("Origin", &own)], &confirmed);
     assert_eq!(status, 200, "{applied}");
     assert_eq!(
         applied.matches(">applied<").count(),
         4,
         "the preview applied nothing: {applied}"
     );
-    let (_, _, again) = post(address, "/command", &[], &confirmed);
+    let (_, _, again) = site.post("/command", &[], &confirmed);
     assert_eq!(again.matches(">replayed<").count(), 4, "{again}");
+}
+
+/// A GET with the secret that a browser marks as made by another site's page.
+fn send_cross_site(site: &Site) -> (u16, String, String) {
+    let cookie = format!("psp_console={}", site.key);
+    support::web::send(
+        &site.address,
+        "GET /view/noi-by-region",
+        &site.address,
+        &[("Cookie", &cookie), ("Sec-Fetch-Site", "cross-site")],
+        "",
+    )
 }

@@ -6,9 +6,12 @@
 //!
 //! Every page is HTML written on the server: each string that came over the network is escaped
 //! (`maud` escapes every interpolation), charts are SVG drawn here ([`charts`]), and every answer
-//! carries a strict content security policy (no script, no style from elsewhere, no framing).
-//! Only GET is served, and only to a `Host` this server is known by (a page elsewhere cannot
-//! rebind a name to it and read it).
+//! carries a strict content security policy (only this console's own script and style, no
+//! framing). Every request must carry the console's secret, printed once in its address and
+//! then kept in a `SameSite=Strict` cookie, so neither another user of the machine nor another
+//! site's page can use the operator's key through it; on loopback, only this address's own
+//! names are answered (a page elsewhere cannot rebind a name to it). Pages are GET; a command
+//! (with `--commands`) is a POST from the console's own form ([`commands`]).
 
 pub mod charts;
 pub mod commands;
@@ -44,8 +47,7 @@ const SCRIPT: &str = include_str!("console.js");
 /// Viewports running for pages at once; starting one more lets the oldest go.
 const MOST_RUNS: usize = 32;
 
-/// A request's head must arrive within this, and its page be written within the request's own
-/// deadline plus this.
+/// A request's head (and a command form's body) must arrive within this.
 const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The console a browser drives: its connection to the orchestrator, the operator's grant, the
@@ -69,6 +71,9 @@ pub struct WebConsole {
     /// When commands are offered (`--commands`), the token their forms carry; `None`: no page
     /// offers or accepts a command.
     pub commands: Option<String>,
+    /// The secret every request must carry (random per start): in the address this console
+    /// prints (`?key=...`) once, then as a cookie only this console's pages send.
+    pub secret: String,
 }
 
 impl WebConsole {
@@ -81,12 +86,14 @@ impl WebConsole {
         copies: Option<ViewportCache>,
         (address, commands): (SocketAddr, bool),
     ) -> WebConsole {
-        let token = commands.then(|| {
+        let random = || {
             psp_core::capability::CapabilityId::random()
                 .map(|id| hex::encode(id.0))
                 .unwrap_or_default()
-        });
+        };
+        let token = commands.then(random);
         WebConsole {
+            secret: random(),
             console,
             grant,
             viewports,
@@ -97,7 +104,15 @@ impl WebConsole {
             commands: token.filter(|t| !t.is_empty()),
         }
     }
+
+    /// The address to open: this console's, with its secret (printed once at start).
+    pub fn url(&self) -> String {
+        format!("http://{}/?key={}", self.address, self.secret)
+    }
 }
+
+/// The cookie the secret travels in after the first visit.
+const COOKIE: &str = "psp_console";
 
 /// Serves `web` on `listener` until the task is dropped. Call on a tokio `LocalSet` (the
 /// console's connection is `!Send`).
@@ -124,8 +139,42 @@ pub async fn serve(listener: tokio::net::TcpListener, web: Rc<WebConsole>) {
 
 /// Whether `host` (a request's `Host` header) names this server: its address, or `localhost`
 /// at its port.
+/// On loopback: a page elsewhere could rebind its own name to this address, so only the names
+/// this address has are answered. Elsewhere (`--listen` on another address) any name is, and
+/// the secret alone keeps others out.
 fn known_host(host: &str, address: SocketAddr) -> bool {
-    host == address.to_string() || host == format!("localhost:{}", address.port())
+    if !address.ip().is_loopback() {
+        return true;
+    }
+    let port = address.port();
+    let names = [address.ip().to_string(), "localhost".to_owned()];
+    names
+        .iter()
+        .any(|name| host == format!("{name}:{port}") || (port == 80 && host == name.as_str()))
+}
+
+/// Whether `request` carries this console's secret, as a cookie or (the first visit) as
+/// `?key=`; the second says to set the cookie.
+fn carries_secret(web: &WebConsole, request: &Request<Incoming>) -> (bool, bool) {
+    let in_query = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|p| p.strip_prefix("key=") == Some(web.secret.as_str()));
+    let in_cookie = request
+        .headers()
+        .get_all(hyper::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|c| {
+            c.trim()
+                .strip_prefix(COOKIE)
+                .and_then(|c| c.strip_prefix('='))
+                == Some(web.secret.as_str())
+        });
+    (in_query || in_cookie, in_query)
 }
 
 async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -140,6 +189,39 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
             "text/plain",
             "this console answers only to its own address".into(),
         );
+    }
+    // A request another site's page makes (an image, a form) is refused whatever it carries.
+    if request
+        .headers()
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site")
+    {
+        return page(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "not from another site".into(),
+        );
+    }
+    let (allowed, first_visit) = carries_secret(web, &request);
+    if !allowed {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "open the address this console printed when it started (it carries its key)".into(),
+        );
+    }
+    if first_visit {
+        // The secret moves to a cookie only this console's own pages send, and out of the
+        // address bar and history.
+        let mut response = page(StatusCode::SEE_OTHER, "text/plain", String::new());
+        let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", web.secret);
+        let location = request.uri().path().to_owned();
+        for (name, value) in [("set-cookie", cookie), ("location", location)] {
+            if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        return response;
     }
     if request.method() == Method::POST
         && request.uri().path() == "/command"

@@ -26,6 +26,8 @@ pub struct Site {
     pub web: Proc,
     /// Where the web console listens (`127.0.0.1:PORT`).
     pub address: String,
+    /// Its secret (printed in its address), which every request must carry.
+    pub key: String,
 }
 
 impl Site {
@@ -85,20 +87,42 @@ impl Site {
             command.arg("--commands");
         }
         let (web, line) = Proc::start(command, fleet.path("web.log"));
-        // "web console on http://127.0.0.1:PORT/"
-        let address = line
-            .trim()
-            .strip_prefix("web console on http://")
-            .and_then(|a| a.strip_suffix('/'))
-            .unwrap_or_else(|| panic!("{line}"))
-            .to_owned();
+        let (address, key) = web_address(&line);
         Site {
             fleet,
             acme,
             orchestrator,
             web,
             address,
+            key,
         }
+    }
+
+    /// The address to open in a browser (with the secret, as printed).
+    pub fn url(&self, path: &str) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("http://{}{path}{sep}key={}", self.address, self.key)
+    }
+
+    /// A GET of `path` as the console's own page makes it (with its cookie).
+    pub fn get(&self, path: &str) -> (u16, String, String) {
+        let cookie = format!("psp_console={}", self.key);
+        send(
+            &self.address,
+            &format!("GET {path}"),
+            &self.address,
+            &[("Cookie", &cookie)],
+            "",
+        )
+    }
+
+    /// A form posted to `path` as the console's own page posts it (with its cookie), with
+    /// `headers` besides.
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], form: &str) -> (u16, String, String) {
+        let cookie = format!("psp_console={}", self.key);
+        let mut all = vec![("Cookie", cookie.as_str())];
+        all.extend_from_slice(headers);
+        post(&self.address, path, &all, form)
     }
 
     /// The archive ids.
@@ -114,6 +138,17 @@ impl Site {
             &["view", "--name", name, "--label", label],
         )
     }
+}
+
+/// The address and the secret in a web console's "web console on http://ADDRESS/?key=SECRET"
+/// line.
+pub fn web_address(line: &str) -> (String, String) {
+    let url = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (address, key) = url.split_once("/?key=").unwrap_or_else(|| panic!("{line}"));
+    (address.to_owned(), key.to_owned())
 }
 
 /// A cell as the CLI's JSON gives it, as the pages print it.
@@ -150,7 +185,8 @@ pub fn post(
     send(address, &format!("POST {path}"), address, &all, form)
 }
 
-fn send(
+/// One raw HTTP/1.1 exchange: `request_line` (`GET /path`), `Host: host`, `headers`, `body`.
+pub fn send(
     address: &str,
     request_line: &str,
     host: &str,
