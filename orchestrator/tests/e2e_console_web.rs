@@ -19,6 +19,21 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
     let first = fetch(address, "GET", &format!("/?key={}", site.key), address);
     assert_eq!(first.0, 303, "the first visit moves the key to a cookie");
     assert!(first.1.contains("set-cookie: psp_console=") && first.1.contains("samesite=strict"));
+    let deep = fetch(
+        address,
+        "GET",
+        &format!(
+            "/view/noi-by-region?label=entity%3Dproperty&key={}",
+            site.key
+        ),
+        address,
+    );
+    assert!(
+        deep.1
+            .contains("location: /view/noi-by-region?label=entity%3dproperty\r\n"),
+        "the page asked for, without its key: {}",
+        deep.1
+    );
     let (status, _, _) = send_cross_site(&site);
     assert_eq!(
         status, 403,

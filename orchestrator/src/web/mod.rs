@@ -215,7 +215,19 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
         // address bar and history.
         let mut response = page(StatusCode::SEE_OTHER, "text/plain", String::new());
         let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", web.secret);
-        let location = request.uri().path().to_owned();
+        // The same page, without the key (and with the rest of its query).
+        let rest: Vec<&str> = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("key="))
+            .collect();
+        let mut location = request.uri().path().to_owned();
+        if !rest.is_empty() {
+            location.push('?');
+            location.push_str(&rest.join("&"));
+        }
         for (name, value) in [("set-cookie", cookie), ("location", location)] {
             if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
                 response.headers_mut().insert(name, value);
