@@ -84,10 +84,11 @@ struct Update {
   # A fan-out's view so far.
 
   answered @0 :UInt32;
-  # Sources ended so far (answered, failed or timed out), as `progress` counts them.
+  # Answers merged so far (a source's answer, failure or timeout; a summary counts one per
+  # source and key figure), as `progress` counts them.
 
   total @1 :UInt32;
-  # Sources in all, as `progress` counts them.
+  # Answers expected in all, as `progress` counts them.
 
   final @2 :Bool;
   # The fan-out is over and `view` is its final view.

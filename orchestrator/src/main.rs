@@ -514,7 +514,7 @@ fn main() -> ExitCode {
                         &selector,
                         &grant,
                         &name,
-                        request.options(),
+                        (request.options(), true),
                     )
                     .await?
                 }

@@ -134,7 +134,13 @@ pub fn selector(archives: Option<&str>, labels: &[String]) -> Result<Selector, S
 /// on stderr (sources answered, and those that failed so far, by outcome), erased when the
 /// report arrives. Against an orchestrator without `next`, it waits for the report alone.
 pub async fn wait(in_flight: &InFlight) -> Result<Report, CallError> {
-    if !std::io::stderr().is_terminal() {
+    wait_showing(in_flight, true).await
+}
+
+/// [`wait`], showing progress only when `show` (a server, such as the web console, never
+/// writes progress lines to its terminal).
+pub async fn wait_showing(in_flight: &InFlight, show: bool) -> Result<Report, CallError> {
+    if !show || !std::io::stderr().is_terminal() {
         return in_flight.report().await;
     }
     tokio::select! {
@@ -231,20 +237,20 @@ const COPY_REFUSED: [&str; 3] = [
 
 /// The config viewport `name` computed under `grant`: from the copy kept in `copies` (one call,
 /// if the config still holds it), else by asking for the definition, keeping it, and computing
-/// it (two calls).
+/// it (two calls). Progress is shown on a terminal when `show`.
 pub async fn view_by_name(
     console: &Console,
     copies: Option<&ViewportCache>,
     selector: &Selector,
     grant: &Chain,
     name: &str,
-    options: Options,
+    (options, show): (Options, bool),
 ) -> Result<Report, String> {
     if let Some(copy) = copies.and_then(|c| c.get(name)) {
         let in_flight = console
             .start_configured_view(selector, grant, &copy, options)
             .map_err(|e| e.to_string())?;
-        match wait(&in_flight).await {
+        match wait_showing(&in_flight, show).await {
             Ok(report) => return Ok(report),
             Err(e) if COPY_REFUSED.contains(&e.code.as_str()) => {
                 tracing::debug!("the kept copy of viewport {name:?} is stale: {e}");
@@ -264,7 +270,9 @@ pub async fn view_by_name(
     let in_flight = console
         .start_view(selector, grant, &viewport, options)
         .map_err(|e| e.to_string())?;
-    wait(&in_flight).await.map_err(|e| e.to_string())
+    wait_showing(&in_flight, show)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ async fn table(
     let none = BTreeMap::new();
     let so_far = |_: &[SourceOutcome]| {
         let merged = merger.borrow().clone().finish();
-        (Body::Table(merged.table), merged.overflows)
+        (Body::Table(merged.table), merged.overflows, None)
     };
     let outcomes = fan(
         query,
@@ -180,7 +180,7 @@ pub async fn partial(
         labels,
         reach,
         (how, &|_: &[SourceOutcome]| {
-            (Body::Reconciliation(Vec::new()), Vec::new())
+            (Body::Reconciliation(Vec::new()), Vec::new(), None)
         }),
         |index, returned| match returned {
             Returned::Totebox(result) => {
@@ -225,12 +225,23 @@ async fn reconciliation(
     let labels_of = labels_by_name(reach);
     let amount = expected_columns(&query).len() - 1;
     // The entries from the books merged so far and the outcomes of the sources ended so far.
-    let entries = |books: &BTreeMap<String, Merger>, outcomes: &[SourceOutcome]| {
-        let unanswered: BTreeSet<String> = outcomes
+    // So far (`pending`), an entity one of whose archives has not ended gets no verdict yet,
+    // as one whose archive failed gets none.
+    let entries = |books: &BTreeMap<String, Merger>, outcomes: &[SourceOutcome], pending: bool| {
+        let mut unanswered: BTreeSet<String> = outcomes
             .iter()
             .filter(|o| o.status != SourceStatus::Ok)
             .map(|o| entity(labels_of.get(o.archive.as_str()).copied(), &o.archive))
             .collect();
+        if pending {
+            let ended: BTreeSet<&str> = outcomes.iter().map(|o| o.archive.as_str()).collect();
+            unanswered.extend(
+                labels_of
+                    .iter()
+                    .filter(|(name, _)| !ended.contains(name.as_str()))
+                    .map(|(name, labels)| entity(Some(labels), name)),
+            );
+        }
         let books: BTreeMap<String, Book> = books
             .iter()
             .map(|(name, merger)| {
@@ -254,8 +265,9 @@ async fn reconciliation(
     };
     let so_far = |outcomes: &[SourceOutcome]| {
         (
-            Body::Reconciliation(entries(&books.borrow(), outcomes)),
+            Body::Reconciliation(entries(&books.borrow(), outcomes, true)),
             Vec::new(),
+            None,
         )
     };
     let max_rows = how.limits.max_rows_per_source;
@@ -284,7 +296,7 @@ async fn reconciliation(
         }
     })
     .await;
-    let body = Body::Reconciliation(entries(&books.borrow(), &outcomes));
+    let body = Body::Reconciliation(entries(&books.borrow(), &outcomes, false));
     finish(outcomes, how.partial, body)
 }
 
@@ -296,18 +308,30 @@ async fn summary(kpis: &[Kpi], reach: &Reach, how: &Run<'_>) -> Result<Report, V
             .map(|kpi| Merger::new(&kpi.query, usize::MAX))
             .collect(),
     );
-    // Every figure so far, against the outcomes of the fan-out asking.
-    let so_far = |outcomes: &[SourceOutcome]| {
+    // Each figure's fan-out's outcomes so far, for the view so far: every figure is judged
+    // against its own sources, and the sources listed as the final view lists them.
+    let ended: RefCell<Vec<Vec<SourceOutcome>>> = RefCell::new(vec![Vec::new(); kpis.len()]);
+    let so_far_of = |k: usize, outcomes: &[SourceOutcome]| {
+        let mut ended = ended.borrow_mut();
+        if let Some(slot) = ended.get_mut(k) {
+            *slot = outcomes.to_vec();
+        }
         let figures = kpis
             .iter()
             .zip(mergers.borrow().iter())
-            .map(|(kpi, merger)| kpi.figure(merger.clone().finish(), outcomes))
+            .zip(ended.iter())
+            .map(|((kpi, merger), outcomes)| kpi.figure(merger.clone().finish(), outcomes))
             .collect();
-        (Body::Summary(figures), Vec::new())
+        (
+            Body::Summary(figures),
+            Vec::new(),
+            Some(over_figures(ended.clone())),
+        )
     };
-    let (mergers, so_far) = (&mergers, &so_far);
+    let (mergers, so_far_of) = (&mergers, &so_far_of);
     let figures = futures::future::join_all(kpis.iter().enumerate().map(|(k, kpi)| async move {
-        let outcomes = fan(&kpi.query, &[], reach, (how, so_far), |index, returned| {
+        let so_far = |outcomes: &[SourceOutcome]| so_far_of(k, outcomes);
+        let outcomes = fan(&kpi.query, &[], reach, (how, &so_far), |index, returned| {
             let mut mergers = mergers.borrow_mut();
             let merger = &mut mergers[k];
             match returned {
@@ -328,31 +352,32 @@ async fn summary(kpis: &[Kpi], reach: &Reach, how: &Run<'_>) -> Result<Report, V
         (kpi.figure(merged, &outcomes), outcomes)
     }))
     .await;
-    // A source's outcome over the whole summary: its first failure, else ok. Matched by name:
-    // a region whose directory is not known may report its archives in one figure and only
-    // itself in another.
+    let (values, per_figure): (Vec<_>, Vec<_>) = figures.into_iter().unzip();
+    finish(over_figures(per_figure), how.partial, Body::Summary(values))
+}
+
+/// A source's outcome over a whole summary from each figure's: its first failure, else ok.
+/// Matched by name: a region whose directory is not known may report its archives in one figure
+/// and only itself in another.
+fn over_figures(figures: Vec<Vec<SourceOutcome>>) -> Vec<SourceOutcome> {
     let mut outcomes: Vec<SourceOutcome> = Vec::new();
     let mut position: std::collections::HashMap<String, usize> = Default::default();
-    let mut values = Vec::with_capacity(figures.len());
-    for (value, figure_outcomes) in figures {
-        values.push(value);
-        for o in figure_outcomes {
-            let Some(&at) = position.get(&o.archive) else {
-                position.insert(o.archive.clone(), outcomes.len());
-                outcomes.push(o);
-                continue;
-            };
-            let merged = &mut outcomes[at];
-            merged.latency = merged.latency.max(o.latency);
-            merged.rows = merged.rows.saturating_add(o.rows);
-            merged.suppressed_groups = merged.suppressed_groups.saturating_add(o.suppressed_groups);
-            if merged.status == SourceStatus::Ok {
-                merged.status = o.status;
-                merged.as_of = merged.as_of.min(o.as_of);
-            }
+    for o in figures.into_iter().flatten() {
+        let Some(&at) = position.get(&o.archive) else {
+            position.insert(o.archive.clone(), outcomes.len());
+            outcomes.push(o);
+            continue;
+        };
+        let merged = &mut outcomes[at];
+        merged.latency = merged.latency.max(o.latency);
+        merged.rows = merged.rows.saturating_add(o.rows);
+        merged.suppressed_groups = merged.suppressed_groups.saturating_add(o.suppressed_groups);
+        if merged.status == SourceStatus::Ok {
+            merged.status = o.status;
+            merged.as_of = merged.as_of.min(o.as_of);
         }
     }
-    finish(outcomes, how.partial, Body::Summary(values))
+    outcomes
 }
 
 /// One fan-out of `query` over `reach`: each answer goes to `fold` as it arrives (and is
@@ -387,21 +412,14 @@ async fn fan(
             .chain(&reach.not_asked)
             .cloned()
             .collect();
-        let (body, overflows) = so_far(&ended);
-        let answered = how
-            .watch
-            .answered
-            .load(std::sync::atomic::Ordering::Relaxed);
-        live.publish(
-            answered,
-            Report {
-                complete: false,
-                as_of_oldest: oldest(&ended),
-                outcomes: ended,
-                body,
-                overflows,
-            },
-        );
+        let (body, overflows, merged) = so_far(&ended);
+        live.publish(Report {
+            complete: false,
+            as_of_oldest: oldest(&ended),
+            outcomes: merged.unwrap_or(ended),
+            body,
+            overflows,
+        });
     };
     loop {
         let asked = async {
@@ -467,9 +485,13 @@ async fn fan(
             }
             _ => vec![outcome],
         });
-        // Asked while this answer was being folded: published with it.
-        if how.live.as_deref().is_some_and(Live::wanted) {
-            publish(&outcomes);
+        if let Some(live) = how.live.as_deref() {
+            live.merged(1);
+            // Asked for while this answer was on its way: published with it, now or as soon
+            // as the last view is old enough.
+            if live.due() {
+                publish(&outcomes);
+            }
         }
     }
     outcomes
@@ -499,9 +521,10 @@ async fn fan(
         .collect()
 }
 
-/// The view so far from the outcomes of the sources ended so far: the body, and for a table
-/// its overflowed cells.
-type SoFar<'a> = dyn Fn(&[SourceOutcome]) -> (Body, Vec<CellRef>) + 'a;
+/// The view so far from the outcomes of the sources ended so far: the body, for a table its
+/// overflowed cells, and the outcomes to show when they are not those (a summary's, over its
+/// figures' fan-outs).
+type SoFar<'a> = dyn Fn(&[SourceOutcome]) -> (Body, Vec<CellRef>, Option<Vec<SourceOutcome>>) + 'a;
 
 /// The oldest data time among the outcomes that answered (0 when none did).
 fn oldest(outcomes: &[SourceOutcome]) -> i64 {

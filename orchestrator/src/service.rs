@@ -399,6 +399,8 @@ impl Console {
             watch: watch.clone(),
             live: Rc::default(),
         });
+        // The archives reported without being asked count as answered from the start.
+        state.live.merged(admitted.reach.not_asked.len() as u32);
         let (fleet, pending) = (self.service.fleet.clone(), state.clone());
         // The fan-out counts as running until its answer is ready.
         let running = self.connection.hold();
@@ -786,11 +788,13 @@ impl fleet_query::Server for FleetQueryServer {
         params: fleet_query::NextParams,
         mut results: fleet_query::NextResults,
     ) -> Result<(), capnp::Error> {
-        // Part of a request already admitted, like `view`.
-        let _running = self.connection.hold();
+        // Counted against the connection's calls in flight: a console cannot hold more waits
+        // than its calls allow.
+        let _running = self.connection.begin_call()?;
         let after = params.get()?.get_after();
         let total = self.state.total;
-        // Bounded: the fan-out ends by its deadline, and its end wakes this.
+        // Bounded: the fan-out ends by its deadline, and its end wakes this; the second-long
+        // wake-up notices a fan-out task that stopped without an answer.
         loop {
             let published = self.state.live.published();
             let done = self.state.done.notified();
@@ -814,23 +818,27 @@ impl fleet_query::Server for FleetQueryServer {
                     "the request stopped without an answer",
                 ));
             }
-            match self.state.live.latest() {
-                Some((answered, report)) if answered > after => {
-                    update.set_answered(answered.min(total));
-                    write_report(&report, update.init_view());
-                    let size = results.get().reborrow_as_reader().total_size();
-                    return fits(size, self.max_view_bytes, "view so far");
-                }
-                // Sources ended since: the view is made now, from what has arrived.
-                _ if self.state.watch.answered.load(Ordering::Relaxed) > after => {
-                    self.state.live.want();
-                }
-                // Nothing new yet: the view is made at the next arrival (or the end).
-                _ => self.state.live.want_next(),
+            let live = &self.state.live;
+            if let Some((answered, report)) = live.latest_after(after) {
+                update.set_answered(answered.min(total));
+                write_report(&report, update.init_view());
+                let size = results.get().reborrow_as_reader().total_size();
+                return fits(size, self.max_view_bytes, "view so far");
             }
+            if after < total {
+                if live.answered() > after {
+                    // Merged since: the view is made as soon as it may be.
+                    live.want();
+                } else {
+                    // Nothing new yet: the view is made at the next arrival.
+                    live.want_next();
+                }
+            }
+            // `after` at or past the total asks for no view: only the end answers it.
             tokio::select! {
                 () = published => {}
                 () = done => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }

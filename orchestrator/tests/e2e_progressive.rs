@@ -94,5 +94,34 @@ fn updates_arrive_before_a_stalled_source_ends_and_the_last_is_the_view() {
         assert_eq!(stalled_outcome.status, SourceStatus::TimedOut);
         // Asked again after the end, it answers the final view at once.
         assert_eq!(in_flight.next(3).await.unwrap().report, view);
+
+        // A summary so far: each figure is judged against its own sources (the stalled one is
+        // neither a source nor missing while it has not ended), and no source is listed twice.
+        let viewport = console.viewport("executive-summary").await.unwrap();
+        let in_flight = console
+            .start_view(&Selector::All, &grant, &viewport, Options::default())
+            .unwrap();
+        let first = in_flight.next(0).await.unwrap();
+        assert!(!first.done, "{first:?}");
+        let orchestrator::report::Body::Summary(kpis) = &first.report.body else {
+            panic!("{first:?}")
+        };
+        for kpi in kpis {
+            assert!(
+                !kpi.sources.contains(&"prop-03".to_owned())
+                    && !kpi.missing.contains(&"prop-03".to_owned()),
+                "{kpi:?}"
+            );
+        }
+        let mut names: Vec<&str> = first
+            .report
+            .outcomes
+            .iter()
+            .map(|o| o.archive.as_str())
+            .collect();
+        let listed = names.len();
+        names.dedup();
+        assert_eq!(names.len(), listed, "{names:?}");
+        assert!(first.answered <= first.total);
     });
 }

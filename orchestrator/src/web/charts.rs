@@ -45,10 +45,9 @@ fn periods(name: &str, values: &[&Value]) -> bool {
 pub fn chart(table: &Table, keys: usize) -> Option<String> {
     let value_column =
         (keys..table.columns.len()).find(|&c| table.columns[c].value_type.is_numeric())?;
-    let rows: Vec<(String, f64)> = table
+    let mut rows: Vec<(String, f64)> = table
         .rows
         .iter()
-        .take(MOST)
         .filter_map(|row| {
             let label: Vec<String> = row[..keys.min(row.len())]
                 .iter()
@@ -64,11 +63,13 @@ pub fn chart(table: &Table, keys: usize) -> Option<String> {
     let firsts: Vec<&Value> = table.rows.iter().filter_map(|r| r.first()).collect();
     let line = keys == 1 && rows.len() >= 3 && periods(&table.columns[0].name, &firsts);
     Some(if line {
-        // Periods read left to right, oldest first.
-        let mut points = rows;
-        points.sort_by(|a, b| a.0.cmp(&b.0));
-        line_chart(name, &points)
+        // Periods read left to right, oldest first; the latest are drawn.
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let latest = rows.split_off(rows.len().saturating_sub(MOST));
+        line_chart(name, &latest)
     } else {
+        // In the table's order (as the query orders it); the first are drawn.
+        rows.truncate(MOST);
         bar_chart(name, &rows)
     })
 }

@@ -149,6 +149,11 @@ pub fn confirm(
         h1 { "Confirm the command" }
         p { "Apply " strong { (command.name) } " to these " (archives.len()) " archives, "
             "with idempotency key " code { (String::from_utf8_lossy(&command.idempotency_key)) } "?" }
+        ul class="arguments" {
+            li { "collection: " (if command.collection.is_empty() { "(archive-wide)" } else { command.collection.as_str() }) }
+            @if !form.get("period").is_empty() { li { "period: " (form.get("period")) } }
+            @if !form.get("snapshot_name").is_empty() { li { "snapshot name: " (form.get("snapshot_name")) } }
+        }
         ul class="archives" { @for a in archives { li { (a) } } }
         form method="post" action="/command" {
             (form.hidden())

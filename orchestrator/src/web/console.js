@@ -1,5 +1,6 @@
 // Follows a running viewport: asks this console for the view so far until it is final, and
-// puts each in place. The fragments are HTML written and escaped by the console itself.
+// puts each in place. Only HTML fragments (written and escaped by the console itself) are put
+// in as HTML; anything else is shown as text.
 (function () {
   "use strict";
   const run = document.getElementById("run");
@@ -18,8 +19,19 @@
         run.textContent = "the console did not answer: " + failure;
         return;
       }
-      const fragment = await response.text();
-      run.innerHTML = fragment;
+      let fragment;
+      try {
+        fragment = await response.text();
+      } catch (failure) {
+        run.textContent = "the console's answer was cut short: " + failure;
+        return;
+      }
+      const html = (response.headers.get("content-type") || "").startsWith("text/html");
+      if (html) {
+        run.innerHTML = fragment;
+      } else {
+        run.textContent = fragment;
+      }
       if (!response.ok || response.headers.get("x-final") === "1") {
         run.dataset.final = "1";
         return;

@@ -44,8 +44,9 @@ const STYLE: &str = include_str!("style.css");
 /// The page's only script, hand-written: it follows a running viewport (`/run/<id>`) and puts
 /// each view so far, written and escaped here, in its place.
 const SCRIPT: &str = include_str!("console.js");
-/// Viewports running for pages at once; starting one more lets the oldest go.
-const MOST_RUNS: usize = 32;
+/// Viewports running for pages at once; starting one more lets the oldest go. (Each followed run
+/// holds two of the connection's calls in flight: its fan-out and its `next`.)
+const MOST_RUNS: usize = 16;
 
 /// A request's head (and a command form's body) must arrive within this.
 const HEAD_DEADLINE: Duration = Duration::from_secs(5);
@@ -267,8 +268,9 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
             }
         }
         _ if path.starts_with("/run/") => follow(web, &path["/run/".len()..], query).await,
-        _ => match path.strip_prefix("/view/") {
-            Some(name) if web.viewports.iter().any(|v| v == name) => {
+        _ => match path.strip_prefix("/view/").map(percent_decode) {
+            Some(name) if web.viewports.contains(&name) => {
+                let name = name.as_str();
                 // `?label=key=value` selects the archives by label; all of them otherwise.
                 let labels = label_filter(query);
                 let selector = if labels.is_empty() {
@@ -292,7 +294,7 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
                     &selector,
                     &web.grant,
                     name,
-                    Options::default(),
+                    (Options::default(), false),
                 )
                 .await;
                 match report {
@@ -359,16 +361,24 @@ async fn follow(web: &WebConsole, run: &str, query: &str) -> Response<Full<Bytes
             if update.done {
                 web.runs.borrow_mut().retain(|(id, _)| id != run);
             }
-            let mut response = html(pages::progress(&update));
-            for (name, value) in [
-                ("x-answered", update.answered.to_string()),
-                ("x-final", u8::from(update.done).to_string()),
-            ] {
-                if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
-                    response.headers_mut().insert(name, value);
+            final_fragment(&update)
+        }
+        // An orchestrator older than `next`: the final view alone, from `view()`.
+        Err(e) if e.code.ends_with("unimplemented") => {
+            let report = handle.report().await;
+            web.runs.borrow_mut().retain(|(id, _)| id != run);
+            match report {
+                Ok(report) => {
+                    let total = report.outcomes.len() as u32;
+                    final_fragment(&crate::console::Update {
+                        answered: total,
+                        total,
+                        done: true,
+                        report,
+                    })
                 }
+                Err(e) => html_status(StatusCode::BAD_GATEWAY, pages::refused(&e.to_string())),
             }
-            response
         }
         Err(e) => {
             web.runs.borrow_mut().retain(|(id, _)| id != run);
@@ -418,6 +428,14 @@ async fn post_command(
     };
     if !form.confirmed() {
         return match web.console.selected(&selector) {
+            Ok(archives) if archives.is_empty() => html_status(
+                StatusCode::BAD_REQUEST,
+                pages::failed(
+                    web,
+                    "command",
+                    "no archive of your tenant matches the selection",
+                ),
+            ),
             Ok(archives) => html(commands::confirm(web, &form, &command, &archives)),
             Err(e) => html_status(
                 StatusCode::BAD_REQUEST,
@@ -429,6 +447,21 @@ async fn post_command(
         Ok((command, results)) => html(commands::outcomes(web, &command, &results)),
         Err(e) => html_status(StatusCode::BAD_GATEWAY, pages::failed(web, "command", &e)),
     }
+}
+
+/// A view so far (or the final view) as the fragment a page puts in place, with where it
+/// stands in `x-answered` and `x-final`.
+fn final_fragment(update: &crate::console::Update) -> Response<Full<Bytes>> {
+    let mut response = html(pages::progress(update));
+    for (name, value) in [
+        ("x-answered", update.answered.to_string()),
+        ("x-final", u8::from(update.done).to_string()),
+    ] {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 /// `label=key=value` pairs of a query string (percent-decoded).
@@ -453,7 +486,10 @@ pub(crate) fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
                 match std::str::from_utf8(&bytes[i + 1..i + 3])
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
@@ -521,5 +557,10 @@ mod tests {
             ]
         );
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(
+            percent_decode("%+A%20b"),
+            "% A b",
+            "only two hex digits decode"
+        );
     }
 }

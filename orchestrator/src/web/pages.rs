@@ -124,7 +124,7 @@ pub fn running(web: &WebConsole, name: &str, run: &str, query: &str) -> Markup {
         div id="run" data-run=(run) {
             p class="status" { "asking the fleet..." }
         }
-        noscript { p { a href={ "/view/" (name) "?final&" (query) } { "Show the view when every source has answered" } } }
+        noscript { p { a href={ (link(name, "")) "?final&" (query) } { "Show the view when every source has answered" } } }
         script src="/console.js" {}
     };
     layout(web, name, content)
