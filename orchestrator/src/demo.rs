@@ -227,8 +227,13 @@ pub async fn run(
             .iter()
             .map(|s| (*s).to_owned())
             .collect();
+        let target = crate::operate::Target {
+            address: server.local_addr(),
+            orchestrator: server.key(),
+            identity: operator.clone(),
+        };
         serve_web(
-            console,
+            (console, target),
             operator_cap,
             (names, selections),
             listen,
@@ -254,7 +259,7 @@ pub async fn run(
 
 /// Serves the web console over the demo fleet on `listen` until Ctrl-C.
 async fn serve_web(
-    console: Console,
+    (console, target): (Console, crate::operate::Target),
     grant: Chain,
     (viewports, selections): (Vec<String>, Vec<String>),
     listen: std::net::SocketAddr,
@@ -266,7 +271,7 @@ async fn serve_web(
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     // The demo offers no commands: its grant allows none.
     let web = std::rc::Rc::new(crate::web::WebConsole::new(
-        console,
+        (console, target),
         grant,
         (viewports, selections),
         None,

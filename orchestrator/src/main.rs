@@ -595,6 +595,7 @@ fn main() -> ExitCode {
                 .await
                 .map_err(|e| format!("cannot serve the web console on {listen}: {e}"))?;
             let address = listener.local_addr().map_err(|e| e.to_string())?;
+            let copies = ViewportCache::for_user(&target.orchestrator);
             let (viewports, selections) = viewports
                 .iter()
                 .map(|v| match v.split_once('@') {
@@ -603,10 +604,10 @@ fn main() -> ExitCode {
                 })
                 .unzip();
             let web = std::rc::Rc::new(orchestrator::web::WebConsole::new(
-                console,
+                (console, target),
                 grant,
                 (viewports, selections),
-                ViewportCache::for_user(&target.orchestrator),
+                copies,
                 (address, commands),
             ));
             // The key in it is this console's secret: whoever has the address can act as you.

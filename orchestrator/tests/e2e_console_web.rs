@@ -9,7 +9,7 @@ use support::web::{HOSTILE, Site, escaped, fetch, post, text};
 
 #[test]
 fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
-    let site = Site::start();
+    let mut site = Site::start();
     let address = &site.address;
     let ids = site.ids();
     let get = |path: &str| site.get(path);
@@ -146,6 +146,18 @@ fn the_pages_show_the_cli_figures_escape_the_fleet_and_refuse_what_they_must() {
         status, 421,
         "a page elsewhere cannot read it through another name"
     );
+
+    // The orchestrator restarts (its connections close, as after its idle limit): the next
+    // page connects again.
+    let config = site.fleet.path("orchestrator.toml");
+    let listen = format!("listen = \"{}\"", site.orchestrator.address);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("listen = \"127.0.0.1:0\"", &listen)).unwrap();
+    site.orchestrator.process.kill();
+    site.orchestrator = site.fleet.serve(&config);
+    let (status, _, body) = site.get("/");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("prop-01"));
 }
 
 #[test]

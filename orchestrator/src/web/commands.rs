@@ -197,7 +197,8 @@ pub async fn run(web: &WebConsole, form: &Form) -> Result<(CommandSpec, CommandR
     let command = form.command()?;
     let selector = form.selector()?;
     let results = web
-        .console
+        .console()
+        .await?
         .command(&selector, &web.grant, &command, Options::default())
         .await
         .map_err(|e| e.to_string())?;

@@ -20,7 +20,7 @@ pub mod pages;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -31,6 +31,7 @@ use psp_core::Chain;
 use std::cell::RefCell;
 
 use crate::console::{Console, InFlight, Options};
+use crate::operate::Target;
 use crate::selection::Selector;
 use crate::viewport_cache::ViewportCache;
 
@@ -48,14 +49,20 @@ const SCRIPT: &str = include_str!("console.js");
 /// holds two of the connection's calls in flight: its fan-out and its `next`.)
 const MOST_RUNS: usize = 16;
 
+/// How long the tenant's listing a page selects archives by is used before it is asked again.
+const LISTING_AGE: Duration = Duration::from_secs(60);
+
 /// A request's head (and a command form's body) must arrive within this.
 const HEAD_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The console a browser drives: its connection to the orchestrator, the operator's grant, the
 /// viewports it offers, and where it listens.
 pub struct WebConsole {
-    /// The connection to the orchestrator, as the operator.
-    pub console: Console,
+    /// The connection to the orchestrator, as the operator, and when it was made (see
+    /// [`WebConsole::console`]).
+    console: RefCell<(Rc<Console>, Instant)>,
+    /// Where and as whom it connects again.
+    target: Target,
     /// The operator's grant, delegated per request.
     pub grant: Chain,
     /// The config viewports offered, by name.
@@ -67,8 +74,9 @@ pub struct WebConsole {
     pub copies: Option<ViewportCache>,
     /// Where this server listens (the `Host` it answers to).
     pub address: SocketAddr,
-    /// The viewports running for pages, by run id, oldest first.
-    pub runs: RefCell<Vec<(String, InFlight)>>,
+    /// The viewports running for pages, by run id, oldest first, each with the connection it
+    /// runs on (kept open for it).
+    pub runs: RefCell<Vec<(String, InFlight, Rc<Console>)>>,
     /// When commands are offered (`--commands`), the token their forms carry; `None`: no page
     /// offers or accepts a command.
     pub commands: Option<String>,
@@ -81,7 +89,7 @@ impl WebConsole {
     /// A web console at `address`, offering `viewports` (each selecting archives by the labels
     /// of `selections`, `key=value,...`, in the same order), and commands when `commands`.
     pub fn new(
-        console: Console,
+        (console, target): (Console, Target),
         grant: Chain,
         (viewports, selections): (Vec<String>, Vec<String>),
         copies: Option<ViewportCache>,
@@ -95,7 +103,8 @@ impl WebConsole {
         let token = commands.then(random);
         WebConsole {
             secret: random(),
-            console,
+            console: RefCell::new((Rc::new(console), Instant::now())),
+            target,
             grant,
             viewports,
             selections,
@@ -104,6 +113,19 @@ impl WebConsole {
             runs: RefCell::default(),
             commands: token.filter(|t| !t.is_empty()),
         }
+    }
+
+    /// The connection to the orchestrator: the one held, or a new one when it has closed (the
+    /// orchestrator closes one idle for its `idle_ms`) or its listing of the tenant's archives
+    /// (what selections by label or all name) is older than a minute.
+    pub async fn console(&self) -> Result<Rc<Console>, String> {
+        let (held, since) = self.console.borrow().clone();
+        if held.is_connected() && since.elapsed() < LISTING_AGE {
+            return Ok(held);
+        }
+        let fresh = Rc::new(self.target.connect().await?);
+        *self.console.borrow_mut() = (fresh.clone(), Instant::now());
+        Ok(fresh)
     }
 
     /// The address to open: this console's, with its secret (printed once at start).
@@ -259,7 +281,11 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
         "/console.js" => page(StatusCode::OK, "text/javascript", SCRIPT.into()),
         "/" => {
             let labels = label_filter(query);
-            match web.console.fleet().await {
+            let fleet = match web.console().await {
+                Ok(console) => console.fleet().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match fleet {
                 Ok(archives) => html(pages::fleet(web, &archives, &labels)),
                 Err(e) => html_status(
                     StatusCode::BAD_GATEWAY,
@@ -288,8 +314,14 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
                         }
                     };
                 }
+                let console = match web.console().await {
+                    Ok(console) => console,
+                    Err(e) => {
+                        return html_status(StatusCode::BAD_GATEWAY, pages::failed(web, name, &e));
+                    }
+                };
                 let report = crate::operate::view_by_name(
-                    &web.console,
+                    &console,
                     web.copies.as_ref(),
                     &selector,
                     &web.grant,
@@ -312,13 +344,9 @@ async fn answer(web: &WebConsole, request: Request<Incoming>) -> Response<Full<B
 
 /// Starts viewport `name` for a page, and returns the run id the page follows it by.
 async fn start(web: &WebConsole, name: &str, selector: &Selector) -> Result<String, String> {
-    let viewport = web
-        .console
-        .viewport(name)
-        .await
-        .map_err(|e| e.to_string())?;
-    let in_flight = web
-        .console
+    let console = web.console().await?;
+    let viewport = console.viewport(name).await.map_err(|e| e.to_string())?;
+    let in_flight = console
         .start_view(selector, &web.grant, &viewport, Options::default())
         .map_err(|e| e.to_string())?;
     let run = psp_core::capability::CapabilityId::random()
@@ -329,7 +357,7 @@ async fn start(web: &WebConsole, name: &str, selector: &Selector) -> Result<Stri
         // Dropping its `FleetQuery` stops the oldest's fan-out at the orchestrator.
         runs.remove(0);
     }
-    runs.push((run.clone(), in_flight));
+    runs.push((run.clone(), in_flight, console));
     Ok(run)
 }
 
@@ -347,8 +375,8 @@ async fn follow(web: &WebConsole, run: &str, query: &str) -> Response<Full<Bytes
         .runs
         .borrow()
         .iter()
-        .find(|(id, _)| id == run)
-        .map(|(_, in_flight)| in_flight.clone())
+        .find(|(id, _, _)| id == run)
+        .map(|(_, in_flight, _)| in_flight.clone())
     else {
         return page(
             StatusCode::NOT_FOUND,
@@ -359,14 +387,14 @@ async fn follow(web: &WebConsole, run: &str, query: &str) -> Response<Full<Bytes
     match handle.next(after).await {
         Ok(update) => {
             if update.done {
-                web.runs.borrow_mut().retain(|(id, _)| id != run);
+                web.runs.borrow_mut().retain(|(id, _, _)| id != run);
             }
             final_fragment(&update)
         }
         // An orchestrator older than `next`: the final view alone, from `view()`.
         Err(e) if e.code.ends_with("unimplemented") => {
             let report = handle.report().await;
-            web.runs.borrow_mut().retain(|(id, _)| id != run);
+            web.runs.borrow_mut().retain(|(id, _, _)| id != run);
             match report {
                 Ok(report) => {
                     let total = report.outcomes.len() as u32;
@@ -381,7 +409,7 @@ async fn follow(web: &WebConsole, run: &str, query: &str) -> Response<Full<Bytes
             }
         }
         Err(e) => {
-            web.runs.borrow_mut().retain(|(id, _)| id != run);
+            web.runs.borrow_mut().retain(|(id, _, _)| id != run);
             html_status(StatusCode::BAD_GATEWAY, pages::refused(&e.to_string()))
         }
     }
@@ -427,7 +455,13 @@ async fn post_command(
         Err(e) => return html_status(StatusCode::BAD_REQUEST, pages::failed(web, "command", &e)),
     };
     if !form.confirmed() {
-        return match web.console.selected(&selector) {
+        let console = match web.console().await {
+            Ok(console) => console,
+            Err(e) => {
+                return html_status(StatusCode::BAD_GATEWAY, pages::failed(web, "command", &e));
+            }
+        };
+        return match console.selected(&selector) {
             Ok(archives) if archives.is_empty() => html_status(
                 StatusCode::BAD_REQUEST,
                 pages::failed(
