@@ -24,9 +24,7 @@ use futures::future::{LocalBoxFuture, Shared};
 use psp_core::query::wire::{read_result, write_query};
 use psp_core::query::{PartialMerge, Query};
 use psp_core::{ArchiveDigest, ArchiveSet, Chain, Grant, IdentityKey, PublicKey};
-use psp_rpc::client::{
-    ANSWER_TOO_LARGE, CommandSpec, ConnectError, MALFORMED_ANSWER, dial_guarded,
-};
+use psp_rpc::client::{CommandSpec, ConnectError, MALFORMED_ANSWER, dial_guarded, within_bytes};
 use psp_rpc::diode::DiodeGuard;
 use psp_rpc::limits::{CallError, Limits};
 use psp_schema::orchestrator_capnp::{PartialPolicy, orchestrator};
@@ -229,7 +227,13 @@ impl RegionClient {
             set_options(r.init_options(), ask.until, self.rtt.get());
         }
         let response = self.call("partial", request.send().promise).await?;
-        within_bytes(response.get().and_then(|r| r.total_size()), max_bytes)?;
+        within_bytes(
+            response
+                .get()
+                .and_then(|r| r.total_size())
+                .map_err(malformed)?,
+            max_bytes,
+        )?;
         let answer = response
             .get()
             .and_then(|r| r.get_answer())
@@ -294,7 +298,13 @@ impl RegionClient {
             c.set_arguments(&command.arguments);
         }
         let response = self.call("command", request.send().promise).await?;
-        within_bytes(response.get().and_then(|r| r.total_size()), max_bytes)?;
+        within_bytes(
+            response
+                .get()
+                .and_then(|r| r.total_size())
+                .map_err(malformed)?,
+            max_bytes,
+        )?;
         let list = response
             .get()
             .and_then(|r| r.get_outcomes())
@@ -426,23 +436,6 @@ fn set_options(
     let millis = u32::try_from(region_deadline(until, rtt).as_millis()).unwrap_or(u32::MAX);
     options.set_deadline_millis(millis.max(1));
     options.set_partial(PartialPolicy::BestEffort);
-}
-
-/// Refuses an answer of `size` over `max_bytes`, measured before it is read.
-fn within_bytes(
-    size: capnp::Result<capnp::MessageSize>,
-    max_bytes: usize,
-) -> Result<(), CallError> {
-    let bytes = size.map_err(malformed)?.word_count.saturating_mul(8);
-    if bytes > max_bytes as u64 {
-        return Err(CallError::new(
-            ANSWER_TOO_LARGE,
-            format!(
-                "answered {bytes} bytes; this request accepts at most {max_bytes} from one source"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// What one region is asked for one request.

@@ -752,6 +752,25 @@ impl Drop for FleetQueryServer {
     }
 }
 
+impl FleetQueryServer {
+    /// The fan-out's end, once it has come: its report, written by `write`; its refusal; or
+    /// that it stopped without an answer. `None` while it runs.
+    fn ended(&self, write: impl FnOnce(&Report) -> capnp::Result<()>) -> Option<capnp::Result<()>> {
+        if let Some(result) = self.state.result.borrow().as_ref() {
+            return Some(match result {
+                Ok(report) => write(report),
+                Err(e) => Err(refuse(e.code(), e)),
+            });
+        }
+        self.task.is_finished().then(|| {
+            Err(refuse(
+                "fanout.failed",
+                "the request stopped without an answer",
+            ))
+        })
+    }
+}
+
 impl fleet_query::Server for FleetQueryServer {
     async fn view(
         self: Rc<Self>,
@@ -763,21 +782,16 @@ impl fleet_query::Server for FleetQueryServer {
         let _running = self.connection.hold();
         loop {
             let notified = self.state.done.notified();
-            if let Some(result) = self.state.result.borrow().as_ref() {
-                return match result {
-                    Ok(report) => {
-                        write_report(report, results.get().init_view());
-                        let size = results.get().reborrow_as_reader().total_size();
-                        fits(size, self.max_view_bytes, "merged view")
-                    }
-                    Err(e) => Err(refuse(e.code(), e)),
-                };
-            }
-            if self.task.is_finished() {
-                return Err(refuse(
-                    "fanout.failed",
-                    "the request stopped without an answer",
-                ));
+            let max = self.max_view_bytes;
+            if let Some(ended) = self.ended(|report| {
+                write_report(report, results.get().init_view());
+                fits(
+                    results.get().reborrow_as_reader().total_size(),
+                    max,
+                    "merged view",
+                )
+            }) {
+                return ended;
             }
             notified.await;
         }
@@ -798,28 +812,25 @@ impl fleet_query::Server for FleetQueryServer {
         loop {
             let published = self.state.live.published();
             let done = self.state.done.notified();
-            let mut update = results.get().init_update();
-            update.set_total(total);
-            if let Some(result) = self.state.result.borrow().as_ref() {
-                return match result {
-                    Ok(report) => {
-                        update.set_answered(total);
-                        update.set_final(true);
-                        write_report(report, update.init_view());
-                        let size = results.get().reborrow_as_reader().total_size();
-                        fits(size, self.max_view_bytes, "merged view")
-                    }
-                    Err(e) => Err(refuse(e.code(), e)),
-                };
-            }
-            if self.task.is_finished() {
-                return Err(refuse(
-                    "fanout.failed",
-                    "the request stopped without an answer",
-                ));
+            let max = self.max_view_bytes;
+            if let Some(ended) = self.ended(|report| {
+                let mut update = results.get().init_update();
+                update.set_total(total);
+                update.set_answered(total);
+                update.set_final(true);
+                write_report(report, update.init_view());
+                fits(
+                    results.get().reborrow_as_reader().total_size(),
+                    max,
+                    "merged view",
+                )
+            }) {
+                return ended;
             }
             let live = &self.state.live;
             if let Some((answered, report)) = live.latest_after(after) {
+                let mut update = results.get().init_update();
+                update.set_total(total);
                 update.set_answered(answered.min(total));
                 write_report(&report, update.init_view());
                 let size = results.get().reborrow_as_reader().total_size();

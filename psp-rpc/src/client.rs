@@ -259,8 +259,9 @@ fn malformed(e: impl std::fmt::Display) -> CallError {
     CallError::new(MALFORMED_ANSWER, e.to_string())
 }
 
-/// Refuses an answer of `size` over `max_bytes` (measured in words, before decoding).
-fn within_bytes(size: capnp::MessageSize, max_bytes: usize) -> Result<(), CallError> {
+/// Refuses an answer of `size` over `max_bytes` (measured in words, before decoding), with
+/// [`ANSWER_TOO_LARGE`]: what every downstream call applies to one source's answer.
+pub fn within_bytes(size: capnp::MessageSize, max_bytes: usize) -> Result<(), CallError> {
     let bytes = size.word_count.saturating_mul(8);
     if bytes > max_bytes as u64 {
         return Err(CallError::new(
