@@ -453,8 +453,48 @@ pub struct PartialAsk<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::region_deadline;
+    use super::{region_deadline, sane};
+    use crate::console::ArchiveStatus;
+    use crate::fanout::Health;
     use std::time::Duration;
+
+    #[test]
+    fn a_hostile_directory_is_cut_to_what_a_listing_and_a_path_can_show() {
+        let archive = |id: &str, key: &str, labels: Vec<(String, String)>| ArchiveStatus {
+            id: id.to_owned(),
+            labels: labels.into_iter().collect(),
+            key: key.to_owned(),
+            health: Health::Up,
+            latency: Duration::ZERO,
+            last_seen: 0,
+        };
+        let many: Vec<(String, String)> =
+            (0..100).map(|i| (format!("k{i:03}"), "v".into())).collect();
+        let listed = sane(vec![
+            archive("prop-01", "ed25519:00", many),
+            archive("prop-01", "ed25519:00", vec![]),
+            archive("", "ed25519:00", vec![]),
+            archive("bell\u{7}", "ed25519:00", vec![]),
+            archive(&"x".repeat(300), "ed25519:00", vec![]),
+            archive("prop-02", &"k".repeat(300), vec![]),
+            archive(
+                "prop-03",
+                "ed25519:00",
+                vec![
+                    ("ok".into(), "v".into()),
+                    ("bad".into(), "line\nbreak".into()),
+                ],
+            ),
+        ]);
+        let ids: Vec<&str> = listed.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["prop-01", "prop-03"],
+            "empty, control, long, repeated and long-keyed entries go"
+        );
+        assert_eq!(listed[0].labels.len(), 64, "at most 64 labels");
+        assert_eq!(listed[1].labels.keys().collect::<Vec<_>>(), ["ok"]);
+    }
 
     #[test]
     fn a_region_is_given_the_time_left_less_a_fifth_fifty_ms_or_two_round_trips() {

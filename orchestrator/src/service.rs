@@ -877,3 +877,21 @@ impl fleet_query::Server for FleetQueryServer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_label_keys;
+
+    #[test]
+    fn an_upper_orchestrator_asks_for_few_short_distinct_label_keys_or_is_refused() {
+        let keys = |n: usize| (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>();
+        assert!(check_label_keys(&keys(16)).is_ok());
+        assert!(check_label_keys(&keys(17)).is_err());
+        assert!(check_label_keys(&["a".into(), "a".into()]).is_err());
+        assert!(check_label_keys(&["x".repeat(257)]).is_err());
+        assert!(
+            check_label_keys(&[String::new()]).is_ok(),
+            "the archive id's key"
+        );
+    }
+}

@@ -123,5 +123,10 @@ fn updates_arrive_before_a_stalled_source_ends_and_the_last_is_the_view() {
         names.dedup();
         assert_eq!(names.len(), listed, "{names:?}");
         assert!(first.answered <= first.total);
+
+        // A console asking past the total gets no view so far: only the end answers it.
+        let past = in_flight.next(u32::MAX).await.unwrap();
+        assert!(past.done, "{past:?}");
+        assert_eq!(past.report, in_flight.report().await.unwrap());
     });
 }
