@@ -21,6 +21,11 @@
 #[path = "support/binaries.rs"]
 mod binaries;
 
+/// The allocator `psp-totebox` runs with, so that the Toteboxes this process serves cost what
+/// that binary's would.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};

@@ -289,7 +289,7 @@ impl Console {
                 FrameLimit::new(reader.compat(), limits.max_message_words, activity.clone());
             let network = twoparty::VatNetwork::new(
                 reader,
-                writer.compat_write(),
+                psp_rpc::coalesce::Coalesce::new(writer.compat_write()),
                 rpc_twoparty_capnp::Side::Client,
                 limits.reader_options(),
             );

@@ -169,12 +169,43 @@ impl PublicKey {
     /// Checks `signature` over `message` under this key, rejecting non-canonical signatures and
     /// small-order keys (RFC 8032 strict verification), so every signature has one valid encoding.
     pub(crate) fn verify_strict(&self, message: &[u8], signature: &[u8; 64]) -> bool {
-        let Ok(key) = VerifyingKey::from_bytes(&self.0) else {
+        let Some(key) = decompressed(&self.0) else {
             return false;
         };
         let signature = ed25519_dalek::Signature::from_bytes(signature);
         key.verify_strict(message, &signature).is_ok()
     }
+}
+
+/// Keys decompressed lately on this thread, newest last.
+const DECOMPRESSED_KEPT: usize = 16;
+
+thread_local! {
+    static DECOMPRESSED: std::cell::RefCell<Vec<([u8; 32], VerifyingKey)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `bytes` as a curve point, from this thread's few most recent keys when it is one of them.
+/// Decompressing a key costs a field exponentiation, about a tenth of a verification, and a
+/// Totebox checks the same few issuers' signatures (the operator's, each request) again and
+/// again. A key that is not a point is never kept; a stream of made-up keys only cycles the
+/// list and costs what no list would.
+fn decompressed(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    DECOMPRESSED.with(|kept| {
+        let mut kept = kept.borrow_mut();
+        if let Some(at) = kept.iter().position(|(k, _)| k == bytes) {
+            let entry = kept.remove(at);
+            let key = entry.1;
+            kept.push(entry);
+            return Some(key);
+        }
+        let key = VerifyingKey::from_bytes(bytes).ok()?;
+        if kept.len() == DECOMPRESSED_KEPT {
+            kept.remove(0);
+        }
+        kept.push((*bytes, key));
+        Some(key)
+    })
 }
 
 impl fmt::Display for PublicKey {
@@ -274,6 +305,37 @@ mod tests {
             hex::encode([0u8; 32]).parse::<PublicKey>(),
             Err(ParseKeyError::MissingPrefix)
         );
+    }
+
+    #[test]
+    fn a_kept_key_verifies_only_its_own_signatures() {
+        let keys: Vec<IdentityKey> = (0..DECOMPRESSED_KEPT as u8 + 4)
+            .map(|i| IdentityKey::from_seed([i + 1; 32]))
+            .collect();
+        // Twice round more keys than are kept: every key is decompressed anew at least once and
+        // found kept at least once.
+        for _ in 0..2 {
+            for (i, key) in keys.iter().enumerate() {
+                let signed = key.sign(b"link body");
+                assert!(key.public().verify_strict(b"link body", &signed));
+                assert!(!key.public().verify_strict(b"another body", &signed));
+                let other = &keys[(i + 1) % keys.len()];
+                assert!(!other.public().verify_strict(b"link body", &signed));
+            }
+        }
+        let kept = DECOMPRESSED.with(|kept| kept.borrow().len());
+        assert_eq!(kept, DECOMPRESSED_KEPT);
+    }
+
+    #[test]
+    fn bytes_that_are_no_point_verify_nothing_and_are_not_kept() {
+        // y = 2 has no x on the curve: not a point.
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        assert!(VerifyingKey::from_bytes(&not_a_point).is_err());
+        let before = DECOMPRESSED.with(|kept| kept.borrow().len());
+        assert!(!PublicKey::from_bytes(not_a_point).verify_strict(b"m", &[0; 64]));
+        assert_eq!(DECOMPRESSED.with(|kept| kept.borrow().len()), before);
     }
 
     #[test]

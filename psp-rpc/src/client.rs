@@ -159,7 +159,7 @@ pub async fn dial_guarded(
     // because an answer is measured (`total_size`) before it is decoded.
     let network = twoparty::VatNetwork::new(
         reader,
-        writer,
+        crate::coalesce::Coalesce::new(writer),
         rpc_twoparty_capnp::Side::Client,
         *limits
             .reader_options()

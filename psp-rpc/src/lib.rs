@@ -14,10 +14,13 @@
 //! * [`totebox_server`]: [`totebox_server::ToteboxService`] serves any `Archive`. `open`
 //!   verifies the capability against the TLS peer, every call re-checks it, queries run on the
 //!   blocking pool, refusals are logged as security events.
-//! * [`client`]: [`client::ToteboxClient`] connects, confirming the session with a round trip,
-//!   and sends `open(...).query(...)` pipelined as one round trip. It redials with backoff.
+//! * [`client`]: [`client::ToteboxClient`] connects and sends its first call beside the
+//!   session's confirming `identify`; a query or command is one call (`Totebox.query(chain, q)`),
+//!   and `open(...).query(...)` still goes pipelined as one round trip. It redials with backoff.
 //! * [`diode`]: the guard on every connection toward a Totebox, which cuts it when the Totebox
 //!   tries to call, bootstrap, or hand over a capability upstream.
+//! * [`coalesce`]: every connection's writer sends each message whole, one TLS record in one
+//!   system call, where capnp's separate writes of a segment table and segments made two.
 //! * [`limits`]: message size, nesting, calls in flight, deadlines; the `code: message` errors.
 //! * [`activity`]: when a server closes a connection that is idle or trickles.
 //! * [`delay_proxy`]: a user-space delay proxy that counts round trips, for tests and benchmarks.
@@ -30,6 +33,7 @@ pub use psp_core;
 
 pub mod activity;
 pub mod client;
+pub mod coalesce;
 pub mod delay_proxy;
 pub mod diode;
 pub mod frame_limit;

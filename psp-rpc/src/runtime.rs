@@ -241,7 +241,7 @@ async fn connection(
     );
     let network = twoparty::VatNetwork::new(
         reader,
-        writer.compat_write(),
+        crate::coalesce::Coalesce::new(writer.compat_write()),
         rpc_twoparty_capnp::Side::Server,
         limits.reader_options(),
     );
