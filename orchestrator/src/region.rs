@@ -50,7 +50,7 @@ pub struct RegionAnswer {
 
 type Confirmation = Shared<LocalBoxFuture<'static, Result<Rc<Vec<ArchiveStatus>>, ConnectError>>>;
 
-/// A connection to a regional orchestrator. Must live on a tokio `LocalSet`.
+/// A connection to a regional orchestrator. Must live on a tokio `LocalSet` or `LocalRuntime`.
 pub struct RegionClient {
     orchestrator: orchestrator::Client,
     rpc: tokio::task::JoinHandle<()>,

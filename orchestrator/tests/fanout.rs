@@ -1,9 +1,10 @@
 //! Fan-out over a real fleet (generated property archives served over real TLS): exact merges,
 //! one outcome per source, dead and slow sources reported within the deadline, never a hang.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use orchestrator::fanout::{FanOutLimits, Fleet, Source, SourceStatus};
+use orchestrator::fanout::{FanOutLimits, Fleet, Source, SourceStatus, Watch, Work};
 use psp_core::query::{Aggregate, AggregateFunction, Merger, Query, QueryResult, Value};
 use support::{chain, world};
 
@@ -218,4 +219,61 @@ async fn views_are_strict_or_best_effort_and_rollups_group_by_archive_labels() {
     for t in w.toteboxes {
         t.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+/// A fold that stops reading while every source answers, then cancels: each source still
+/// arrives exactly once, answered or `Cancelled`, never lost in a send the cancel cut short.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_while_the_fold_reads_nothing_loses_no_source() {
+    let w = world(40).await;
+    let fleet = Fleet::with_workers(w.orchestrator.clone(), Limits::default(), 2);
+    let ids: Vec<&str> = w.sources.iter().map(|s| s.archive.as_str()).collect();
+    let watch = Watch::default();
+    let mut arrivals = fleet.stream(
+        "acme".into(),
+        w.sources.clone(),
+        &chain(&w, &ids),
+        Work::Query(noi()),
+        FanOutLimits {
+            max_concurrency: 40,
+            deadline: Duration::from_secs(20),
+            source_timeout: Duration::from_secs(10),
+            ..limits()
+        },
+        watch.clone(),
+    );
+    // More sources have answered than the queue between the workers and this fold holds (16),
+    // so a worker waits in a send with answers in hand (and, held back, asks no further).
+    let asked = Instant::now();
+    while watch.answered.load(Ordering::Relaxed) <= 16 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(15),
+            "the sources are slow"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answered = watch.answered.load(Ordering::Relaxed);
+    assert!(
+        answered < 40,
+        "a fold that reads nothing holds the fan-out back"
+    );
+    watch.cancel.cancel();
+    let mut seen = vec![0; 40];
+    let (mut ok, mut cancelled) = (0, 0);
+    while let Some(arrival) = arrivals.recv().await {
+        seen[arrival.index] += 1;
+        match arrival.outcome.status {
+            SourceStatus::Ok => ok += 1,
+            SourceStatus::Cancelled => cancelled += 1,
+            other => panic!("source {} ended {other:?}", arrival.index),
+        }
+    }
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "arrivals per source: {seen:?}"
+    );
+    assert!(ok >= 16, "the queued answers arrive as answered ({ok})");
+    assert!(cancelled > 0, "the sources held back end cancelled");
+    assert_eq!(ok + cancelled, 40);
 }

@@ -1,7 +1,9 @@
 //! What psp-rpc costs on top of capnp-rpc: calls per second of the same call (`identify`) over
 //! the same pinned-key TLS, through psp-rpc's server runtime and client (per-call gating, the
-//! frame limit, the diode guard, deadlines) and through a bare capnp-rpc server and client, one
-//! after the other in one run, sequentially and with 100 calls in flight.
+//! frame limit, the diode guard, deadlines, and each message sent as one TLS record) and through
+//! a bare capnp-rpc server and client, one after the other in one run, sequentially and with 100
+//! calls in flight. A third contender is bare capnp-rpc sending each message as one record too
+//! (`psp_rpc::coalesce`), so that what psp-rpc's checks alone cost shows beside what it saves.
 //!
 //! ```text
 //! cargo run --release -p psp-rpc --example rpc_overhead [-- --rounds 3 --calls 20000]
@@ -96,8 +98,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Bare capnp-rpc over the same TLS.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let bare_address = listener.local_addr()?;
-        tokio::spawn(serve_bare(listener, tls_config));
-        let bare = connect_bare(bare_address, &client_key, server_key.public()).await?;
+        tokio::spawn(serve_bare(listener, tls_config.clone(), false));
+        let bare = connect_bare(bare_address, &client_key, server_key.public(), false).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let whole_address = listener.local_addr()?;
+        tokio::spawn(serve_bare(listener, tls_config.clone(), true));
+        let whole = connect_bare(whole_address, &client_key, server_key.public(), true).await?;
 
         let mut figures = Vec::new();
         for round in 0..rounds {
@@ -105,31 +111,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let bare_sequential = sequential(calls, || identify(&bare)).await;
             let psp_flight = in_flight(calls * 5, 100, || psp.identify()).await;
             let bare_flight = in_flight(calls * 5, 100, || identify(&bare)).await;
+            let whole_sequential = sequential(calls, || identify(&whole)).await;
+            let whole_flight = in_flight(calls * 5, 100, || identify(&whole)).await;
             eprintln!(
-                "round {round}: sequential {psp_sequential:.0} vs {bare_sequential:.0} calls/s, 100 in flight {psp_flight:.0} vs {bare_flight:.0} calls/s"
+                "round {round}: sequential {psp_sequential:.0} vs {bare_sequential:.0} (whole {whole_sequential:.0}) calls/s, 100 in flight {psp_flight:.0} vs {bare_flight:.0} (whole {whole_flight:.0}) calls/s"
             );
-            figures.push((psp_sequential, bare_sequential, psp_flight, bare_flight));
+            figures.push([
+                psp_sequential,
+                bare_sequential,
+                whole_sequential,
+                psp_flight,
+                bare_flight,
+                whole_flight,
+            ]);
         }
-        let median = |pick: fn(&(f64, f64, f64, f64)) -> f64| {
+        // Medians of a figure, or of a ratio taken round by round.
+        let median = |pick: &dyn Fn(&[f64; 6]) -> f64| {
             let mut v: Vec<f64> = figures.iter().map(pick).collect();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let ratio = |pick: fn(&(f64, f64, f64, f64)) -> f64| median(pick);
-        println!("| calls | psp-rpc | bare capnp-rpc | psp-rpc / bare |");
-        println!("| --- | ---: | ---: | ---: |");
         println!(
-            "| sequential | {:.0}/s | {:.0}/s | {:.2} |",
-            median(|f| f.0),
-            median(|f| f.1),
-            ratio(|f| f.0 / f.1)
+            "| calls | psp-rpc | bare capnp-rpc | psp-rpc / bare | bare, one record a message | psp-rpc / that |"
         );
-        println!(
-            "| 100 in flight | {:.0}/s | {:.0}/s | {:.2} |",
-            median(|f| f.2),
-            median(|f| f.3),
-            ratio(|f| f.2 / f.3)
-        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        for (what, at) in [("sequential", 0), ("100 in flight", 3)] {
+            println!(
+                "| {what} | {:.0}/s | {:.0}/s | {:.2} | {:.0}/s | {:.2} |",
+                median(&|f| f[at]),
+                median(&|f| f[at + 1]),
+                median(&|f| f[at] / f[at + 1]),
+                median(&|f| f[at + 2]),
+                median(&|f| f[at] / f[at + 2]),
+            );
+        }
         println!("\n(median of {rounds} rounds; each ratio is the median of the rounds' ratios)");
         Ok::<_, Box<dyn std::error::Error>>(())
     })
@@ -177,7 +192,12 @@ async fn identify(client: &totebox::Client) -> Result<(), capnp::Error> {
     Ok(())
 }
 
-async fn serve_bare(listener: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) {
+/// A bare capnp-rpc server; `whole`: each message sent as one TLS record.
+async fn serve_bare(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    whole: bool,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     while let Ok((tcp, _)) = listener.accept().await {
         let _ = tcp.set_nodelay(true);
@@ -187,12 +207,7 @@ async fn serve_bare(listener: tokio::net::TcpListener, config: Arc<rustls::Serve
                 return;
             };
             let (reader, writer) = tokio::io::split(stream);
-            let network = twoparty::VatNetwork::new(
-                reader.compat(),
-                writer.compat_write(),
-                rpc_twoparty_capnp::Side::Server,
-                Default::default(),
-            );
+            let network = network(reader, writer, rpc_twoparty_capnp::Side::Server, whole);
             let client: totebox::Client = capnp_rpc::new_client(Bare);
             let _ = RpcSystem::new(Box::new(network), Some(client.client)).await;
         });
@@ -203,17 +218,33 @@ async fn connect_bare(
     address: SocketAddr,
     identity: &IdentityKey,
     key: psp_core::PublicKey,
+    whole: bool,
 ) -> Result<totebox::Client, Box<dyn std::error::Error>> {
     let stream = dial(address, identity, key).await?;
     let (reader, writer) = tokio::io::split(stream);
-    let network = twoparty::VatNetwork::new(
-        reader.compat(),
-        writer.compat_write(),
-        rpc_twoparty_capnp::Side::Client,
-        Default::default(),
-    );
+    let network = network(reader, writer, rpc_twoparty_capnp::Side::Client, whole);
     let mut rpc = RpcSystem::new(Box::new(network), None);
     let client: totebox::Client = rpc.bootstrap(rpc_twoparty_capnp::Side::Server);
     tokio::task::spawn_local(rpc);
     Ok(client)
+}
+
+/// capnp-rpc's two-party network over a TLS stream's halves; `whole`: each message sent as one
+/// TLS record (psp-rpc's writer), else as capnp writes it (a segment table, then each segment).
+fn network<S>(
+    reader: tokio::io::ReadHalf<S>,
+    writer: tokio::io::WriteHalf<S>,
+    side: rpc_twoparty_capnp::Side,
+    whole: bool,
+) -> twoparty::VatNetwork<tokio_util::compat::Compat<tokio::io::ReadHalf<S>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let reader = reader.compat();
+    if whole {
+        let writer = psp_rpc::coalesce::Coalesce::new(writer.compat_write());
+        twoparty::VatNetwork::new(reader, writer, side, Default::default())
+    } else {
+        twoparty::VatNetwork::new(reader, writer.compat_write(), side, Default::default())
+    }
 }

@@ -1,8 +1,8 @@
 //! The Totebox client: what an aggregator uses to reach one Totebox.
 //!
-//! A client runs on a tokio `LocalSet` (capnp-rpc is single-threaded). Its side of the connection
-//! exports nothing: no bootstrap capability, and no method it calls takes a capability, so the
-//! Totebox has nothing to call back (the diode). Every session is confirmed by the Totebox's
+//! A client runs on a tokio `LocalSet` or `LocalRuntime` (capnp-rpc is single-threaded). Its
+//! side of the connection exports nothing: no bootstrap capability, and no method it calls takes
+//! a capability, so the Totebox has nothing to call back (the diode). Every session is confirmed by the Totebox's
 //! `identify` answer, because with TLS 1.3 a client the server refuses only learns so at its
 //! first exchange: [`ToteboxClient::connect`] waits for it, [`ToteboxClient::connect_serving`]
 //! sends the first query alongside it and holds that query's answer until it arrives.
@@ -227,7 +227,7 @@ impl Drop for RpcTask {
     }
 }
 
-/// A connection to one Totebox. Must be created and used on a `LocalSet`.
+/// A connection to one Totebox. Must be created and used on a `LocalSet` or `LocalRuntime`.
 pub struct ToteboxClient {
     totebox: totebox::Client,
     peer: PublicKey,

@@ -182,4 +182,78 @@ mod tests {
             assert_eq!(out.inner.seen[2], b"tail", "close sends what is held");
         });
     }
+
+    /// Takes at most `take` bytes a write and is not ready every other time it is asked.
+    struct Reluctant {
+        seen: Vec<u8>,
+        writes: usize,
+        refused: usize,
+        take: usize,
+        ready: bool,
+    }
+
+    impl Reluctant {
+        fn poll<T>(&mut self, cx: &mut Context<'_>, then: impl FnOnce(&mut Self) -> T) -> Poll<T> {
+            self.ready = !self.ready;
+            if self.ready {
+                Poll::Ready(then(self))
+            } else {
+                self.refused += 1;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+
+    impl AsyncWrite for Reluctant {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().poll(cx, |this| {
+                let n = data.len().min(this.take);
+                this.seen.extend_from_slice(&data[..n]);
+                this.writes += 1;
+                Ok(n)
+            })
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().poll(cx, |_| Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().poll(cx, |_| Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_writer_often_not_ready_still_gets_every_byte_in_order() {
+        futures::executor::block_on(async {
+            let mut out = Coalesce::new(Reluctant {
+                seen: Vec::new(),
+                writes: 0,
+                refused: 0,
+                take: 1000,
+                ready: false,
+            });
+            let mut expected = Vec::new();
+            // Small pieces held and flushed, pieces that overflow what may be held (so a write
+            // waits on sending what is held), and pieces large enough to go straight through.
+            for (i, size) in [8, 300, GATHER_BYTES - 100, 500, GATHER_BYTES + 7, 3, 20_000]
+                .into_iter()
+                .enumerate()
+            {
+                let piece: Vec<u8> = (0..size).map(|b| (b * 31 + i) as u8).collect();
+                out.write_all(&piece).await.unwrap();
+                expected.extend_from_slice(&piece);
+                if i % 3 == 2 {
+                    out.flush().await.unwrap();
+                }
+            }
+            out.close().await.unwrap();
+            assert_eq!(out.inner.seen, expected);
+            assert!(out.inner.refused > 0 && out.inner.writes > 1);
+            assert_eq!(out.held.capacity(), 0);
+        });
+    }
 }
