@@ -54,9 +54,10 @@ class PinMismatch(PspError):
 
 
 def _code(text: str) -> str | None:
-    """The PSP code at the start of ``text`` (``family.rule``), if there is one."""
+    """The PSP code at the start of ``text`` (``family.rule``, or ``internal``: a server that
+    failed), if there is one."""
     head = text.split(": ", 1)[0]
-    if "." in head and head and all(c.islower() or c in ".-" for c in head):
+    if ("." in head or head == "internal") and head and all(c.islower() or c in ".-" for c in head):
         return head
     return None
 

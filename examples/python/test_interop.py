@@ -538,3 +538,14 @@ def test_progress_cancel_and_the_codes_a_console_meets(fleet):
             console.close()
 
     run(session())
+
+
+def test_codes_are_read_as_the_rust_console_reads_them():
+    """``family.rule`` and ``internal`` are the peer's codes; anything else is a transport failure."""
+    from psp_console import _code
+
+    assert _code("capability.expired: the window ended") == "capability.expired"
+    assert _code("internal: the disk write failed") == "internal"
+    assert _code("nodot: message") is None
+    assert _code("Error: nope") is None
+    assert _code("Internal: capitals are no code") is None

@@ -69,6 +69,10 @@ impl Limits {
     }
 }
 
+/// The code of a server that failed (a disk write, a task that died): the one documented code
+/// with no family before a dot.
+const INTERNAL: &str = "internal";
+
 /// A PSP call that failed: the stable code (`capability.expired`, `policy.aggregate-only`,
 /// `limit.rows`, ...) and the human message, as carried in the Cap'n Proto exception.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,7 +111,7 @@ impl CallError {
             && code
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'-')
-            && code.contains('.')
+            && (code.contains('.') || code == INTERNAL)
         {
             return Self::new(code, message);
         }
@@ -177,5 +181,14 @@ mod tests {
         // Text that merely looks like a code (no family, capitals) is not taken for one.
         assert_eq!(read(Failed, "Error: nope").code, "transport.failed");
         assert_eq!(read(Failed, "nodot: message").code, "transport.failed");
+    }
+
+    /// `internal`, the one documented code without a family (a server that failed, such as a
+    /// disk write), is the peer's word too, not a transport failure.
+    #[test]
+    fn a_peer_that_failed_is_read_as_internal() {
+        let read = read(capnp::ErrorKind::Failed, "internal: the disk write failed");
+        assert_eq!(read.code, "internal");
+        assert_eq!(read.message, "the disk write failed");
     }
 }
