@@ -324,6 +324,21 @@ impl Pool {
         self.connections
             .borrow_mut()
             .retain(|archive, _| kept.contains(archive.as_str()));
+        // An archive the config no longer lists has no health to report, and stops counting
+        // as connected.
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        for gone in self.maintained.borrow().iter() {
+            if kept.contains(gone.archive.as_str()) {
+                continue;
+            }
+            if health
+                .remove(&gone.archive)
+                .is_some_and(|report| report.health == Health::Up)
+            {
+                crate::metrics::connected(false);
+            }
+        }
+        drop(health);
         *self.maintained.borrow_mut() = sources;
     }
 

@@ -11,6 +11,7 @@ mod scrape;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::time::Duration;
 
 use orchestrator::selection::Selector;
 use psp_core::query::{Aggregate, Query};
@@ -148,5 +149,41 @@ async fn both_servers_expose_what_they_did_and_accept_nothing() {
             .unwrap();
         assert!(status.contains("405"), "{endpoint}: {status}");
     }
+
+    // A reload that drops prop-02 from the config: it no longer counts as connected.
+    let prop_01 = &fleet.toteboxes[0];
+    std::fs::write(
+        &config,
+        format!(
+            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ {} }}\n[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\"]\n",
+            prop_01.id,
+            prop_01.address,
+            prop_01.key,
+            prop_01.labels,
+            operator.public()
+        ),
+    )
+    .unwrap();
+    orchestrator.signal("HUP");
+    let asked = std::time::Instant::now();
+    while !orchestrator.stderr_text().contains("reloaded the config") {
+        assert!(asked.elapsed() < Duration::from_secs(10), "no reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connected = loop {
+        let samples = tokio::task::spawn_blocking(move || scrape(orchestrator_metrics))
+            .await
+            .unwrap();
+        let connected = value(&samples, "psp_orchestrator_connected_toteboxes{}");
+        if connected == Some(1.0) || asked.elapsed() > Duration::from_secs(10) {
+            break connected;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        connected,
+        Some(1.0),
+        "a dropped archive still counts as connected"
+    );
     drop(orchestrator);
 }
