@@ -336,9 +336,8 @@ fn init_logs(format: &str) {
 
 async fn probe(config: PathBuf, timeout_ms: u64) -> Result<(), String> {
     let config = orchestrator::config::Config::load(&config).map_err(|e| e.to_string())?;
-    let key = psp_core::IdentityKey::load(&config.identity)
-        .map_err(|e| e.to_string())?
-        .public();
+    let identity = psp_core::IdentityKey::load(&config.identity).map_err(|e| e.to_string())?;
+    let key = identity.public();
     let mut address: std::net::SocketAddr = tokio::net::lookup_host(&config.listen)
         .await
         .map_err(|e| format!("listen {:?}: {e}", config.listen))?
@@ -350,11 +349,11 @@ async fn probe(config: PathBuf, timeout_ms: u64) -> Result<(), String> {
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    // A key of its own, which the orchestrator does not know: the handshake completes on this
-    // side once the server has proved its key, before it judges ours.
-    let prober = psp_core::IdentityKey::generate().map_err(|e| e.to_string())?;
+    // The orchestrator's own key, which it refuses as it refuses any key that is no operator's,
+    // but quietly (`PairedKeys::refuse_quietly`): the handshake completes on this side once the
+    // server has proved its key, before it judges ours.
     let timeout = std::time::Duration::from_millis(timeout_ms);
-    tokio::time::timeout(timeout, psp_rpc::client::dial(address, &prober, key))
+    tokio::time::timeout(timeout, psp_rpc::client::dial(address, &identity, key))
         .await
         .map_err(|_| format!("{address}: no TLS handshake within {timeout:?}"))?
         .map_err(|e| e.to_string())?;

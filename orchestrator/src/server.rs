@@ -34,6 +34,9 @@ impl RunningOrchestrator {
         let service = OrchestratorService::new(config.clone(), &identity, limits);
         // Only operator keys complete TLS: a Totebox, or anyone else, can never act as a console.
         let operators = PairedKeys::new(config.operator_keys());
+        // `orchestrator probe` presents this orchestrator's own key; refused, but not logged as
+        // an attack every few seconds.
+        operators.refuse_quietly(identity.public());
         let tls_config =
             tls::server_config(&identity, operators.clone()).map_err(|e| e.to_string())?;
         let listener = tokio::net::TcpListener::bind(&config.listen)

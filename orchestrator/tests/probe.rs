@@ -47,6 +47,46 @@ fn a_probe_passes_only_against_a_serving_orchestrator_with_the_configs_key() {
     let said = String::from_utf8_lossy(&up.stdout);
     assert!(said.contains(&orchestrator.key), "{said}");
     assert!(said.contains(&format!("127.0.0.1:{port}")), "{said}");
+    // The probe presents the orchestrator's own key: refused, and not logged as an attack.
+    for _ in 0..3 {
+        assert!(probe(&config).status.success());
+    }
+    let log = orchestrator.process.stderr_text();
+    assert!(
+        !log.contains("not paired"),
+        "a probe logged as a refusal: {log}"
+    );
+
+    // That key is still no operator's: a console presenting it is refused, and a key nobody
+    // paired is still logged as a security event.
+    let own_key = Command::new(ORCHESTRATOR)
+        .args(["fleet", "--connect", &orchestrator.address])
+        .args(["--orchestrator-key", &orchestrator.key, "--key"])
+        .arg(fleet.path("orchestrator.pem"))
+        .output()
+        .unwrap();
+    assert!(!own_key.status.success());
+    let refused = String::from_utf8_lossy(&own_key.stderr);
+    assert!(refused.contains("tenant.not-an-operator"), "{refused}");
+    IdentityKey::generate()
+        .unwrap()
+        .save(&fleet.path("stranger.pem"))
+        .unwrap();
+    let stranger = Command::new(ORCHESTRATOR)
+        .args(["fleet", "--connect", &orchestrator.address])
+        .args(["--orchestrator-key", &orchestrator.key, "--key"])
+        .arg(fleet.path("stranger.pem"))
+        .output()
+        .unwrap();
+    assert!(!stranger.status.success());
+    let asked = std::time::Instant::now();
+    while !orchestrator.process.stderr_text().contains("not paired") {
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(5),
+            "a stranger's key was not logged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     // A config with another key, pointed at the same address: the server cannot prove it.
     IdentityKey::generate()

@@ -97,6 +97,9 @@ impl std::error::Error for NotEd25519 {}
 #[derive(Debug, Default)]
 pub struct PairedKeys {
     keys: RwLock<HashSet<PublicKey>>,
+    /// A key refused like any other unpaired key, but logged at debug: see
+    /// [`PairedKeys::refuse_quietly`].
+    quiet: std::sync::OnceLock<PublicKey>,
 }
 
 impl PairedKeys {
@@ -104,7 +107,16 @@ impl PairedKeys {
     pub fn new(keys: impl IntoIterator<Item = PublicKey>) -> Arc<Self> {
         Arc::new(Self {
             keys: RwLock::new(keys.into_iter().collect()),
+            quiet: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Refuses `key` as any unpaired key is refused, but logs its refusals at debug, not as
+    /// security events. Meant for the machine's own key, which its readiness probe presents
+    /// (`orchestrator probe`): a probe every few seconds would otherwise bury real refusals.
+    /// Set once; a later call changes nothing. Pairing `key` still admits it.
+    pub fn refuse_quietly(&self, key: PublicKey) {
+        let _ = self.quiet.set(key);
     }
 
     /// Whether `key` is paired.
@@ -133,7 +145,11 @@ impl PairedKeys {
         }
         let key = certificate_key(end_entity)?;
         if !self.contains(&key) {
-            tracing::warn!(target: "psp::security", peer = %key, "refused a TLS peer whose key is not paired");
+            if self.quiet.get() == Some(&key) {
+                tracing::debug!(target: "psp::security", peer = %key, "refused this machine's own key (a readiness probe)");
+            } else {
+                tracing::warn!(target: "psp::security", peer = %key, "refused a TLS peer whose key is not paired");
+            }
             // Sent to the peer as an `access_denied` alert.
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
