@@ -59,12 +59,15 @@ fn a_probe_passes_only_against_a_serving_orchestrator_with_the_configs_key() {
 
     // That key is still no operator's: a console presenting it is refused, and a key nobody
     // paired is still logged as a security event.
-    let own_key = Command::new(ORCHESTRATOR)
-        .args(["fleet", "--connect", &orchestrator.address])
-        .args(["--orchestrator-key", &orchestrator.key, "--key"])
-        .arg(fleet.path("orchestrator.pem"))
-        .output()
-        .unwrap();
+    let fleet_as = |key_file: &str| {
+        Command::new(ORCHESTRATOR)
+            .args(["fleet", "--connect", &orchestrator.address])
+            .args(["--orchestrator-key", &orchestrator.key, "--key"])
+            .arg(fleet.path(key_file))
+            .output()
+            .unwrap()
+    };
+    let own_key = fleet_as("orchestrator.pem");
     assert!(!own_key.status.success());
     let refused = String::from_utf8_lossy(&own_key.stderr);
     assert!(refused.contains("tenant.not-an-operator"), "{refused}");
@@ -72,12 +75,7 @@ fn a_probe_passes_only_against_a_serving_orchestrator_with_the_configs_key() {
         .unwrap()
         .save(&fleet.path("stranger.pem"))
         .unwrap();
-    let stranger = Command::new(ORCHESTRATOR)
-        .args(["fleet", "--connect", &orchestrator.address])
-        .args(["--orchestrator-key", &orchestrator.key, "--key"])
-        .arg(fleet.path("stranger.pem"))
-        .output()
-        .unwrap();
+    let stranger = fleet_as("stranger.pem");
     assert!(!stranger.status.success());
     let asked = std::time::Instant::now();
     while !orchestrator.process.stderr_text().contains("not paired") {
