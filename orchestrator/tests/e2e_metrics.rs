@@ -22,29 +22,30 @@ use support::processes::{Fleet, ORCHESTRATOR, Proc, totebox_binary};
 use tokio::task::LocalSet;
 
 /// A port free now (the server binds it a moment later).
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// The address a server printed as `metrics on http://ADDRESS/metrics`: each binds port 0 and
+/// says which port it got, so no two tests can race for one.
+fn metrics_address(line: &str) -> SocketAddr {
+    line.strip_prefix("metrics on http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn both_servers_expose_what_they_did_and_accept_nothing() {
     let mut fleet = Fleet::start(2, 0);
     // prop-01 again, now with its metrics endpoint.
-    let totebox_metrics = free_address();
     fleet.toteboxes[0].process.kill();
     let mut command = Command::new(totebox_binary());
     command
         .arg("serve")
         .arg("--config")
         .arg(fleet.path("fleet/prop-01/archive.toml"))
-        .arg("--metrics")
-        .arg(totebox_metrics.to_string());
-    let (process, line) = Proc::start(command, fleet.path("prop-01.metrics.log"));
+        .args(["--metrics", "127.0.0.1:0"]);
+    let (process, lines) = Proc::start_lines(command, fleet.path("prop-01.metrics.log"), 2);
     fleet.toteboxes[0].process = process;
-    fleet.toteboxes[0].address = line.split_whitespace().nth(1).unwrap().to_owned();
+    fleet.toteboxes[0].address = lines[0].split_whitespace().nth(1).unwrap().to_owned();
+    let totebox_metrics = metrics_address(&lines[1]);
 
     let operator = IdentityKey::generate().unwrap();
     let config = fleet.path("orchestrator.toml");
@@ -57,15 +58,14 @@ async fn both_servers_expose_what_they_did_and_accept_nothing() {
         ),
     )
     .unwrap();
-    let orchestrator_metrics = free_address();
     let mut command = Command::new(ORCHESTRATOR);
     command
         .args(["serve", "--config"])
         .arg(&config)
-        .arg("--metrics")
-        .arg(orchestrator_metrics.to_string());
-    let (orchestrator, line) = Proc::start(command, fleet.path("orchestrator.log"));
-    let words: Vec<&str> = line.split_whitespace().collect();
+        .args(["--metrics", "127.0.0.1:0"]);
+    let (orchestrator, lines) = Proc::start_lines(command, fleet.path("orchestrator.log"), 2);
+    let orchestrator_metrics = metrics_address(&lines[1]);
+    let words: Vec<&str> = lines[0].split_whitespace().collect();
     let (address, key) = (words[3].parse().unwrap(), words[5].parse().unwrap());
 
     let grant = fleet.grant(&operator, &["prop-01", "prop-02"], vec![Operation::Query]);

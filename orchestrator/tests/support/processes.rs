@@ -42,26 +42,40 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `command` and waits for its first stdout line (where it listens).
-    pub fn start(mut command: Command, stderr: PathBuf) -> (Proc, String) {
+    pub fn start(command: Command, stderr: PathBuf) -> (Proc, String) {
+        let (proc, mut lines) = Proc::start_lines(command, stderr, 1);
+        (proc, lines.remove(0))
+    }
+
+    /// Starts `command` and waits for its first `count` stdout lines.
+    pub fn start_lines(mut command: Command, stderr: PathBuf, count: usize) -> (Proc, Vec<String>) {
         let log = std::fs::File::create(&stderr).unwrap();
         let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next());
+            for _ in 0..count {
+                let _ = tx.send(lines.next());
+            }
             // Keep draining so the child never blocks on a full pipe.
             for _ in lines {}
         });
         let proc = Proc { child, stderr };
-        match rx.recv_timeout(STARTUP) {
-            Ok(Some(Ok(line))) => (proc, line),
-            other => panic!(
-                "{:?} did not start ({other:?}): {}",
-                command,
-                proc.stderr_text()
-            ),
+        let mut read = Vec::new();
+        let until = std::time::Instant::now() + STARTUP;
+        while read.len() < count {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Some(Ok(line))) => read.push(line),
+                other => panic!(
+                    "{:?} did not start ({other:?}): {}",
+                    command,
+                    proc.stderr_text()
+                ),
+            }
         }
+        (proc, read)
     }
 
     /// Sends a signal by name (`KILL`, `STOP`, `CONT`, `HUP`, `TERM`).
