@@ -123,11 +123,16 @@ fn counted(what: &'static str, result: Result<(), capnp::Error>) -> Result<(), c
         Ok(()) => "ok".to_owned(),
         Err(e) => CallError::from_capnp(e).code,
     };
-    if code.starts_with("capability.") || code.starts_with("policy.") {
-        metrics::counter!(REFUSALS, "rule" => code.clone()).increment(1);
-    }
+    count_refusal(&code);
     metrics::counter!(what, "code" => code).increment(1);
     result
+}
+
+/// Counts `code` among the refusals by rule when it is one (`capability.*` or `policy.*`).
+fn count_refusal(code: &str) {
+    if code.starts_with("capability.") || code.starts_with("policy.") {
+        metrics::counter!(REFUSALS, "rule" => code.to_owned()).increment(1);
+    }
 }
 
 fn refused(peer: &PublicKey, error: &CapabilityError) -> capnp::Error {
@@ -160,7 +165,10 @@ impl totebox::Server for ToteboxServer {
         mut results: totebox::OpenResults,
     ) -> Result<(), capnp::Error> {
         let _running = self.connection.begin_call()?;
-        let session = self.session(params.get()?.get_chain()?)?;
+        // Not a query or a command yet: only a refusal is counted.
+        let session = self
+            .session(params.get()?.get_chain()?)
+            .inspect_err(|e| count_refusal(&CallError::from_capnp(e).code))?;
         results.get().set_session(capnp_rpc::new_client(session));
         Ok(())
     }

@@ -67,6 +67,20 @@ async fn a_scrape_reads_queries_refusals_and_records_and_nothing_else_is_accepte
                 at(&format!("psp_totebox_refusals_total{{rule={code}}}")),
                 Some(1.0)
             );
+            // The same chain offered to `open`: refused by the same rule, and counted too.
+            let opened = client
+                .open(&chain(&m, &m.orchestrator, "tower-b", 60))
+                .await
+                .err()
+                .expect("open refused");
+            assert_eq!(&opened.code, code);
+            let samples = scraped(address).await;
+            let at = |key: &str| value(&samples, key);
+            assert_eq!(
+                at(&format!("psp_totebox_refusals_total{{rule={code}}}")),
+                Some(2.0),
+                "a refused open is a refusal"
+            );
             assert_eq!(at("psp_totebox_records{collection=units}"), Some(12.0));
         })
         .await;
