@@ -189,6 +189,9 @@ fn a_command_is_offered_only_when_asked_confirmed_first_and_refused_from_elsewhe
         401,
         "no secret, no command"
     );
+    // A form past 16 KiB is refused whole (413), though its token and origin are right.
+    let padded = format!("{fields}&padding={}", "a".repeat(16 * 1024));
+    assert_eq!(site.post("/command", &[("Origin", &own)], &padded).0, 413);
 
     // First the confirmation, naming every archive it will reach; nothing is applied yet.
     let (status, _, confirm) = site.post("/command", &[("Origin", &own)], &fields);
