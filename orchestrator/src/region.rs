@@ -226,14 +226,9 @@ impl RegionClient {
             chain.write(r.reborrow().init_chain());
             set_options(r.init_options(), ask.until, self.rtt.get());
         }
-        let response = self.call("partial", request.send().promise).await?;
-        within_bytes(
-            response
-                .get()
-                .and_then(|r| r.total_size())
-                .map_err(malformed)?,
-            max_bytes,
-        )?;
+        let response = self
+            .call_within("partial", request.send().promise, max_bytes)
+            .await?;
         let answer = response
             .get()
             .and_then(|r| r.get_answer())
@@ -297,14 +292,9 @@ impl RegionClient {
             c.set_idempotency_key(&command.idempotency_key);
             c.set_arguments(&command.arguments);
         }
-        let response = self.call("command", request.send().promise).await?;
-        within_bytes(
-            response
-                .get()
-                .and_then(|r| r.total_size())
-                .map_err(malformed)?,
-            max_bytes,
-        )?;
+        let response = self
+            .call_within("command", request.send().promise, max_bytes)
+            .await?;
         let list = response
             .get()
             .and_then(|r| r.get_outcomes())
@@ -360,6 +350,24 @@ impl RegionClient {
                     format!("could not delegate the request to {}: {e}", self.address),
                 )
             })
+    }
+
+    /// [`RegionClient::call`], refusing an answer larger than `max_bytes` before any of it is
+    /// read (a region answers for many archives, and its share is theirs together).
+    async fn call_within<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = capnp::Result<capnp::capability::Response<T>>>,
+        max_bytes: usize,
+    ) -> Result<capnp::capability::Response<T>, CallError> {
+        let response = self.call(what, call).await?;
+        let size = response
+            .hook
+            .get()
+            .and_then(|root| root.target_size())
+            .map_err(malformed)?;
+        within_bytes(size, max_bytes)?;
+        Ok(response)
     }
 
     async fn call<T>(
