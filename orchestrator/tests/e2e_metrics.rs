@@ -18,6 +18,7 @@ use psp_core::query::{Aggregate, Query};
 use psp_core::{IdentityKey, Operation};
 use psp_rpc::limits::Limits;
 use scrape::{http, scrape, value};
+use support::acme_tenant;
 use support::processes::{Fleet, ORCHESTRATOR, Proc, totebox_binary};
 use tokio::task::LocalSet;
 
@@ -52,9 +53,9 @@ async fn both_servers_expose_what_they_did_and_accept_nothing() {
     std::fs::write(
         &config,
         format!(
-            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n{}[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
+            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n{}{}",
             fleet.fleet_toml(),
-            operator.public()
+            acme_tenant(operator.public(), &["prop-01", "prop-02"])
         ),
     )
     .unwrap();
@@ -168,12 +169,12 @@ async fn both_servers_expose_what_they_did_and_accept_nothing() {
     std::fs::write(
         &config,
         format!(
-            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ {} }}\n[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\"]\n",
+            "identity = \"orchestrator.pem\"\nlisten = \"127.0.0.1:0\"\n[[fleet]]\nid = \"{}\"\naddress = \"{}\"\nkey = \"{}\"\nlabels = {{ {} }}\n{}",
             prop_01.id,
             prop_01.address,
             prop_01.key,
             prop_01.labels,
-            operator.public()
+            acme_tenant(operator.public(), &["prop-01"])
         ),
     )
     .unwrap();

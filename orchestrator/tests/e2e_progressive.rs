@@ -11,6 +11,7 @@ use orchestrator::selection::Selector;
 use psp_core::query::{Aggregate, AggregateFunction, Query};
 use psp_core::{IdentityKey, Operation};
 use psp_rpc::limits::Limits;
+use support::acme_tenant;
 use support::faults::Fault;
 use support::processes::Fleet;
 
@@ -20,13 +21,7 @@ fn updates_arrive_before_a_stalled_source_ends_and_the_last_is_the_view() {
     let stalled = fleet.behind_proxy(2);
     let ids = ["prop-01", "prop-02", "prop-03"];
     let acme = fleet.operator("acme", &ids, vec![Operation::Query]);
-    let config = fleet.orchestrator_config(
-        "orchestrator.toml",
-        &format!(
-            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {ids:?}\n",
-            acme.key
-        ),
-    );
+    let config = fleet.orchestrator_config("orchestrator.toml", &acme_tenant(acme.key, &ids));
     let orchestrator = fleet.serve(&config);
     let operator = IdentityKey::load(&fleet.path("acme.pem")).unwrap();
     let grant = fleet.grant(&operator, &ids, vec![Operation::Query]);

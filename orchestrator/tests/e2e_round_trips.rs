@@ -5,6 +5,7 @@
 mod support;
 
 use psp_core::Operation;
+use support::acme_tenant;
 use support::flights::{self, Flights};
 use support::processes::{Fleet, Operator, Orchestrator};
 
@@ -13,10 +14,7 @@ use support::processes::{Fleet, Operator, Orchestrator};
 fn behind_a_proxy(fleet: &Fleet, operator: &Operator) -> (Orchestrator, Flights) {
     let config = fleet.orchestrator_config(
         "orchestrator.toml",
-        &format!(
-            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
-            operator.key
-        ),
+        &acme_tenant(operator.key, &["prop-01", "prop-02"]),
     );
     let mut orchestrator = fleet.serve(&config);
     let (proxy, counted) = flights::proxy(orchestrator.address.parse().unwrap());
@@ -46,10 +44,7 @@ fn the_first_query_after_start_is_one_round_trip_downstream() {
     fleet.toteboxes[0].address = proxy.to_string();
     let config = fleet.orchestrator_config(
         "orchestrator.toml",
-        &format!(
-            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\"]\n",
-            operator.key
-        ),
+        &acme_tenant(operator.key, &["prop-01"]),
     );
     let orchestrator = fleet.serve(&config);
     // The background dialer connects the Totebox without being asked: TLS, then `identify`.
@@ -90,10 +85,7 @@ fn without_the_dialer_a_first_query_sends_its_call_beside_identify() {
     fleet.toteboxes[0].address = proxy.to_string();
     let config = fleet.orchestrator_config(
         "orchestrator.toml",
-        &format!(
-            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\"]\n",
-            operator.key
-        ),
+        &acme_tenant(operator.key, &["prop-01"]),
     );
     // No background dialer: the query finds no connection and dials it.
     let text = std::fs::read_to_string(&config).unwrap();
@@ -190,10 +182,7 @@ fn a_kept_viewport_the_config_no_longer_has_is_asked_for_again() {
     // The same orchestrator key, its config's "noi-by-region" now grouped by portfolio.
     let changed = fleet.orchestrator_config(
         "changed.toml",
-        &format!(
-            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = [\"prop-01\", \"prop-02\"]\n",
-            operator.key
-        ),
+        &acme_tenant(operator.key, &["prop-01", "prop-02"]),
     );
     let text = std::fs::read_to_string(&changed).unwrap();
     std::fs::write(

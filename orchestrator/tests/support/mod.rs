@@ -19,6 +19,12 @@ use psp_archive::generate::{GenerateOptions, generate};
 use psp_archive::serve::RunningTotebox;
 use psp_core::{ArchiveSet, Chain, Grant, IdentityKey, Operation, Scope, Window};
 
+/// An orchestrator config's one tenant, `acme`, whose only operator is `operator` and which
+/// names `archives`.
+pub fn acme_tenant(operator: impl std::fmt::Display, archives: &[&str]) -> String {
+    format!("[[tenants]]\nname = \"acme\"\noperators = [\"{operator}\"]\narchives = {archives:?}\n")
+}
+
 pub struct World {
     pub dir: tempfile::TempDir,
     pub toteboxes: Vec<RunningTotebox>,
