@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use psp_core::Operation;
+use support::acme_tenant;
 use support::processes::Fleet;
 
 #[test]
@@ -15,13 +16,7 @@ fn a_killed_orchestrator_restarts_and_answers_as_before() {
     let ids = ["prop-01", "prop-02", "sub-01"];
     let ops = vec![Operation::Query, Operation::command("snapshot")];
     let ops_lead = fleet.operator("lead", &ids, ops);
-    let config = fleet.orchestrator_config(
-        "orchestrator.toml",
-        &format!(
-            "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {ids:?}\n",
-            ops_lead.key
-        ),
-    );
+    let config = fleet.orchestrator_config("orchestrator.toml", &acme_tenant(ops_lead.key, &ids));
     let rollup = [
         "view",
         "--label",

@@ -21,7 +21,8 @@ use psp_core::{ArchiveSet, Chain, Grant, IdentityKey, Operation, Scope, Window};
 
 /// An orchestrator config's one tenant, `acme`, whose only operator is `operator` and which
 /// names `archives`.
-pub fn acme_tenant(operator: impl std::fmt::Display, archives: &[&str]) -> String {
+pub fn acme_tenant(operator: impl std::fmt::Display, archives: &[impl AsRef<str>]) -> String {
+    let archives: Vec<&str> = archives.iter().map(AsRef::as_ref).collect();
     format!("[[tenants]]\nname = \"acme\"\noperators = [\"{operator}\"]\narchives = {archives:?}\n")
 }
 

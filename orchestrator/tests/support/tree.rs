@@ -132,13 +132,8 @@ impl Tree {
         )
         .unwrap();
         let top = fleet.serve(&top_config);
-        let flat_config = fleet.orchestrator_config(
-            "flat.toml",
-            &format!(
-                "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {ids:?}\n",
-                acme.key
-            ),
-        );
+        let flat_config =
+            fleet.orchestrator_config("flat.toml", &super::acme_tenant(acme.key, &ids));
         let flat = fleet.serve(&flat_config);
         let tree = Tree {
             fleet,

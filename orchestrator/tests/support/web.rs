@@ -55,13 +55,8 @@ impl Site {
             operations.push(Operation::command("snapshot"));
         }
         let acme = fleet.operator("acme", &ids, operations);
-        let config = fleet.orchestrator_config(
-            "orchestrator.toml",
-            &format!(
-                "[[tenants]]\nname = \"acme\"\noperators = [\"{}\"]\narchives = {ids:?}\n",
-                acme.key
-            ),
-        );
+        let config =
+            fleet.orchestrator_config("orchestrator.toml", &super::acme_tenant(acme.key, &ids));
         let orchestrator = fleet.serve(&config);
         let mut command = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
         command.env("XDG_CACHE_HOME", fleet.path("cache"));
