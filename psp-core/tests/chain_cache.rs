@@ -297,4 +297,46 @@ fn a_cached_two_link_prefix_is_extended_and_checked() {
         .verify(&links, &presenter, &QUERY, NOW)
         .unwrap_err();
     assert_eq!(refused.rule(), "widened-window");
+
+    // A chain found to reach tower-a, cached, then extended by a link that names tower-b
+    // alone: the longer chain starts from the cached one but not from what it reached.
+    let reaching = leaf(everything(peer, 600));
+    assert_eq!(present(&reaching), Ok(()));
+    assert_eq!(present(&reaching), Ok(()), "and again, from the cache");
+    let narrowed = reaching
+        .delegate(
+            &keys.orchestrator,
+            Grant {
+                archives: ArchiveSet::of_ids(["tower-b"]),
+                ..everything(keys.stranger.public(), 300)
+            },
+        )
+        .unwrap();
+    let stranger = keys.stranger.public();
+    let links: Vec<LinkBytes<'_>> = narrowed
+        .links()
+        .iter()
+        .map(|l| LinkBytes::new(&l.body, &l.signature))
+        .collect();
+    let at = |archive: &ArchiveDigest| {
+        verifier
+            .verify(
+                &links,
+                &Presenter {
+                    peer: &stranger,
+                    archive,
+                },
+                &QUERY,
+                NOW,
+            )
+            .map(drop)
+            .map_err(|e| e.rule())
+    };
+    assert_eq!(at(&archive), Err("archive-not-in-scope"));
+    assert_eq!(at(&ArchiveDigest::of("tower-b")), Ok(()));
+    assert_eq!(
+        at(&archive),
+        Err("archive-not-in-scope"),
+        "nor after it reached tower-b"
+    );
 }
