@@ -15,11 +15,12 @@
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use futures::AsyncRead;
 
 use crate::activity::Activity;
+use crate::peer_count::{PeerBudget, UNBUDGETED_BYTES};
 
 /// Most bytes of an oversized frame read and dropped so the peer can read the refusal; a frame
 /// declaring more than this fails at once.
@@ -52,6 +53,9 @@ pub struct FrameLimit<R> {
     max_bytes: u64,
     state: State,
     activity: Rc<Activity>,
+    /// The peer's budget for unfinished messages, and how much of it the frame being passed
+    /// holds (given back when the frame has passed whole, or when the reader goes).
+    budget: Option<(PeerBudget, u64)>,
 }
 
 impl<R> FrameLimit<R> {
@@ -63,7 +67,30 @@ impl<R> FrameLimit<R> {
             max_bytes: (max_words as u64).saturating_mul(8),
             state: State::Table(Vec::new()),
             activity,
+            budget: None,
         }
+    }
+
+    /// Reads a frame larger than [`UNBUDGETED_BYTES`] only when `budget` has room for it.
+    pub(crate) fn with_budget(mut self, budget: PeerBudget) -> Self {
+        self.budget = Some((budget, 0));
+        self
+    }
+
+    /// Gives back what the frame just passed held of the peer's budget.
+    fn give_back(&mut self) {
+        if let Some((budget, held)) = &mut self.budget
+            && *held > 0
+        {
+            budget.give_back(std::mem::take(held));
+        }
+    }
+}
+
+impl<R> Drop for FrameLimit<R> {
+    fn drop(&mut self) {
+        // A connection closed mid-message: its unread rest holds nothing any more.
+        self.give_back();
     }
 }
 
@@ -160,6 +187,7 @@ impl<R: AsyncRead + Unpin> FrameLimit<R> {
                     }
                     if *body == 0 {
                         this.activity.message_done();
+                        this.give_back();
                         this.state = State::Table(Vec::new());
                         continue;
                     }
@@ -206,6 +234,16 @@ impl<R: AsyncRead + Unpin> FrameLimit<R> {
                         && table.len() >= table_len
                     {
                         let total = (table_len as u64).saturating_add(body);
+                        if total <= this.max_bytes
+                            && total > UNBUDGETED_BYTES
+                            && let Some((budget, held)) = &mut this.budget
+                        {
+                            // Held back, table and all, until the peer's other unfinished
+                            // messages leave room: Cap'n Proto allocates the whole message
+                            // when it reads the table.
+                            ready!(budget.poll_take(total, cx));
+                            *held = total;
+                        }
                         this.state = if total > this.max_bytes {
                             refuse(format!("{total} bytes"), Some(body), this.max_bytes)
                         } else {

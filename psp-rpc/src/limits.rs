@@ -25,6 +25,12 @@ use capnp::message::ReaderOptions;
 ///   hold a connection by trickling bytes.
 /// * `max_connections_per_peer`: connections one peer key may have open at a server at once
 ///   (default 64); more are closed at once, and the server logs it.
+/// * `max_partial_bytes_per_peer`: bytes of messages one peer key may have begun and not
+///   finished at a server at once, over all its connections (default 32 MiB, two whole messages
+///   at the default message limit). A message over 64 KiB that would pass it waits, unread,
+///   until the peer's other messages finish; a message is never held back when the peer has
+///   nothing else unfinished. Without it, one peer could hold its connection cap times the
+///   message limit (1 GiB by default) by trickling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest message accepted, in words.
@@ -43,6 +49,9 @@ pub struct Limits {
     pub message_timeout: Duration,
     /// Connections one peer key may have open at a server.
     pub max_connections_per_peer: usize,
+    /// Bytes of unfinished messages one peer key may have at a server, over all its
+    /// connections.
+    pub max_partial_bytes_per_peer: u64,
 }
 
 impl Default for Limits {
@@ -56,6 +65,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             message_timeout: Duration::from_secs(60),
             max_connections_per_peer: 64,
+            max_partial_bytes_per_peer: 32 << 20,
         }
     }
 }

@@ -1,30 +1,66 @@
-//! Connections per peer key, across a server's workers: one paired key may not open
-//! connections without bound. Each connection costs a file descriptor, TLS and RPC state, and
-//! up to a whole message's buffer once a message has begun (Cap'n Proto allocates a message
-//! when its segment table arrives), so the cap bounds what one peer can hold.
+//! What one peer key may hold at a server, across the server's workers: how many connections,
+//! and how many bytes of messages it has begun and not finished.
+//!
+//! Each connection costs a file descriptor, TLS and RPC state, and, once a message has begun,
+//! that message's buffer: Cap'n Proto allocates a whole message when its segment table arrives
+//! and fills it as the body comes. Capping connections alone still let one paired key hold its
+//! connection cap times the message limit (64 × 16 MiB = 1 GiB by default) by starting a large
+//! message on every connection and trickling it until the message time limit. The byte budget
+//! caps that too: a large message is read only when the peer's other unfinished messages leave
+//! room for it; until then it waits unread, so the peer's own sends stall (TCP pushes back), and
+//! the message time limit still runs. A message within the budget's floor is never held back,
+//! so small calls on one connection never wait on another connection's large upload.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use psp_core::PublicKey;
 
-/// The open connections of each peer of one server.
+/// Messages of at most this many bytes are read without asking the budget: every call a
+/// console or an orchestrator makes is far smaller, and 64 connections of them hold 4 MiB.
+pub(crate) const UNBUDGETED_BYTES: u64 = 64 * 1024;
+
+/// What one peer holds.
+#[derive(Debug, Default)]
+struct Held {
+    connections: usize,
+    /// Bytes of budgeted messages begun and not yet read whole.
+    partial_bytes: u64,
+    /// Readers waiting for room in `partial_bytes`.
+    waiting: Vec<Waker>,
+}
+
+/// The open connections and unfinished messages of each peer of one server.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct PeerConnections(Arc<Mutex<HashMap<PublicKey, usize>>>);
+pub(crate) struct PeerConnections(Arc<Mutex<HashMap<PublicKey, Held>>>);
 
 impl PeerConnections {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PublicKey, Held>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Counts a new connection of `peer`, or refuses it when `peer` already has `max` open.
     pub(crate) fn admit(&self, peer: PublicKey, max: usize) -> Option<PeerSlot> {
-        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(peer).or_default();
-        if *count >= max {
+        let mut held = self.lock();
+        let entry = held.entry(peer).or_default();
+        if entry.connections >= max {
             return None;
         }
-        *count += 1;
+        entry.connections += 1;
         Some(PeerSlot {
             connections: self.clone(),
             peer,
         })
+    }
+
+    fn forget_if_unused(held: &mut HashMap<PublicKey, Held>, peer: &PublicKey) {
+        if held
+            .get(peer)
+            .is_some_and(|h| h.connections == 0 && h.partial_bytes == 0)
+        {
+            held.remove(peer);
+        }
     }
 }
 
@@ -35,19 +71,79 @@ pub(crate) struct PeerSlot {
     peer: PublicKey,
 }
 
+impl PeerSlot {
+    /// The byte budget this connection's reader shares with the peer's other connections: at
+    /// most `max_bytes` of budgeted messages unfinished at once.
+    pub(crate) fn budget(&self, max_bytes: u64) -> PeerBudget {
+        PeerBudget {
+            connections: self.connections.clone(),
+            peer: self.peer,
+            max_bytes,
+        }
+    }
+}
+
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut open = self
-            .connections
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.peer);
-            }
+        let mut held = self.connections.lock();
+        if let Some(entry) = held.get_mut(&self.peer) {
+            entry.connections = entry.connections.saturating_sub(1);
         }
+        PeerConnections::forget_if_unused(&mut held, &self.peer);
+    }
+}
+
+/// One peer's byte budget for unfinished messages, as one connection's reader sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerBudget {
+    connections: PeerConnections,
+    peer: PublicKey,
+    max_bytes: u64,
+}
+
+impl PeerBudget {
+    /// Takes `bytes` of the budget for a message about to be read, or registers `cx` to be
+    /// woken when some is given back. A message is always admitted when the peer has nothing
+    /// else unfinished, so one larger than the budget (but within the message limit) is slow,
+    /// never stuck.
+    pub(crate) fn poll_take(&self, bytes: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let mut held = self.connections.lock();
+        let entry = held.entry(self.peer).or_default();
+        if entry.partial_bytes == 0 || entry.partial_bytes.saturating_add(bytes) <= self.max_bytes {
+            entry.partial_bytes = entry.partial_bytes.saturating_add(bytes);
+            return Poll::Ready(());
+        }
+        if !entry.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            entry.waiting.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Gives back `bytes` taken by [`PeerBudget::poll_take`] and wakes the readers waiting.
+    pub(crate) fn give_back(&self, bytes: u64) {
+        let waiting = {
+            let mut held = self.connections.lock();
+            let waiting = match held.get_mut(&self.peer) {
+                Some(entry) => {
+                    entry.partial_bytes = entry.partial_bytes.saturating_sub(bytes);
+                    std::mem::take(&mut entry.waiting)
+                }
+                None => Vec::new(),
+            };
+            PeerConnections::forget_if_unused(&mut held, &self.peer);
+            waiting
+        };
+        // Woken outside the lock: a waker may run code that takes it.
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    /// Bytes of this peer's budgeted messages begun and not yet read whole.
+    #[cfg(test)]
+    fn partial_bytes(&self) -> u64 {
+        self.connections
+            .lock()
+            .get(&self.peer)
+            .map_or(0, |h| h.partial_bytes)
     }
 }
 
@@ -55,6 +151,9 @@ impl Drop for PeerSlot {
 mod tests {
     use super::PeerConnections;
     use psp_core::IdentityKey;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
 
     #[test]
     fn a_peer_is_refused_at_its_cap_and_admitted_again_when_one_closes() {
@@ -70,5 +169,46 @@ mod tests {
         assert!(connections.admit(b, 2).is_some());
         drop(first);
         assert!(connections.admit(a, 2).is_some());
+    }
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_message_waits_for_room_in_its_peers_budget_and_is_woken_when_room_is_given_back() {
+        let (a, b) = (
+            IdentityKey::from_seed([1; 32]).public(),
+            IdentityKey::from_seed([2; 32]).public(),
+        );
+        let connections = PeerConnections::default();
+        let (one, two) = (
+            connections.admit(a, 4).unwrap(),
+            connections.admit(a, 4).unwrap(),
+        );
+        let (one, two) = (one.budget(100), two.budget(100));
+        let woken = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(one.poll_take(70, &mut cx), Poll::Ready(()));
+        assert_eq!(two.poll_take(40, &mut cx), Poll::Pending, "over the budget");
+        assert_eq!(two.poll_take(30, &mut cx), Poll::Ready(()), "within it");
+        assert_eq!(two.partial_bytes(), 100);
+        // Another peer's budget is its own.
+        let other = connections.admit(b, 4).unwrap().budget(100);
+        assert_eq!(other.poll_take(100, &mut cx), Poll::Ready(()));
+        assert_eq!(two.poll_take(40, &mut cx), Poll::Pending);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        one.give_back(70);
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the waiting reader woke");
+        assert_eq!(two.poll_take(40, &mut cx), Poll::Ready(()));
+        two.give_back(70);
+        // Alone, a message larger than the whole budget still goes through.
+        assert_eq!(one.poll_take(500, &mut cx), Poll::Ready(()));
+        one.give_back(500);
+        assert_eq!(one.partial_bytes(), 0);
     }
 }

@@ -216,7 +216,7 @@ async fn connection(
         .map_err(|_| "TLS handshake timed out".to_owned())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
     let peer = tls::peer_key(stream.get_ref().1).ok_or("the peer presented no identity key")?;
-    let Some(_slot) = open.admit(peer, limits.max_connections_per_peer) else {
+    let Some(slot) = open.admit(peer, limits.max_connections_per_peer) else {
         tracing::warn!(target: "psp::security", %peer, "refused a connection: the peer has {} open", limits.max_connections_per_peer);
         return Ok(());
     };
@@ -238,7 +238,8 @@ async fn connection(
         },
         limits.max_message_words,
         activity.clone(),
-    );
+    )
+    .with_budget(slot.budget(limits.max_partial_bytes_per_peer));
     let network = twoparty::VatNetwork::new(
         reader,
         crate::coalesce::Coalesce::new(writer.compat_write()),

@@ -225,3 +225,102 @@ async fn a_peer_past_its_connection_cap_is_refused_until_one_of_its_connections_
         .await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+/// The large messages of the budget test: 150 KiB (one segment of 19,200 words), each begun
+/// with 100 KiB of body and never finished.
+const LARGE_WORDS: u32 = 150 * 1024 / 8;
+const LARGE_BEGUN: u64 = 100 * 1024;
+
+/// Opens a raw TLS connection to the Totebox as `key` and begins one large message on it. The
+/// connection stays open, the message unfinished, until the returned task is aborted.
+async fn begin_large(
+    server: &psp_rpc::runtime::ServerHandle,
+    m: &support::Machines,
+    key: &psp_core::IdentityKey,
+) -> tokio::task::JoinHandle<()> {
+    let stream = psp_rpc::client::dial(server.local_addr(), key, m.totebox.public())
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let (reader, mut writer) = tokio::io::split(stream);
+        let mut frame = vec![0u8, 0, 0, 0];
+        frame.extend(LARGE_WORDS.to_le_bytes());
+        frame.extend(std::iter::repeat_n(0u8, LARGE_BEGUN as usize));
+        let sent = writer.write_all(&frame).await.is_ok() && writer.flush().await.is_ok();
+        assert!(sent, "the server closed the connection");
+        std::future::pending::<()>().await;
+        drop((reader, writer));
+    })
+}
+
+/// Asserts that the server goes on to read `more` bytes past what it had read at `from`
+/// within 5 s: `what` names the read in the failure.
+async fn reads_on(server: &psp_rpc::runtime::ServerHandle, from: u64, more: u64, what: &str) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while server.bytes_received() < from + more && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let read = server.bytes_received() - from;
+    assert!(
+        read >= more,
+        "{what}: only {read} of {more} bytes were read"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_trickling_large_messages_on_many_connections_holds_at_most_its_byte_budget() {
+    let m = machines();
+    let budgeted = Limits {
+        max_partial_bytes_per_peer: 200 * 1024,
+        // Long enough that only the test ends the stalled messages.
+        message_timeout: Duration::from_secs(20),
+        ..Limits::default()
+    };
+    let (server, _) = start(
+        &m,
+        MemoryArchive::new("tower-a"),
+        Verifier::new([m.owner.public()]),
+        budgeted,
+    )
+    .await;
+    let base = server.bytes_received();
+    let first = begin_large(&server, &m, &m.orchestrator).await;
+    reads_on(&server, base, 8 + LARGE_BEGUN, "the first message").await;
+    // The same peer's second large message would pass the budget: its table is read, its
+    // body waits unread.
+    let second = begin_large(&server, &m, &m.orchestrator).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = server.bytes_received() - base;
+    assert!(
+        held < 8 + LARGE_BEGUN + 8 + 4096,
+        "the second message's body was read past the budget: {held} bytes"
+    );
+    // Its small calls never wait on its large messages, and another peer has a budget of
+    // its own.
+    LocalSet::new()
+        .run_until(async {
+            let client = support::connect(&m, server.local_addr(), Limits::default()).await;
+            client
+                .query(&chain(&m, &m.orchestrator, "tower-a", 60), &count())
+                .await
+                .unwrap();
+        })
+        .await;
+    let from = server.bytes_received();
+    let other = begin_large(&server, &m, &m.second_orchestrator).await;
+    reads_on(&server, from, 8 + LARGE_BEGUN, "another peer's message").await;
+    // The first message's connection goes: its room is given back, and the second message's
+    // body is read.
+    first.abort();
+    let from = server.bytes_received();
+    reads_on(
+        &server,
+        from,
+        LARGE_BEGUN,
+        "the second message, once room was given back",
+    )
+    .await;
+    second.abort();
+    other.abort();
+    server.shutdown(Duration::from_secs(1)).await;
+}
