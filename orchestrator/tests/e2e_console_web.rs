@@ -226,3 +226,37 @@ fn send_cross_site(site: &Site) -> (u16, String, String) {
         "",
     )
 }
+
+#[test]
+fn connections_past_the_cap_wait_unaccepted_and_are_served_once_places_free() {
+    const CAP: usize = orchestrator::web::MOST_CONNECTIONS;
+    let site = Site::start();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", site.web.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = descriptors();
+    // A local program opens far more connections than the cap and says nothing on them.
+    let silent: Vec<std::net::TcpStream> = (0..CAP * 3)
+        .map(|_| std::net::TcpStream::connect(&site.address).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let held = descriptors().saturating_sub(before);
+    assert!(
+        (CAP - 8..=CAP + 8).contains(&held),
+        "{held} descriptors for {} silent connections (cap {CAP})",
+        silent.len()
+    );
+    // The operator's page waits behind them, unaccepted...
+    let (address, cookie) = (site.address.clone(), format!("psp_console={}", site.key));
+    let page = std::thread::spawn(move || {
+        support::web::send(&address, "GET /", &address, &[("Cookie", &cookie)], "")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!page.is_finished(), "served past the cap");
+    // ...and is served once they go.
+    drop(silent);
+    let (status, _, body) = page.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+}

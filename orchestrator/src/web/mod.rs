@@ -20,6 +20,7 @@ pub mod pages;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -134,19 +135,31 @@ impl WebConsole {
     }
 }
 
+/// HTTP connections served at once. Past it the listener stops accepting, so newcomers wait in
+/// the kernel's backlog: a local program opening connections without end cannot take every
+/// file descriptor, and the console's own connection to the orchestrator needs one. A
+/// connection that sends nothing is closed at [`HEAD_DEADLINE`], which frees its place.
+pub const MOST_CONNECTIONS: usize = 128;
+
 /// The cookie the secret travels in after the first visit.
 const COOKIE: &str = "psp_console";
 
 /// Serves `web` on `listener` until the task is dropped. Call on a tokio `LocalSet` (the
 /// console's connection is `!Send`).
 pub async fn serve(listener: tokio::net::TcpListener, web: Rc<WebConsole>) {
+    let places = Arc::new(tokio::sync::Semaphore::new(MOST_CONNECTIONS));
     loop {
+        // Never closed, so this waits for a place rather than failing.
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let web = web.clone();
         tokio::task::spawn_local(async move {
+            let _place = place;
             let service = hyper::service::service_fn(move |request| {
                 let web = web.clone();
                 async move { Ok::<_, Infallible>(answer(&web, request).await) }
