@@ -74,6 +74,33 @@ pub fn chart(table: &Table, keys: usize) -> Option<String> {
     })
 }
 
+/// How many leading columns of `table` are its group keys, which label its bars. A rollup
+/// lists its keys and then its figures, but a table does not say where one ends: text columns
+/// are keys, and past them a number may still be one (a floor, a year). Rows of a grouped
+/// rollup are unique by their keys, and an ungrouped one has a single row, so the keys are the
+/// shortest run of leading columns, at least the text ones, that tells every row apart.
+pub fn key_columns(table: &Table) -> usize {
+    let text = table
+        .columns
+        .iter()
+        .position(|c| c.value_type.is_numeric())
+        .unwrap_or(table.columns.len());
+    if table.rows.len() < 2 {
+        return text;
+    }
+    let tells_apart = |k: usize| {
+        let mut seen = std::collections::HashSet::new();
+        table.rows.iter().all(|row| {
+            let key: Vec<String> = row.iter().take(k).map(crate::render::cell).collect();
+            seen.insert(key)
+        })
+    };
+    // At least one figure stays to plot.
+    (text.max(1)..table.columns.len())
+        .find(|&k| tells_apart(k))
+        .unwrap_or(text)
+}
+
 /// The value axis: from the smallest value (or 0) to the largest (or 0).
 fn scale(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     let low = values.clone().fold(0.0_f64, f64::min);
@@ -219,6 +246,57 @@ mod tests {
         assert!(!svg.contains("<script>"), "{svg}");
         assert!(svg.contains("&lt;script&gt;"), "{svg}");
         assert!(svg.contains("class=\"bar\""));
+    }
+
+    fn numbers(columns: &[&str], rows: &[&[i64]]) -> Table {
+        Table {
+            columns: columns
+                .iter()
+                .map(|name| Column {
+                    name: (*name).into(),
+                    value_type: ValueType::Int,
+                })
+                .collect(),
+            rows: rows
+                .iter()
+                .map(|r| r.iter().map(|v| Value::Int(*v)).collect())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_numeric_group_key_labels_the_bars_and_is_not_plotted() {
+        // By floor: the floors tell the rows apart.
+        let floors = numbers(&["floor", "noi"], &[&[1, 500], &[2, 700], &[3, 650]]);
+        assert_eq!(key_columns(&floors), 1);
+        let svg = chart(&floors, key_columns(&floors)).unwrap();
+        assert_eq!(svg.matches("class=\"label\"").count(), 3, "{svg}");
+        for floor in ["1", "2", "3"] {
+            assert!(svg.contains(&format!("\n{floor}\n</text>")), "{svg}");
+        }
+        assert!(svg.contains("noi"), "the figure is plotted: {svg}");
+        // By year and month: years repeat, so both are keys.
+        let months = numbers(
+            &["year", "month", "noi"],
+            &[&[2026, 9, 5], &[2026, 10, 6], &[2025, 10, 4]],
+        );
+        assert_eq!(key_columns(&months), 2);
+        // Text keys first, then a numeric one.
+        let mut mixed = table(&["north", "north", "south"]);
+        mixed.columns.insert(
+            1,
+            Column {
+                name: "floor".into(),
+                value_type: ValueType::Int,
+            },
+        );
+        for (row, floor) in mixed.rows.iter_mut().zip([1, 2, 1]) {
+            row.insert(1, Value::Int(floor));
+        }
+        assert_eq!(key_columns(&mixed), 2);
+        // Ungrouped: one row, no keys; grouped by text alone: the text.
+        assert_eq!(key_columns(&numbers(&["count", "noi"], &[&[4, 900]])), 0);
+        assert_eq!(key_columns(&table(&["north", "south"])), 1);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::viewports::{Entry, KpiValue, MatchStatus};
 use psp_core::query::{CellRef, Table};
 
 use super::WebConsole;
-use super::charts::chart;
+use super::charts::{chart, key_columns};
 
 /// The frame around every page: where to go, and where this console is bound.
 pub(crate) fn layout(web: &WebConsole, title: &str, content: Markup) -> Markup {
@@ -168,14 +168,6 @@ fn figures(report: &Report, last: bool) -> Markup {
         }
         (outcomes(&report.outcomes))
     }
-}
-
-/// How many leading columns of a merged table are its groups (text, before the first number).
-fn key_columns(t: &Table) -> usize {
-    t.columns
-        .iter()
-        .position(|c| c.value_type.is_numeric())
-        .unwrap_or(t.columns.len())
 }
 
 fn rollup(t: &Table, overflows: &[CellRef]) -> Markup {
