@@ -239,6 +239,28 @@ pub struct Arrival {
     pub answer: Option<Answer>,
 }
 
+/// The ends of a fan-out's sources, as they happen: see [`Fleet::stream`]. A fleet thread hands
+/// over the answers that ended close together as one batch, so the request folding them is woken
+/// once per batch, not once per answer.
+#[derive(Debug)]
+pub struct Arrivals {
+    batches: mpsc::Receiver<Vec<Arrival>>,
+    held: std::vec::IntoIter<Arrival>,
+}
+
+impl Arrivals {
+    /// The next source's end, or `None` once every source has ended. Cancel-safe (usable in
+    /// `select!`): nothing is taken from the fleet threads unless it is kept.
+    pub async fn recv(&mut self) -> Option<Arrival> {
+        loop {
+            if let Some(arrival) = self.held.next() {
+                return Some(arrival);
+            }
+            self.held = self.batches.recv().await?.into_iter();
+        }
+    }
+}
+
 /// What a fan-out gathered: one outcome per source, and the answers of those that answered.
 #[derive(Debug)]
 pub struct Gathered {
@@ -303,9 +325,10 @@ fn worker_of(archive: &str, workers: usize) -> usize {
 /// How long a Totebox that broke the diode stays cut off.
 pub const QUARANTINE: Duration = Duration::from_secs(300);
 
-/// Answers queued between the fleet thread and the request folding them: enough to keep the
-/// fleet thread busy, few enough that a slow fold holds back the Toteboxes, not memory.
-const ARRIVALS_QUEUED: usize = 16;
+/// Batches of answers queued between the fleet threads and the request folding them (each of
+/// at most [`crate::pool::ARRIVALS_TOGETHER`], so at most 16 answers): enough to keep the fleet
+/// threads busy, few enough that a slow fold holds back the Toteboxes, not memory.
+const BATCHES_QUEUED: usize = 2;
 
 impl Fleet {
     /// Starts one fleet worker per core; they connect as `identity` with `limits` on each
@@ -390,7 +413,7 @@ impl Fleet {
         work: Work,
         limits: FanOutLimits,
         watch: Watch,
-    ) -> mpsc::Receiver<Arrival> {
+    ) -> Arrivals {
         self.stream_labelled(tenant, sources, chain, work, &[], limits, watch)
     }
 
@@ -407,9 +430,9 @@ impl Fleet {
         labels: &[String],
         limits: FanOutLimits,
         watch: Watch,
-    ) -> mpsc::Receiver<Arrival> {
+    ) -> Arrivals {
         let labels: Arc<[String]> = labels.into();
-        let (arrivals, receiver) = mpsc::channel(ARRIVALS_QUEUED.max(1));
+        let (arrivals, batches) = mpsc::channel(BATCHES_QUEUED);
         let deadline = tokio::time::Instant::now() + limits.deadline;
         let count = self.workers.len();
         let mut shares: Vec<Vec<(usize, Source)>> = vec![Vec::new(); count];
@@ -443,7 +466,10 @@ impl Fleet {
                 tracing::error!("a fleet worker stopped; its sources fail");
             }
         }
-        receiver
+        Arrivals {
+            batches,
+            held: Vec::new().into_iter(),
+        }
     }
 
     /// Asks every source `query` under `chain`, within `limits`, and gathers every answer.
@@ -522,7 +548,7 @@ impl Fleet {
 }
 
 /// Collects a stream's arrivals in source order (`names`: the sources' archive ids).
-async fn gather(mut arrivals: mpsc::Receiver<Arrival>, names: Vec<String>) -> Gathered {
+async fn gather(mut arrivals: Arrivals, names: Vec<String>) -> Gathered {
     let count = names.len();
     let mut outcomes: Vec<Option<SourceOutcome>> = vec![None; count];
     let mut results = vec![None; count];

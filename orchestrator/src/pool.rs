@@ -46,8 +46,15 @@ pub(crate) enum Job {
 
 /// Dials a worker's maintenance round runs at once.
 const MAINTENANCE_DIALS: usize = 64;
-/// Most answers a worker hands to a request's fold in one go.
-const ARRIVALS_TOGETHER: usize = 64;
+/// Most answers a worker hands to a request's fold in one go (a batch). At 1,000 archives
+/// batches held about five and a half answers on average, so this rarely binds; it bounds what
+/// a worker holds in hand while the fold is slow.
+pub(crate) const ARRIVALS_TOGETHER: usize = 8;
+/// How long a worker holds an answer for others to go with it. Each hand-off wakes the fold on
+/// its thread; Toteboxes answering one at a time, as they do at a thousand, woke it once per
+/// answer, which cost the orchestrator more than reading the answer. A progressive view is
+/// built at most every 200 ms, so 2 ms is never seen; the last answers go when the last ends.
+const ARRIVALS_GATHERED_FOR: Duration = Duration::from_millis(2);
 /// The dialer pings a pooled connection every this many rounds (every 30 s at the default
 /// `redial_ms`, a tenth of a Totebox's default idle limit).
 const PING_ROUNDS: u32 = 6;
@@ -66,7 +73,8 @@ pub(crate) struct Request {
     pub(crate) limits: FanOutLimits,
     /// When the whole request ends, whatever the sources do.
     pub(crate) deadline: Instant,
-    pub(crate) arrivals: mpsc::Sender<Arrival>,
+    /// Where the sources' ends go, in batches.
+    pub(crate) arrivals: mpsc::Sender<Vec<Arrival>>,
     pub(crate) watch: Watch,
 }
 
@@ -672,6 +680,19 @@ impl Pool {
             arrivals,
             watch,
         } = request;
+        // tokio wakes its driver (an eventfd write, then one more turn of the worker's loop)
+        // for each timer set earlier than the earliest it knew of at its last turn, and a
+        // worker that had no timer knew of none: each call's two deadlines then cost a write,
+        // most of a fleet thread's writes at 1,000 archives. One timer first, no later than
+        // any call's deadline, then one turn of the driver, and the calls' timers wake nothing.
+        let now = Instant::now();
+        let floor = [limits.source_timeout, self.limits.call_timeout]
+            .into_iter()
+            .filter_map(|after| now.checked_add(after))
+            .fold(deadline, Instant::min);
+        let mut floor = std::pin::pin!(tokio::time::sleep_until(floor));
+        let _ = futures::poll!(floor.as_mut());
+        tokio::task::yield_now().await;
         let arrivals_to = &arrivals;
         let ended = RefCell::new(vec![false; sources.len()]);
         let (pool, chain, work, limits, tenant) =
@@ -688,30 +709,32 @@ impl Pool {
                 answered.fetch_add(1, Ordering::Relaxed);
                 (local, *index, status, answer, latency)
             })
-            .buffer_unordered(limits.max_concurrency.max(1))
-            // The answers that came in together go on together: the first send wakes the fold
-            // on its thread, and the rest find it awake. Sent one by one, each answer woke it
-            // again, the largest single cost of a fleet thread in a profile (BENCHMARKS.md).
-            .ready_chunks(ARRIVALS_TOGETHER)
-            .for_each(|ready| {
-                let ready: Vec<(usize, Arrival)> = ready
-                    .into_iter()
-                    .map(|(local, index, status, answer, latency)| {
-                        let arrival = arrival(&sources[local].1, index, status, answer, latency);
-                        (local, arrival)
-                    })
-                    .collect();
-                let (sender, ended) = (arrivals_to, &ended);
-                async move {
-                    for (local, arrival) in ready {
-                        // Ended once sent: a cancel during the sends ends the rest below.
-                        if sender.send(arrival).await.is_err() {
-                            return;
+            .buffer_unordered(limits.max_concurrency.max(1));
+        // The answers that end within a couple of milliseconds of each other go to the fold as
+        // one batch, one message on the channel, which wakes its thread once. Sent one by one,
+        // each answer woke it again, the largest single cost of a fleet thread in a profile
+        // (BENCHMARKS.md).
+        let asks =
+            tokio_stream::StreamExt::chunks_timeout(asks, ARRIVALS_TOGETHER, ARRIVALS_GATHERED_FOR)
+                .for_each(|ready| {
+                    let locals: Vec<usize> = ready.iter().map(|(local, ..)| *local).collect();
+                    let batch: Vec<Arrival> = ready
+                        .into_iter()
+                        .map(|(local, index, status, answer, latency)| {
+                            arrival(&sources[local].1, index, status, answer, latency)
+                        })
+                        .collect();
+                    let (sender, ended) = (arrivals_to, &ended);
+                    async move {
+                        // Ended once sent: a cancel during the send ends the batch below.
+                        if sender.send(batch).await.is_ok() {
+                            let mut ended = ended.borrow_mut();
+                            for local in locals {
+                                ended[local] = true;
+                            }
                         }
-                        ended.borrow_mut()[local] = true;
                     }
-                }
-            });
+                });
         // Whoever asked may stop waiting (a cancelled or dropped FleetQuery): then stop too, which
         // drops the calls in flight, and capnp-rpc tells each Totebox to finish them.
         let unanswered = tokio::select! {
@@ -724,29 +747,30 @@ impl Pool {
     }
 }
 
-/// Sends every source not yet `ended` its end with `status` (no answer). Stops if nobody
-/// listens any more.
+/// Sends every source not yet `ended` its end with `status` (no answer), as one batch.
 pub(crate) async fn end_the_rest(
-    arrivals: &mpsc::Sender<Arrival>,
+    arrivals: &mpsc::Sender<Vec<Arrival>>,
     sources: &[(usize, Source)],
     ended: &[bool],
     status: SourceStatus,
 ) {
-    for (local, (index, source)) in sources.iter().enumerate() {
-        if ended.get(local).copied().unwrap_or(false) {
-            continue;
-        }
-        let index = *index;
-        let outcome =
-            SourceOutcome::without_answer(source.archive.clone(), status.clone(), Duration::ZERO);
-        let arrival = Arrival {
-            index,
-            outcome,
+    let rest: Vec<Arrival> = sources
+        .iter()
+        .enumerate()
+        .filter(|(local, _)| !ended.get(*local).copied().unwrap_or(false))
+        .map(|(_, (index, source))| Arrival {
+            index: *index,
+            outcome: SourceOutcome::without_answer(
+                source.archive.clone(),
+                status.clone(),
+                Duration::ZERO,
+            ),
             answer: None,
-        };
-        if arrivals.send(arrival).await.is_err() {
-            return;
-        }
+        })
+        .collect();
+    if !rest.is_empty() {
+        // Nobody listening any more is no error: there is no one left to tell.
+        let _ = arrivals.send(rest).await;
     }
 }
 
