@@ -259,4 +259,22 @@ fn connections_past_the_cap_wait_unaccepted_and_are_served_once_places_free() {
     drop(silent);
     let (status, _, body) = page.join().unwrap();
     assert_eq!(status, 200, "{body}");
+
+    // A refused request (no secret), though it asks to keep its connection, loses it: a place
+    // is not held by asking again and again on one connection.
+    use std::io::{Read, Write};
+    let mut refused = std::net::TcpStream::connect(&site.address).unwrap();
+    refused
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(refused, "GET / HTTP/1.1\r\nHost: {}\r\n\r\n", site.address).unwrap();
+    let mut answer = String::new();
+    refused
+        .read_to_string(&mut answer)
+        .expect("the server closes a refused client's connection");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
 }

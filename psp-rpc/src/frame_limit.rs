@@ -89,8 +89,12 @@ impl<R> FrameLimit<R> {
 
 impl<R> Drop for FrameLimit<R> {
     fn drop(&mut self) {
-        // A connection closed mid-message: its unread rest holds nothing any more.
+        // A connection closed mid-message: its unread rest holds nothing any more, and a
+        // reader that was waiting for room waits no more.
         self.give_back();
+        if let Some((budget, _)) = &self.budget {
+            budget.stop_waiting();
+        }
     }
 }
 

@@ -30,7 +30,10 @@ use capnp::message::ReaderOptions;
 ///   at the default message limit). A message over 64 KiB that would pass it waits, unread,
 ///   until the peer's other messages finish; a message is never held back when the peer has
 ///   nothing else unfinished. Without it, one peer could hold its connection cap times the
-///   message limit (1 GiB by default) by trickling.
+///   message limit (1 GiB by default) by trickling. A message waiting for room is a message
+///   begun, so its wait counts against `message_timeout`: a peer whose own large messages
+///   hold the budget for that long loses the connection of the one that waits, never another
+///   peer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest message accepted, in words.

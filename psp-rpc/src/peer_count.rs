@@ -12,6 +12,7 @@
 //! so small calls on one connection never wait on another connection's large upload.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -27,13 +28,17 @@ struct Held {
     connections: usize,
     /// Bytes of budgeted messages begun and not yet read whole.
     partial_bytes: u64,
-    /// Readers waiting for room in `partial_bytes`.
-    waiting: Vec<Waker>,
+    /// Readers waiting for room in `partial_bytes`, by reader: at most one each, and a reader
+    /// that goes takes its own out, so the list is never longer than the peer's connections.
+    waiting: Vec<(u64, Waker)>,
 }
 
 /// The open connections and unfinished messages of each peer of one server.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PeerConnections(Arc<Mutex<HashMap<PublicKey, Held>>>);
+
+/// Names each connection's reader, for its place among a peer's waiting readers.
+static READERS: AtomicU64 = AtomicU64::new(0);
 
 impl PeerConnections {
     fn lock(&self) -> MutexGuard<'_, HashMap<PublicKey, Held>> {
@@ -79,6 +84,7 @@ impl PeerSlot {
             connections: self.connections.clone(),
             peer: self.peer,
             max_bytes,
+            reader: READERS.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
@@ -99,6 +105,7 @@ pub(crate) struct PeerBudget {
     connections: PeerConnections,
     peer: PublicKey,
     max_bytes: u64,
+    reader: u64,
 }
 
 impl PeerBudget {
@@ -113,10 +120,18 @@ impl PeerBudget {
             entry.partial_bytes = entry.partial_bytes.saturating_add(bytes);
             return Poll::Ready(());
         }
-        if !entry.waiting.iter().any(|w| w.will_wake(cx.waker())) {
-            entry.waiting.push(cx.waker().clone());
+        match entry.waiting.iter_mut().find(|(r, _)| *r == self.reader) {
+            Some((_, waker)) => waker.clone_from(cx.waker()),
+            None => entry.waiting.push((self.reader, cx.waker().clone())),
         }
         Poll::Pending
+    }
+
+    /// Takes this reader out of the peer's waiting readers (it is going).
+    pub(crate) fn stop_waiting(&self) {
+        if let Some(entry) = self.connections.lock().get_mut(&self.peer) {
+            entry.waiting.retain(|(r, _)| *r != self.reader);
+        }
     }
 
     /// Gives back `bytes` taken by [`PeerBudget::poll_take`] and wakes the readers waiting.
@@ -134,7 +149,7 @@ impl PeerBudget {
             waiting
         };
         // Woken outside the lock: a waker may run code that takes it.
-        waiting.into_iter().for_each(Waker::wake);
+        waiting.into_iter().for_each(|(_, waker)| waker.wake());
     }
 
     /// Bytes of this peer's budgeted messages begun and not yet read whole.
@@ -178,6 +193,10 @@ mod tests {
         }
     }
 
+    fn waiting(connections: &PeerConnections, peer: psp_core::PublicKey) -> usize {
+        connections.lock().get(&peer).map_or(0, |h| h.waiting.len())
+    }
+
     #[test]
     fn a_message_waits_for_room_in_its_peers_budget_and_is_woken_when_room_is_given_back() {
         let (a, b) = (
@@ -206,6 +225,17 @@ mod tests {
         assert_eq!(woken.0.load(Ordering::SeqCst), 1, "the waiting reader woke");
         assert_eq!(two.poll_take(40, &mut cx), Poll::Ready(()));
         two.give_back(70);
+        // A reader asking again is listed once; one that goes is not listed at all.
+        assert_eq!(one.poll_take(50, &mut cx), Poll::Ready(()));
+        assert_eq!(two.poll_take(90, &mut cx), Poll::Pending);
+        assert_eq!(two.poll_take(90, &mut cx), Poll::Pending);
+        let third = connections.admit(a, 4).unwrap().budget(100);
+        assert_eq!(third.poll_take(90, &mut cx), Poll::Pending);
+        assert_eq!(waiting(&connections, a), 2);
+        third.stop_waiting();
+        assert_eq!(waiting(&connections, a), 1);
+        one.give_back(50);
+        assert_eq!(waiting(&connections, a), 0, "woken and let go");
         // Alone, a message larger than the whole budget still goes through.
         assert_eq!(one.poll_take(500, &mut cx), Poll::Ready(()));
         one.give_back(500);

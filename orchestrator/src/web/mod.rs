@@ -137,9 +137,16 @@ impl WebConsole {
 
 /// HTTP connections served at once. Past it the listener stops accepting, so newcomers wait in
 /// the kernel's backlog: a local program opening connections without end cannot take every
-/// file descriptor, and the console's own connection to the orchestrator needs one. A
-/// connection that sends nothing is closed at [`HEAD_DEADLINE`], which frees its place.
+/// file descriptor, and the console's own connection to the orchestrator needs one. A place is
+/// given back when its connection goes: one that sends nothing is closed after 5 s, one
+/// refused (4xx) after the refusal, and any after [`CONNECTION_LIFETIME`] (its request in
+/// hand given up to a minute more), so a program that holds every place by asking again and
+/// again, or by never reading, still lets the operator in within a few minutes.
 pub const MOST_CONNECTIONS: usize = 128;
+
+/// How long one HTTP connection is served before it is asked to close (a browser opens another
+/// for its next request; the page's script asks at most five times a second).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// The cookie the secret travels in after the first visit.
 const COOKIE: &str = "psp_console";
@@ -168,7 +175,16 @@ pub async fn serve(listener: tokio::net::TcpListener, web: Rc<WebConsole>) {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEAD_DEADLINE)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = connection.await;
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    // The request in hand (a page following a run waits on the fleet) may
+                    // finish; then the connection closes and its place is free.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+                }
+            }
         });
     }
 }
@@ -577,6 +593,14 @@ fn page(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
         if let Ok(value) = hyper::header::HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
+    }
+    if status.is_client_error() {
+        // A refused client gets no kept-alive connection to ask again on: asking again means
+        // waiting for a place like anyone else (see MOST_CONNECTIONS).
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
     }
     response
 }
