@@ -170,12 +170,17 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll, Wake, Waker};
 
-    #[test]
-    fn a_peer_is_refused_at_its_cap_and_admitted_again_when_one_closes() {
-        let (a, b) = (
+    /// Two peers' keys.
+    fn peers() -> (psp_core::PublicKey, psp_core::PublicKey) {
+        (
             IdentityKey::from_seed([1; 32]).public(),
             IdentityKey::from_seed([2; 32]).public(),
-        );
+        )
+    }
+
+    #[test]
+    fn a_peer_is_refused_at_its_cap_and_admitted_again_when_one_closes() {
+        let (a, b) = peers();
         let connections = PeerConnections::default();
         let first = connections.admit(a, 2).unwrap();
         let _second = connections.admit(a, 2).unwrap();
@@ -199,10 +204,7 @@ mod tests {
 
     #[test]
     fn a_message_waits_for_room_in_its_peers_budget_and_is_woken_when_room_is_given_back() {
-        let (a, b) = (
-            IdentityKey::from_seed([1; 32]).public(),
-            IdentityKey::from_seed([2; 32]).public(),
-        );
+        let (a, b) = peers();
         let connections = PeerConnections::default();
         let (one, two) = (
             connections.admit(a, 4).unwrap(),

@@ -29,14 +29,16 @@ fn limits() -> Limits {
 
 /// A Totebox with the short limits, and the machines around it.
 async fn serve() -> (support::Machines, psp_rpc::runtime::ServerHandle) {
-    serve_archive(MemoryArchive::new("tower-a")).await
+    serve_with(MemoryArchive::new("tower-a"), limits()).await
 }
 
-async fn serve_archive(
+/// A Totebox serving `archive` within `limits`, and the machines around it.
+async fn serve_with(
     archive: MemoryArchive,
+    limits: Limits,
 ) -> (support::Machines, psp_rpc::runtime::ServerHandle) {
     let m = machines();
-    let (server, _) = start(&m, archive, Verifier::new([m.owner.public()]), limits()).await;
+    let (server, _) = start(&m, archive, Verifier::new([m.owner.public()]), limits).await;
     (m, server)
 }
 
@@ -157,7 +159,7 @@ async fn a_call_running_longer_than_the_idle_limit_keeps_its_connection() {
     let mut archive = MemoryArchive::new("tower-a");
     // Nothing crosses the link while the query runs.
     archive.scan_delay = IDLE * 3;
-    let (m, server) = serve_archive(archive).await;
+    let (m, server) = serve_with(archive, limits()).await;
     LocalSet::new()
         .run_until(async {
             let client = support::connect(&m, server.local_addr(), Limits::default()).await;
@@ -173,18 +175,11 @@ async fn a_call_running_longer_than_the_idle_limit_keeps_its_connection() {
 
 #[tokio::test]
 async fn a_peer_past_its_connection_cap_is_refused_until_one_of_its_connections_closes() {
-    let m = machines();
     let capped = Limits {
         max_connections_per_peer: 2,
         ..limits()
     };
-    let (server, _) = start(
-        &m,
-        MemoryArchive::new("tower-a"),
-        Verifier::new([m.owner.public()]),
-        capped,
-    )
-    .await;
+    let (m, server) = serve_with(MemoryArchive::new("tower-a"), capped).await;
     let address = server.local_addr();
     let dial = |who: &'static str| {
         let key = if who == "second" {
@@ -269,20 +264,13 @@ async fn reads_on(server: &psp_rpc::runtime::ServerHandle, from: u64, more: u64,
 
 #[tokio::test]
 async fn a_peer_trickling_large_messages_on_many_connections_holds_at_most_its_byte_budget() {
-    let m = machines();
     let budgeted = Limits {
         max_partial_bytes_per_peer: 200 * 1024,
         // Long enough that only the test ends the stalled messages.
         message_timeout: Duration::from_secs(20),
         ..Limits::default()
     };
-    let (server, _) = start(
-        &m,
-        MemoryArchive::new("tower-a"),
-        Verifier::new([m.owner.public()]),
-        budgeted,
-    )
-    .await;
+    let (m, server) = serve_with(MemoryArchive::new("tower-a"), budgeted).await;
     let base = server.bytes_received();
     let first = begin_large(&server, &m, &m.orchestrator).await;
     reads_on(&server, base, 8 + LARGE_BEGUN, "the first message").await;
